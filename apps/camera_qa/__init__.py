@@ -1,0 +1,1 @@
+"""Local camera question answering (browser UI)."""

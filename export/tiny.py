@@ -1,0 +1,176 @@
+"""Tiny FUSION checkpoints for tests and demos: random weights in the released on-disk format.
+
+`make_tiny_checkpoint` writes config.json (the released fields), the tower's config.json
+in a local folder named by `mm_vision_tower`, safetensors under the released key names
+(single file or sharded + index) and a real tokenizer built locally. Widths are small,
+structure is real: 729 / 576 image tokens, the tower's full depth and early/late split,
+32 LLM layers with the 10 interaction layers 0, 3, ..., 27.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusion_edge.runtime.config import TOWER_NAMES, TOWER_PRESETS, parse_fusion_config
+
+from .safetensors_io import save_file
+from .tiny_tokenizer import write_tiny_tokenizer
+from .weight_map import all_entries
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    heads: int
+    kv_heads_llama: int
+    intermediate: int
+    layers: int
+    tower_hidden: int
+    tower_heads: int
+    tower_mlp: int
+
+
+SIZES = {
+    "tiny": TinySize(64, 4, 2, 128, 32, 32, 2, 64),
+    # real token counts, widths small enough for a CPU benchmark of seconds
+    "bench": TinySize(256, 8, 2, 768, 32, 128, 4, 512),
+}
+LLM_FLAVORS = {"phi3": "fusion_phi", "llama3": "fusion_llama"}
+TOWERS = ("so400m", "siglip2")
+LOGIT_STD = 8.0   # lm_head scale: peaked next-token distributions → stable greedy tokens
+
+
+def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400m",
+                         preset: str = "tiny", query_len: str = "4,16,36,64,144", seed: int = 0,
+                         shards: int = 1, dtype: str = "F32", max_length: int = 2048) -> Path:
+    if llm not in LLM_FLAVORS:
+        raise ValueError(f"--llm must be one of {sorted(LLM_FLAVORS)}")
+    if tower not in TOWERS:
+        raise ValueError(f"--tower must be one of {TOWERS}")
+    if preset not in SIZES:
+        raise ValueError(f"--preset must be one of {sorted(SIZES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = write_tiny_tokenizer(out, llm)
+    size = SIZES[preset]
+    tower_dir = f"tiny-{TOWER_NAMES[tower].split('/')[-1]}"
+    _write_tower_config(out / tower_dir, tower, size)
+    config = _llm_config(llm, size, tok, max_length) | _fusion_fields(tower_dir, size, query_len)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    cfg = parse_fusion_config(config, out)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for entry in all_entries(cfg):
+        full = _init(entry.name, entry.shape, rng, cfg)
+        rows = np.cumsum([0] + [s[0] for s in entry.shapes])
+        for key, a, b in zip(entry.sources, rows[:-1], rows[1:]):
+            tensors[key] = full[a:b]
+    _shape_lm_head(tensors, tok, cfg)
+    _write_weights(out, tensors, shards, dtype)
+    return out
+
+
+# ---- config.json ---------------------------------------------------------------------------
+def _llm_config(llm: str, s: TinySize, tok: dict, max_length: int) -> dict:
+    vocab = int(math.ceil(tok["vocab_size"] / 64) * 64)      # padded like the released 32064
+    hd = s.hidden // s.heads
+    base = {"hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+            "hidden_act": "silu", "initializer_range": 0.02, "attention_dropout": 0.0,
+            "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+            "bos_token_id": tok["bos_token_id"], "eos_token_id": tok["eos_token_id"],
+            "pad_token_id": tok.get("pad_token_id"), "transformers_version": "4.44.2"}
+    if llm == "phi3":
+        rng = np.random.default_rng(1234)
+        return base | {
+            "architectures": ["FusionPhi3ForCausalLM"], "model_type": "fusion_phi",
+            "num_key_value_heads": s.heads, "rope_theta": 10000.0,
+            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "sliding_window": 262144, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
+            "rope_scaling": {"type": "longrope",
+                             "short_factor": np.round(1 + 0.5 * rng.random(hd // 2), 4).tolist(),
+                             "long_factor": np.round(np.linspace(1.0, 30.0, hd // 2), 4).tolist()}}
+    return base | {
+        "architectures": ["FusionLlamaForCausalLM"], "model_type": "fusion_llama",
+        "num_key_value_heads": s.kv_heads_llama, "head_dim": hd, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072, "mlp_bias": False, "attention_bias": False,
+        "pretraining_tp": 1,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+
+
+def _fusion_fields(tower_dir: str, s: TinySize, query_len: str) -> dict:
+    return {"mm_vision_tower": tower_dir, "mm_hidden_size": s.tower_hidden,
+            "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
+            "mm_use_im_start_end": True, "mm_use_im_patch_token": False,
+            "image_aspect_ratio": "static_hd", "query_len": query_len, "window_size": 3,
+            "num_of_vision_sampler_layers": 10, "start_of_vision_sampler_layers": 0,
+            "stride_of_vision_sampler_layers": 3, "tokenizer_model_max_length": 2048,
+            "tokenizer_padding_side": "right", "use_mm_proj": True, "unfreeze_mm_vision_tower": True}
+
+
+def _write_tower_config(folder: Path, tower: str, s: TinySize) -> None:
+    p = TOWER_PRESETS[tower]
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "siglip2_vision_model" if tower == "siglip2" else "siglip_vision_model",
+           "hidden_size": s.tower_hidden, "num_attention_heads": s.tower_heads,
+           "intermediate_size": s.tower_mlp, "num_hidden_layers": p["base_layers"],
+           "patch_size": p["patch_size"], "image_size": p["image_size"], "num_channels": 3,
+           "layer_norm_eps": p["layer_norm_eps"], "hidden_act": "gelu_pytorch_tanh"}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+# ---- weights ---------------------------------------------------------------------------------
+_RESIDUAL_OUT = (".o.weight", ".down.weight", ".out.weight", ".fc2.weight", ".mlp2.weight")
+
+
+def _init(name: str, shape: tuple, rng: np.random.Generator, cfg) -> np.ndarray:
+    """Scaled random init that keeps activations O(1) through 32 layers."""
+    if name.endswith("norm.weight") or ".ln" in name and name.endswith(".weight"):
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if name.endswith(".bias") or name.endswith("norm.bias"):
+        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    if name == "llm.embed.weight":
+        return rng.standard_normal(shape).astype(np.float32)
+    if name == "vision.pos":
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+    fan_in = int(np.prod(shape[1:]))
+    gain = LOGIT_STD if name == "llm.lm_head.weight" else 1.0
+    if name.endswith(_RESIDUAL_OUT):
+        gain = 0.5
+    return (gain / math.sqrt(fan_in) * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _shape_lm_head(tensors: dict, tok: dict, cfg) -> None:
+    """Padding rows never win; stop tokens rarely win, so greedy answers run their length."""
+    head = tensors["lm_head.weight"]
+    head[tok["vocab_size"]:] = 0.0
+    stops = [i for name, i in tok["special"].items()
+             if name in ("<|end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")]
+    head[stops] *= 0.05
+
+
+def _write_weights(out: Path, tensors: dict, shards: int, dtype: str) -> None:
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()
+    meta = {"format": "pt"}
+    if shards <= 1:
+        save_file(tensors, out / "model.safetensors", dtype, meta)
+        return
+    keys = list(tensors)
+    per = math.ceil(len(keys) / shards)
+    weight_map, total = {}, 0
+    for n in range(shards):
+        name = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: tensors[k] for k in keys[n * per:(n + 1) * per]}
+        save_file(part, out / name, dtype, meta)
+        for k, v in part.items():
+            weight_map[k] = name
+            total += v.size * (2 if dtype in ("BF16", "F16") else 4)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -1,0 +1,65 @@
+"""`fusion-edge ask`: one question about one image, from a checkpoint (PyTorch reference)
+or a bundle (runtime pipeline), streamed to the terminal or printed as JSON."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def run_ask(args) -> int:
+    stream = not args.json
+    t0 = time.perf_counter()
+    if args.model:
+        result = _ask_reference(args, stream)
+    else:
+        result = _ask_bundle(args, stream)
+    result["timings"]["total_s"] = time.perf_counter() - t0
+    if args.logits_out:
+        np.save(args.logits_out, np.asarray(result.pop("first_logits"), dtype=np.float32))
+    else:
+        result.pop("first_logits")
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print()
+    return 0
+
+
+def _printer(tokenizer):
+    from fusion_edge.runtime.tokenizer import StreamDecoder
+    dec = StreamDecoder(tokenizer)
+
+    def on_token(tok: int) -> None:
+        sys.stdout.write(dec.push(tok))
+        sys.stdout.flush()
+    return on_token
+
+
+def _ask_reference(args, stream: bool) -> dict:
+    from fusion_edge.export.reference import FusionReference
+    ref = FusionReference.load(args.model)
+    res = ref.answer(args.image, args.question, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                     query_len=args.query_len, image_tokens=args.image_tokens,
+                     on_token=_printer(ref.tokenizer) if stream else None)
+    return {"text": res.text, "token_ids": res.token_ids, "prompt": res.prompt, "backend": "pytorch-reference",
+            "timings": res.timings, "first_logits": res.first_logits}
+
+
+def _ask_bundle(args, stream: bool) -> dict:
+    from fusion_edge.runtime.pipeline import Pipeline
+    pipe = Pipeline.open(args.bundle, device=args.device)
+    scene = pipe.look(args.image)
+    pieces = pipe.ask(scene, args.question, stream=True, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                      query_len=args.query_len)
+    for piece in pieces:
+        if stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    r = pipe.last_result
+    return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
+            "timings": pipe.last_stats, "first_logits": r.first_logits}

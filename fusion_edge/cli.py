@@ -1,0 +1,102 @@
+"""Command line: `fusion-edge <command>` and `fusion-export` (= `fusion-edge export`).
+
+Each command's work lives in its own module; this file only parses arguments. Every
+FusionEdgeError is printed as "error: problem / fix" with exit code 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fusion_edge.runtime.errors import FusionEdgeError
+
+EPILOGS = {
+    "make-tiny": "example:\n  fusion-edge make-tiny tiny-phi3 --llm phi3 --tower so400m",
+    "ask": ("examples:\n  fusion-edge ask --model tiny-phi3 --image photo.jpg --question 'What is on the table?'\n"
+            "  fusion-edge ask --bundle b --image photo.jpg --question 'Any people?' --json"),
+    "export": ("examples:\n  fusion-export tiny-phi3 --target onnx --precision fp32 -o b\n"
+               "  fusion-export starriver030515/FUSION-X-Phi3.5-3B --target onnx --precision fp16 -o b16"),
+    "verify": "example:\n  fusion-edge verify b --model tiny-phi3",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusion-edge", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, help_):
+        return sub.add_parser(name, help=help_, description=help_, epilog=EPILOGS.get(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    t = cmd("make-tiny", "write a tiny random FUSION checkpoint in the released on-disk format")
+    t.add_argument("out")
+    t.add_argument("--llm", choices=["phi3", "llama3"], default="phi3")
+    t.add_argument("--tower", choices=["so400m", "siglip2"], default="so400m")
+    t.add_argument("--preset", choices=["tiny", "bench"], default="tiny")
+    t.add_argument("--query-len", default="4,16,36,64,144", help="comma list of trained latent counts")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--shards", type=int, default=1, help="write model-0000x-of-0000y.safetensors + index")
+    t.add_argument("--dtype", choices=["F32", "BF16", "F16"], default="F32")
+
+    a = cmd("ask", "answer a question about an image (PyTorch reference or a bundle)")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint folder or hub id (runs the PyTorch reference)")
+    src.add_argument("--bundle", help="exported bundle folder")
+    a.add_argument("--image", required=True)
+    a.add_argument("--question", required=True)
+    a.add_argument("--max-new-tokens", type=int, default=64)
+    a.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    a.add_argument("--top-p", type=float, default=1.0)
+    a.add_argument("--top-k", type=int, default=0)
+    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--query-len", type=int, default=None, help="latent count (one of the checkpoint's query_len)")
+    a.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
+    a.add_argument("--device", default="auto", help="bundle device: auto | cpu | cuda")
+    a.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    a.add_argument("--logits-out", help="save the first generated step's logits (float32 .npy)")
+
+    from fusion_edge.export.cli_export import add_export_args, add_verify_args
+    add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
+    add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except FusionEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def export_main(argv=None) -> int:
+    return main(["export", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _dispatch(args) -> int:
+    if args.command == "make-tiny":
+        from fusion_edge.export.tiny import make_tiny_checkpoint
+        out = make_tiny_checkpoint(args.out, args.llm, args.tower, args.preset, args.query_len,
+                                   args.seed, args.shards, args.dtype)
+        print(f"wrote tiny FUSION checkpoint ({args.llm}, {args.tower}, {args.preset}) to {out}")
+        return 0
+    if args.command == "ask":
+        from fusion_edge.ask import run_ask
+        return run_ask(args)
+    if args.command == "export":
+        from fusion_edge.export.cli_export import run_export
+        return run_export(args)
+    if args.command == "verify":
+        from fusion_edge.export.cli_export import run_verify
+        return run_verify(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference backends: onnxruntime, llama.cpp, TensorRT."""

@@ -1,0 +1,98 @@
+"""Typed exceptions for every user-facing failure.
+
+Each message names the problem and the fix. The runtime imports nothing of ours, so
+these live here and the export side re-uses them.
+"""
+from __future__ import annotations
+
+
+class FusionEdgeError(Exception):
+    """Base class: `str(err)` is the problem followed by the fix."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if not fix else f"{problem}\n  fix: {fix}")
+
+
+# --- configuration and checkpoints -------------------------------------------------
+class ConfigError(FusionEdgeError):
+    """config.json is missing a field, has a bad value, or names an unknown architecture."""
+
+
+class UnsupportedArchitectureError(ConfigError):
+    """model_type / tower / projector type that fusion-edge does not implement."""
+
+
+class CheckpointError(FusionEdgeError):
+    """A checkpoint folder or file is unusable."""
+
+
+class MissingWeightError(CheckpointError):
+    """A tensor the architecture needs is not in the checkpoint."""
+
+
+class WeightShapeError(CheckpointError):
+    """A tensor has a different shape than the config implies."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A safetensors file is truncated or unreadable, or the shard index is inconsistent."""
+
+
+class HubUnavailableError(CheckpointError):
+    """A hub id was given but the hub cannot be reached and nothing is cached."""
+
+
+# --- inputs -----------------------------------------------------------------------
+class ImageError(FusionEdgeError):
+    """An image cannot be opened or decoded."""
+
+
+class PromptError(FusionEdgeError):
+    """A question is empty, too long, or otherwise unusable."""
+
+
+# --- bundles and backends ---------------------------------------------------------
+class BundleError(FusionEdgeError):
+    """A bundle folder is missing, incomplete, tampered with, or from another version."""
+
+
+class BundleFileError(BundleError):
+    """A file listed in the manifest is missing or its sha256 differs."""
+
+
+class BundleVersionError(BundleError):
+    """The bundle's format version is not one this runtime reads."""
+
+
+class BundleMismatchError(BundleError):
+    """The bundle was built from a different checkpoint than the one given."""
+
+
+class MissingExtraError(FusionEdgeError):
+    """An optional dependency (extra) is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed.",
+            f"pip install 'fusion-edge[{extra}]'  (or: pip install {package})",
+        )
+        self.package = package
+        self.extra = extra
+
+
+class BackendError(FusionEdgeError):
+    """A backend failed while running a graph or could not be set up."""
+
+
+class DeviceError(FusionEdgeError):
+    """The requested device is not available (no GPU, wrong arch, wrong TensorRT)."""
+
+
+class ExportError(FusionEdgeError):
+    """An export step failed or its verification was below the gate."""
+
+
+class SourceError(FusionEdgeError):
+    """A camera / video / image-folder source cannot be opened or stopped delivering."""

@@ -1,0 +1,34 @@
+"""Next-token choice from a logits vector (numpy): greedy, or temperature / top-k / top-p.
+
+Shared by every backend and the reference so that the same seed gives the same tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Sampler:
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
+        if temperature < 0 or not (0 < top_p <= 1) or top_k < 0:
+            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if self.temperature == 0:
+            return int(np.argmax(logits))
+        z = logits / self.temperature
+        if self.top_k:
+            kth = np.partition(z, -self.top_k)[-self.top_k]
+            z = np.where(z < kth, -np.inf, z)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if self.top_p < 1.0:
+            order = np.argsort(-p)
+            keep = np.cumsum(p[order]) - p[order] < self.top_p   # smallest set reaching top_p
+            mask = np.zeros_like(p, dtype=bool)
+            mask[order[keep]] = True
+            p = np.where(mask, p, 0.0)
+            p /= p.sum()
+        return int(self.rng.choice(len(p), p=p))
