@@ -38,9 +38,13 @@ class AlignmentLayer(nn.Module):
         self.mlp2 = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, h_inst: torch.Tensor, latents: torch.Tensor, global_ctx: torch.Tensor) -> torch.Tensor:
+        return self.forward_windows(h_inst, latents, window_context(global_ctx, latents.shape[0]))
+
+    def forward_windows(self, h_inst: torch.Tensor, latents: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Same, with the global context already cut into windows (q, w*w, H) (the exported form)."""
         q_len, H = latents.shape
         x = self.proj_in(torch.cat([h_inst.reshape(1, H).expand(q_len, H), latents], dim=-1))  # (q,H)
-        ctx = self.proj_context(window_context(global_ctx, q_len))                           # (q,w*w,H)
+        ctx = self.proj_context(windows)                                                       # (q,w*w,H)
         a = self._cross_attention(x, ctx)
         y = self.norm(a + x)
         return self.mlp2(F.gelu(self.mlp1(y))) + latents

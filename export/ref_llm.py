@@ -7,12 +7,11 @@ recursive alignment and how the ONNX exporter cuts segments.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusion_edge.runtime import rope
 from fusion_edge.runtime.config import FusionConfig, LLMConfig
 
 
@@ -27,47 +26,10 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
 
-# ---- rotary embeddings ------------------------------------------------------------------
-def rope_inv_freq(c: LLMConfig, seq_len: int) -> tuple[torch.Tensor, float]:
-    """inv_freq (head_dim/2,) float64→float32 and the cos/sin scale, for sequences up to seq_len."""
-    d = c.head_dim
-    base = c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
-    scaling = c.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind in ("longrope", "su"):
-        orig = c.original_max_position_embeddings or scaling.get("original_max_position_embeddings")
-        factors = scaling["long_factor"] if seq_len > orig else scaling["short_factor"]
-        inv = 1.0 / (torch.tensor(factors, dtype=torch.float32) * base)
-        scale = c.max_position_embeddings / orig
-        attn = scaling.get("attention_factor")
-        if attn is None:
-            attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
-        return inv, float(attn)
-    inv = 1.0 / base
-    if kind == "llama3":
-        inv = _llama3_scale(inv, scaling)
-    elif kind not in (None, "default"):
-        raise NotImplementedError(f"rope scaling '{kind}'")
-    return inv, 1.0
-
-
-def _llama3_scale(inv: torch.Tensor, s: dict) -> torch.Tensor:
-    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
-    orig = s["original_max_position_embeddings"]
-    wavelen = 2 * math.pi / inv
-    scaled = torch.where(wavelen > orig / lo, inv / factor, inv)
-    smooth = (orig / wavelen - lo) / (hi - lo)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= orig / hi) & (wavelen <= orig / lo)
-    return torch.where(medium, smoothed, scaled)
-
-
-def rope_cos_sin(c: LLMConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (S, head_dim) for integer positions (S,)."""
-    inv, scale = rope_inv_freq(c, int(positions.max()) + 1)
-    freqs = positions.float()[:, None] * inv[None, :]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos() * scale, emb.sin() * scale
+# ---- rotary embeddings: tables from runtime/rope.py (one implementation) -------------------
+def rope_cos_sin(c: LLMConfig, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = rope.cos_sin(c, start, length)
+    return torch.from_numpy(cos), torch.from_numpy(sin)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +98,7 @@ class FusionLLM(nn.Module):
 
     def run_layers(self, x, start: int, end: int, position0: int, cache) -> torch.Tensor:
         """Layers [start, end) on x (1,S,H) at positions position0.., updating cache in place."""
-        pos = torch.arange(position0, position0 + x.shape[1], device=x.device)
-        cos, sin = rope_cos_sin(self.c, pos)
+        cos, sin = rope_cos_sin(self.c, position0, x.shape[1])
         for i in range(start, end):
             x, k, v = self.layers[i](x, cos, sin, *cache[i])
             cache[i] = (k, v)

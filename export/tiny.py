@@ -41,7 +41,11 @@ SIZES = {
 }
 LLM_FLAVORS = {"phi3": "fusion_phi", "llama3": "fusion_llama"}
 TOWERS = ("so400m", "siglip2")
-LOGIT_STD = 8.0   # lm_head scale: peaked next-token distributions → stable greedy tokens
+# Measured on the tiny phi3/llama3 checkpoints (6 cases x 24 greedy steps): top-1 margin
+# median ≈ 2.8 logits, 10th percentile ≈ 0.5, min ≈ 0.05; answers vary with the image.
+LOGIT_STD = 16.0      # lm_head scale: peaked next-token distributions → stable greedy tokens
+EMBED_STD = 3.0       # token embeddings dominate the residual stream: answers follow the tokens
+RESIDUAL_GAIN = 0.25  # output projections of every residual branch
 
 
 def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400m",
@@ -136,13 +140,13 @@ def _init(name: str, shape: tuple, rng: np.random.Generator, cfg) -> np.ndarray:
     if name.endswith(".bias") or name.endswith("norm.bias"):
         return (0.02 * rng.standard_normal(shape)).astype(np.float32)
     if name == "llm.embed.weight":
-        return rng.standard_normal(shape).astype(np.float32)
+        return (EMBED_STD * rng.standard_normal(shape)).astype(np.float32)
     if name == "vision.pos":
         return (0.5 * rng.standard_normal(shape)).astype(np.float32)
     fan_in = int(np.prod(shape[1:]))
     gain = LOGIT_STD if name == "llm.lm_head.weight" else 1.0
     if name.endswith(_RESIDUAL_OUT):
-        gain = 0.5
+        gain = RESIDUAL_GAIN
     return (gain / math.sqrt(fan_in) * rng.standard_normal(shape)).astype(np.float32)
 
 

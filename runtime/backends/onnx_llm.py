@@ -1,0 +1,108 @@
+"""The LLM as ONNX segment graphs on onnxruntime, with a preallocated KV cache.
+
+Cache layout per layer: (1, C, kv, hd) float32, C = capacity. A segment call with P
+cached and S new positions binds `past_k_i` to the view [:, :P] and `new_k_i` straight
+to the view [:, P:P+S] (both contiguous in this layout), so the new rows are written in
+place by onnxruntime: no per-token allocation or copy of the cache (IO binding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import rope
+from ..bundle import Bundle
+from ..config import FusionConfig
+from ..errors import BackendError, PromptError
+from .ort_session import make_session
+
+
+class OnnxLLM:
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, providers: list[str], threads: int | None = None):
+        self.cfg: FusionConfig = bundle.config
+        comp = bundle.components
+        self.embed_sess = make_session(bundle.file(comp["embed"]["files"][0]), providers, threads)
+        names = sorted(n for n in comp if n.startswith("segment_"))
+        self.segments = [(comp[n], make_session(bundle.file(comp[n]["files"][0]), providers, threads))
+                         for n in names]
+        self.on_cuda = providers[0] == "CUDAExecutionProvider"
+        self.capacity = 0
+        self.k = self.v = None
+        self.length = 0          # positions currently in the cache
+        self.recorder = None     # callable(name, inputs) observing prefill segment inputs
+
+    # ---- cache ----------------------------------------------------------------------------
+    def reserve(self, capacity: int) -> None:
+        """Make the cache hold `capacity` positions (allocated only when it grows)."""
+        if capacity <= self.capacity:
+            return
+        c = self.cfg.llm
+        shape = (1, capacity, c.num_kv_heads, c.head_dim)
+        self.k = [np.zeros(shape, np.float32) for _ in range(c.num_layers)]
+        self.v = [np.zeros(shape, np.float32) for _ in range(c.num_layers)]
+        self.capacity = capacity
+
+    # ---- graphs ---------------------------------------------------------------------------
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """(S,) int64 → (S,H) float32."""
+        return self.embed_sess.run(None, {"ids": np.asarray(ids, dtype=np.int64).reshape(1, -1)})[0][0]
+
+    def prefill(self, embeds: np.ndarray, aligner=None) -> np.ndarray:
+        """embeds (S,H) → last-row logits (V,). `aligner(k, hidden (S,H)) → hidden` runs the
+        interaction k between segments (FUSION_SPEC §6); None disables it."""
+        self.length = 0
+        return self._forward(embeds, aligner)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self._forward(self.embed(np.array([token_id])), None)
+
+    def _forward(self, x: np.ndarray, aligner) -> np.ndarray:
+        S, P = x.shape[0], self.length
+        if P + S > self.capacity:
+            raise PromptError(f"the KV cache holds {self.capacity} positions; {P + S} are needed.",
+                              "lower --max-new-tokens or ask a shorter question")
+        cos, sin = rope.cos_sin(self.cfg.llm, P, S)
+        hidden = np.ascontiguousarray(x, dtype=np.float32)[None]
+        for comp, sess in self.segments:
+            out = self._run_segment(comp, sess, hidden, cos, sin, P, S)
+            if comp["final"]:
+                self.length = P + S
+                return out[0]
+            hidden = out
+            if aligner is not None and comp["align_after"] is not None:
+                hidden = aligner(comp["align_after"], hidden[0])[None]
+        raise BackendError("the bundle has no final segment.", "re-export the bundle")
+
+    def _run_segment(self, comp, sess, hidden, cos, sin, P: int, S: int) -> np.ndarray:
+        if self.recorder is not None and P == 0:
+            self.recorder(comp["name"], self._segment_inputs(comp, hidden, cos, sin, P))
+        io = sess.io_binding()
+        io.bind_cpu_input("hidden", hidden)
+        io.bind_cpu_input("cos", cos)
+        io.bind_cpu_input("sin", sin)
+        io.bind_output(comp["outputs"][0], "cpu")      # first: get_outputs() keeps binding order
+        a, b = comp["layers"]
+        for i in range(a, b):
+            for name, buf in (("k", self.k[i]), ("v", self.v[i])):
+                io.bind_cpu_input(f"past_{name}_{i}", buf[:, :P])
+                view = buf[:, P:P + S]
+                io.bind_output(f"new_{name}_{i}", "cpu", 0, np.float32, list(view.shape),
+                               view.__array_interface__["data"][0])
+        try:
+            sess.run_with_iobinding(io)
+        except Exception as e:   # onnxruntime raises its own types; report as ours
+            raise BackendError(f"onnxruntime failed in {comp['files'][0]}: {e}",
+                               "check that the bundle matches this fusion-edge version (fusion-edge verify)") from e
+        return io.get_outputs()[0].numpy()
+
+    def _segment_inputs(self, comp, hidden, cos, sin, P: int) -> dict:
+        feeds = {"hidden": hidden.copy(), "cos": cos, "sin": sin}
+        a, b = comp["layers"]
+        for i in range(a, b):
+            feeds[f"past_k_{i}"] = self.k[i][:, :P].copy()
+            feeds[f"past_v_{i}"] = self.v[i][:, :P].copy()
+        return feeds
+
+    def session(self, name: str):
+        return next(sess for comp, sess in self.segments if comp["name"] == name)

@@ -1,0 +1,186 @@
+"""The runtime pipeline: `Pipeline.open(bundle)`, `look(image)`, `ask(scene, question)`.
+
+The prefill chain (FUSION_SPEC §3–§6), one place for every backend:
+  question → prompt layout → instruct embeddings → text-guided vision (main tile)
+  → prompt embeddings with image rows and latent rows → LLM prefill, where after each
+  interaction layer the alignment graph rewrites the latent rows from the cached global
+  context → decode (plain LLM) → streamed text.
+`look` does the question-independent part once per frame (preprocess + 4 global tiles);
+per query_len it caches the pooled latent init and context windows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from . import vision_post
+from .bundle import Bundle
+from .errors import PromptError
+from .preprocess import Tiles, static_hd_tiles
+from .prompt import PromptLayout, build_prompt, stop_token_ids
+from .sampling import Sampler
+from .tokenizer import Tokenizer
+
+FUSION_L_TOKENS = 144
+
+
+@dataclass
+class Scene:
+    """One frame, ready for questions: tiles, global grid and per-q pooled context."""
+    tiles: Tiles
+    grid: np.ndarray                                   # (2P, 2P, H)
+    pooled: dict = field(default_factory=dict)         # q → (latent init (q,H), windows (q,w*w,H))
+    stats: dict = field(default_factory=dict)          # preprocess_s, vision_global_s
+
+
+@dataclass
+class AskResult:
+    text: str
+    token_ids: list[int]
+    prompt: str
+    first_logits: np.ndarray     # (V,) float32: logits of the first generated step
+    layout: PromptLayout
+
+
+class Pipeline:
+    def __init__(self, bundle: Bundle, vision, llm, tokenizer: Tokenizer, device: str):
+        self.bundle = bundle
+        self.cfg = bundle.config
+        self.vision = vision            # encode(pixels, embeds, keep), align(k, h, lat, windows)
+        self.llm = llm                  # embed(ids), reserve(n), prefill(embeds, aligner), decode(id)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.stop_ids = frozenset(stop_token_ids(tokenizer, self.cfg.template))
+        self.last_stats: dict = {}
+        self.last_result: AskResult | None = None
+        self._recorder = None           # callable(name, dict) observing graph inputs (calibration, verify)
+        self.interactions_enabled = True
+
+    @classmethod
+    def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True) -> "Pipeline":
+        from .backends import open_backends
+        bundle = Bundle.open(path, check_hashes=check_hashes)
+        vision, llm, device_used = open_backends(bundle, device, threads)
+        return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), device_used)
+
+    @property
+    def recorder(self):
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, fn) -> None:
+        self._recorder = fn
+        if hasattr(self.llm, "recorder"):
+            self.llm.recorder = fn
+
+    @property
+    def backend_name(self) -> str:
+        return f"{self.bundle.target}-{self.bundle.precision}"
+
+    @property
+    def default_query_len(self) -> int:
+        return int(self.bundle.options["query_len"])
+
+    @property
+    def image_tokens(self) -> int:
+        return int(self.bundle.options["image_tokens"])
+
+    # ---- per frame ---------------------------------------------------------------------
+    def look(self, image) -> Scene:
+        t0 = time.perf_counter()
+        tiles = static_hd_tiles(image, self.cfg.tower.image_size)
+        t1 = time.perf_counter()
+        H = self.cfg.llm.hidden_size
+        inputs = {"pixels": tiles.global_tiles, "instruct_embeds": np.zeros((4, 0, H), np.float32),
+                  "instruct_keep": np.zeros((4, 0), bool)}
+        self._record("vision_global", inputs)
+        tokens = self.vision.encode(**inputs)
+        grid = vision_post.global_grid(tokens)
+        return Scene(tiles, grid, stats={"preprocess_s": t1 - t0, "vision_global_s": time.perf_counter() - t1})
+
+    def pooled(self, scene: Scene, q: int) -> tuple[np.ndarray, np.ndarray]:
+        if q not in scene.pooled:
+            lat, ctx = vision_post.pool_global(scene.grid, q, self.cfg.window_size)
+            scene.pooled[q] = (lat, vision_post.context_windows(ctx, q))
+        return scene.pooled[q]
+
+    # ---- per question ------------------------------------------------------------------
+    def ask(self, scene: Scene, question: str, stream: bool = False, max_new_tokens: int = 64,
+            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+            query_len: int | None = None):
+        """The answer text, or with stream=True an iterator of text pieces as they are decoded."""
+        if max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}.", "pass a positive number")
+        q = self.cfg.check_query_len(query_len or self.default_query_len)
+        layout = build_prompt(self.tokenizer, self.cfg.template, question, self.image_tokens, q,
+                              self.cfg.tokenizer_model_max_length)
+        pieces = self._generate(scene, layout, max_new_tokens, Sampler(temperature, top_p, top_k, seed))
+        return pieces if stream else "".join(pieces)
+
+    def _generate(self, scene: Scene, layout: PromptLayout, max_new: int, sampler: Sampler) -> Iterator[str]:
+        t0 = time.perf_counter()
+        self.llm.reserve(layout.seq_len + max_new)
+        embeds = self.prompt_embeds(scene, layout)
+        t1 = time.perf_counter()
+        logits = self.llm.prefill(embeds, self._aligner(scene, layout) if self.interactions_enabled else None)
+        first = np.array(logits, dtype=np.float32)
+        t2 = time.perf_counter()
+        decoder = self.tokenizer.stream_decoder()
+        out: list[int] = []
+        stats = {**scene.stats, "vision_main_s": t1 - t0, "prefill_s": t2 - t1, "ttft_s": t2 - t0,
+                 "prompt_tokens": layout.seq_len, "query_len": layout.num_latents}
+        self.last_stats = stats
+        while True:
+            tok = sampler(logits)
+            if tok in self.stop_ids:
+                break
+            out.append(tok)
+            piece = decoder.push(tok)
+            if piece:
+                yield piece
+            if len(out) >= max_new:
+                break
+            logits = self.llm.decode(tok)
+        tail = decoder.flush()
+        if tail:
+            yield tail
+        t3 = time.perf_counter()
+        n_steps = max(len(out) - 1, 0)   # decode calls made after the prefill's token
+        stats.update({"decode_s": t3 - t2, "new_tokens": len(out),
+                      "decode_tokens_per_s": (n_steps / (t3 - t2)) if n_steps and t3 > t2 else 0.0})
+        self.last_result = AskResult(self.tokenizer.decode(out), out, layout.text, first, layout)
+
+    def prompt_embeds(self, scene: Scene, layout: PromptLayout) -> np.ndarray:
+        """(S, H): text rows from the embedding graph, image rows from the guided vision, latent rows."""
+        ids = layout.instruct_ids
+        inst = self.llm.embed(ids)[None]
+        self._record("vision_main", {"pixels": scene.tiles.main[None], "instruct_embeds": inst,
+                                     "instruct_keep": (ids != 0)[None]})
+        image = self.vision.encode(scene.tiles.main[None], inst, (ids != 0)[None])[0]
+        if layout.num_image_tokens == FUSION_L_TOKENS and image.shape[0] != FUSION_L_TOKENS:
+            image = vision_post.fusion_l_resize(image, 12)
+        latents, _ = self.pooled(scene, layout.num_latents)
+        x = self.llm.embed(np.maximum(layout.input_ids, 0))
+        x[layout.image_start:layout.image_start + layout.num_image_tokens] = image
+        x[layout.latent_start:layout.latent_start + layout.num_latents] = latents
+        return x
+
+    def _aligner(self, scene: Scene, layout: PromptLayout):
+        _, windows = self.pooled(scene, layout.num_latents)
+        rows = slice(layout.latent_start, layout.latent_start + layout.num_latents)
+
+        def align(k: int, hidden: np.ndarray) -> np.ndarray:
+            """hidden (S,H) after interaction layer k → hidden with rewritten latent rows."""
+            h_inst = hidden[layout.instruct_pos]
+            self._record(f"align_{k:02d}", {"h_inst": h_inst[None], "latents": hidden[rows], "windows": windows})
+            hidden = hidden.copy()
+            hidden[rows] = self.vision.align(k, h_inst, hidden[rows], windows)
+            return hidden
+        return align
+
+    def _record(self, name: str, inputs: dict) -> None:
+        if self._recorder is not None:
+            self._recorder(name, {k: np.array(v) for k, v in inputs.items()})
