@@ -18,7 +18,15 @@ from fusion_edge.runtime.prompt import stop_token_ids
 from .checkpoint import Checkpoint, open_checkpoint
 from .onnx_export import OPSET, export_graph, graph_specs
 
-TARGETS = {"onnx": ("fp32", "fp16")}
+# target → precisions → "module:function" that writes the bundle. Each exporter has the
+# signature of `export_bundle` below; the onnx fp32/fp16 path is the one in this module.
+TARGETS = {
+    "onnx": {"fp32": None, "fp16": None,
+             "int8": "fusion_edge.quantize.onnx_quant:export_quantized_bundle",
+             "int4": "fusion_edge.quantize.onnx_quant:export_quantized_bundle"},
+    "gguf": {p: "fusion_edge.export.gguf_bundle:export_gguf_bundle" for p in ("fp32", "fp16", "int8", "int4")},
+    "trt": {p: "fusion_edge.quantize.trt_bundle:export_trt_bundle" for p in ("fp16", "int8", "int4")},
+}
 
 
 def _progress(iterable, desc: str, enabled: bool):
@@ -38,13 +46,24 @@ def build_info() -> dict:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
-def check_target(target: str, precision: str) -> None:
+def check_target(target: str, precision: str):
+    """→ the exporter function for (target, precision), or None for this module's onnx path."""
     if target not in TARGETS:
         raise ExportError(f"target '{target}' is not available in this fusion-edge build.",
                           f"available targets: {', '.join(TARGETS)}")
     if precision not in TARGETS[target]:
         raise ExportError(f"precision '{precision}' is not available for target '{target}'.",
                           f"choose one of: {', '.join(TARGETS[target])}")
+    ref = TARGETS[target][precision]
+    if ref is None:
+        return None
+    import importlib
+    module, func = ref.split(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise ExportError(f"the {target}/{precision} exporter is not available in this build ({e}).",
+                          "install the matching extra, or choose --target onnx --precision fp32|fp16") from None
 
 
 def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, query_len: int,
@@ -65,8 +84,12 @@ def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, quer
 def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
                   query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                   verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                  log=print) -> Path:
-    check_target(target, precision)
+                  log=print, **extra) -> Path:
+    exporter = check_target(target, precision)
+    if exporter is not None:
+        return exporter(model, out, target=target, precision=precision, query_len=query_len,
+                        image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
+                        steps=steps, progress=progress, log=log, **extra)
     ckpt = open_checkpoint(model)
     cfg = ckpt.config
     q = cfg.check_query_len(query_len or cfg.default_query_len)

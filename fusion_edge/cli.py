@@ -6,10 +6,17 @@ FusionEdgeError is printed as "error: problem / fix" with exit code 2, no traceb
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 
 from fusion_edge.runtime.errors import FusionEdgeError
+
+# Commands whose code lives in their own package: module exposes add_args(parser), run(args).
+PLUGIN_COMMANDS = [
+    ("bench", "fusion_edge.bench.cli", "benchmark every backend against the PyTorch reference"),
+    ("calibrate", "fusion_edge.calibration.cli", "record graph inputs over a calibration set"),
+    ("camera", "fusion_edge.apps.camera_qa.cli", "live camera question answering in the browser"),
+]
 
 EPILOGS = {
     "make-tiny": "example:\n  fusion-edge make-tiny tiny-phi3 --llm phi3 --tower so400m",
@@ -60,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     from fusion_edge.export.cli_export import add_export_args, add_verify_args
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
     add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
+    for name, module, help_ in PLUGIN_COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue   # the command's package is not part of this build
+        mod.add_args(cmd(name, help_))
     return p
 
 
@@ -95,6 +108,9 @@ def _dispatch(args) -> int:
     if args.command == "verify":
         from fusion_edge.export.cli_export import run_verify
         return run_verify(args)
+    for name, module, _ in PLUGIN_COMMANDS:
+        if args.command == name:
+            return importlib.import_module(module).run(args)
     raise AssertionError(args.command)
 
 

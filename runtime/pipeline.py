@@ -125,7 +125,8 @@ class Pipeline:
         self.llm.reserve(layout.seq_len + max_new)
         embeds = self.prompt_embeds(scene, layout)
         t1 = time.perf_counter()
-        logits = self.llm.prefill(embeds, self._aligner(scene, layout) if self.interactions_enabled else None)
+        aligner = self._aligner(scene, layout) if self.interactions_enabled else None
+        logits = self.llm.prefill(embeds, aligner, layout)
         first = np.array(logits, dtype=np.float32)
         t2 = time.perf_counter()
         decoder = self.tokenizer.stream_decoder()
@@ -168,19 +169,34 @@ class Pipeline:
         x[layout.latent_start:layout.latent_start + layout.num_latents] = latents
         return x
 
-    def _aligner(self, scene: Scene, layout: PromptLayout):
+    def _aligner(self, scene: Scene, layout: PromptLayout) -> "Aligner":
         _, windows = self.pooled(scene, layout.num_latents)
-        rows = slice(layout.latent_start, layout.latent_start + layout.num_latents)
-
-        def align(k: int, hidden: np.ndarray) -> np.ndarray:
-            """hidden (S,H) after interaction layer k → hidden with rewritten latent rows."""
-            h_inst = hidden[layout.instruct_pos]
-            self._record(f"align_{k:02d}", {"h_inst": h_inst[None], "latents": hidden[rows], "windows": windows})
-            hidden = hidden.copy()
-            hidden[rows] = self.vision.align(k, h_inst, hidden[rows], windows)
-            return hidden
-        return align
+        return Aligner(self.vision, windows, layout, self._record)
 
     def _record(self, name: str, inputs: dict) -> None:
         if self._recorder is not None:
             self._recorder(name, {k: np.array(v) for k, v in inputs.items()})
+
+
+class Aligner:
+    """The recursive alignment during one prefill (FUSION_SPEC §6), for LLM engines.
+
+    `new_latents(k, h_inst, latents)` is the interaction layer k on the latent rows;
+    `__call__(k, hidden)` applies it to a full (S, H) hidden state. `latent_rows` and
+    `instruct_pos` say where those rows sit in the prompt.
+    """
+
+    def __init__(self, vision, windows: np.ndarray, layout: PromptLayout, record):
+        self.vision, self.windows, self.record = vision, windows, record
+        self.latent_rows = slice(layout.latent_start, layout.latent_start + layout.num_latents)
+        self.instruct_pos = layout.instruct_pos
+
+    def new_latents(self, k: int, h_inst: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        """h_inst (H,), latents (q,H) → (q,H)."""
+        self.record(f"align_{k:02d}", {"h_inst": h_inst[None], "latents": latents, "windows": self.windows})
+        return self.vision.align(k, h_inst, latents, self.windows)
+
+    def __call__(self, k: int, hidden: np.ndarray) -> np.ndarray:
+        hidden = hidden.copy()
+        hidden[self.latent_rows] = self.new_latents(k, hidden[self.instruct_pos], hidden[self.latent_rows])
+        return hidden

@@ -48,9 +48,10 @@ class OnnxLLM:
         """(S,) int64 → (S,H) float32."""
         return self.embed_sess.run(None, {"ids": np.asarray(ids, dtype=np.int64).reshape(1, -1)})[0][0]
 
-    def prefill(self, embeds: np.ndarray, aligner=None) -> np.ndarray:
+    def prefill(self, embeds: np.ndarray, aligner=None, layout=None) -> np.ndarray:
         """embeds (S,H) → last-row logits (V,). `aligner(k, hidden (S,H)) → hidden` runs the
-        interaction k between segments (FUSION_SPEC §6); None disables it."""
+        interaction k between segments (FUSION_SPEC §6); None disables it. (`layout`, the
+        PromptLayout, is part of the engine interface; this engine needs only the embeddings.)"""
         self.length = 0
         return self._forward(embeds, aligner)
 

@@ -1,0 +1,113 @@
+"""Session-scoped tiny checkpoints, bundles, references and images, built once per run.
+
+Factories cache by arguments, so a test asks for what it needs (`tiny_checkpoint("llama3",
+"siglip2")`, `onnx_bundle("phi3", "so400m", precision="fp16")`) and pays for it once.
+Nothing here downloads: checkpoints are made with the project's tiny-checkpoint maker.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")      # tests never reach a hub
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+CASES = [("phi3", "so400m"), ("llama3", "siglip2")]
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fusion_edge")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(work_dir):
+    """tiny_checkpoint(llm="phi3", tower="so400m", **kw) → checkpoint folder (cached)."""
+    from fusion_edge.export.tiny import make_tiny_checkpoint
+    cache: dict = {}
+
+    def make(llm: str = "phi3", tower: str = "so400m", **kw) -> Path:
+        key = (llm, tower, tuple(sorted(kw.items())))
+        if key not in cache:
+            name = "-".join([llm, tower] + [f"{k}{v}" for k, v in sorted(kw.items())]).replace(",", "_")
+            cache[key] = make_tiny_checkpoint(work_dir / "ckpt" / name, llm=llm, tower=tower, **kw)
+        return cache[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint):
+    """reference(llm, tower, **kw) → FusionReference (cached)."""
+    from fusion_edge.export.reference import FusionReference
+    cache: dict = {}
+
+    def get(llm: str = "phi3", tower: str = "so400m", **kw):
+        key = (llm, tower, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = FusionReference.load(str(tiny_checkpoint(llm, tower, **kw)))
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_checkpoint, work_dir):
+    """onnx_bundle(llm, tower, precision="fp32", query_len=None, image_tokens=None) → bundle folder."""
+    from fusion_edge.export.bundle_export import export_bundle
+    cache: dict = {}
+
+    def make(llm: str = "phi3", tower: str = "so400m", precision: str = "fp32",
+             query_len: int | None = None, image_tokens: int | None = None) -> Path:
+        key = (llm, tower, precision, query_len, image_tokens)
+        if key not in cache:
+            out = work_dir / "bundles" / "-".join(map(str, key))
+            cache[key] = export_bundle(str(tiny_checkpoint(llm, tower)), out, "onnx", precision, query_len,
+                                       image_tokens, verify=False, progress=False, log=lambda *_: None)
+        return cache[key]
+    return make
+
+
+def draw_scene(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
+        x1, y1 = int(rng.integers(x0 + 1, w)), int(rng.integers(y0 + 1, h))
+        d.rectangle((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return img
+
+
+@pytest.fixture(scope="session")
+def images(work_dir) -> dict[str, Path]:
+    """Generated test images on disk: odd sizes, modes and formats."""
+    folder = work_dir / "images"
+    folder.mkdir(exist_ok=True)
+    out = {}
+    for name, (w, h), seed in (("wide", (640, 480), 1), ("tall", (300, 500), 2), ("strip", (1024, 256), 3)):
+        p = folder / f"{name}.jpg"
+        draw_scene(w, h, seed).save(p, quality=92)
+        out[name] = p
+    p = folder / "rgba.png"
+    draw_scene(200, 150, 4).convert("RGBA").save(p)
+    out["rgba"] = p
+    p = folder / "gray.png"
+    draw_scene(120, 90, 5).convert("L").save(p)
+    out["gray"] = p
+    p = folder / "palette.gif"
+    draw_scene(160, 120, 6).convert("P").save(p)
+    out["palette"] = p
+    p = folder / "empty.jpg"
+    p.write_bytes(b"")
+    out["empty"] = p
+    p = folder / "corrupt.jpg"
+    good = (folder / "wide.jpg").read_bytes()
+    p.write_bytes(good[: len(good) // 3])
+    out["corrupt"] = p
+    p = folder / "notimage.png"
+    p.write_bytes(b"this is not an image at all" * 10)
+    out["notimage"] = p
+    return out
