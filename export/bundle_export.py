@@ -67,10 +67,10 @@ def check_target(target: str, precision: str):
 
 
 def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, query_len: int,
-                 image_tokens: int, components: dict, tokenizer) -> dict:
+                 image_tokens: int, components: dict, tokenizer, llm_backend: str = "onnxruntime") -> dict:
     cfg = ckpt.config
     return {
-        "target": target, "precision": precision, "llm_backend": "onnxruntime",
+        "target": target, "precision": precision, "llm_backend": llm_backend,
         "source": {"model": str(model), "fingerprint": ckpt.fingerprint(), "model_type": cfg.llm.model_type,
                    "mm_vision_tower": cfg.mm_vision_tower},
         "fusion": cfg.to_dict(),

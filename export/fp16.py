@@ -11,5 +11,22 @@ FP32_OPS = ["Softmax", "ReduceMean", "Pow", "Sqrt", "Reciprocal", "Exp", "Erf", 
 
 def to_fp16(model):
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-    return convert_float_to_float16(model, keep_io_types=True,
-                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP32_OPS)
+    model = convert_float_to_float16(model, keep_io_types=True,
+                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP32_OPS)
+    _drop_duplicate_nodes(model.graph)
+    return model
+
+
+def _drop_duplicate_nodes(graph) -> None:
+    """The converter inserts the same Cast twice when one fp16 tensor feeds two fp32-kept
+    consumers (same name, input and output); onnxruntime rejects the duplicate
+    definition. Identical nodes compute the same value, so keep the first."""
+    seen, keep = set(), []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)

@@ -101,7 +101,7 @@ class FusionReference:
         return x[None]
 
     @torch.no_grad()
-    def prefill(self, embeds: torch.Tensor, layout: PromptLayout, global_ctx: torch.Tensor):
+    def prefill(self, embeds: torch.Tensor, layout: PromptLayout, global_ctx: torch.Tensor | None):
         """embeds (1,S,H) → last-position logits (V,), KV cache. Interactions run here only."""
         llm = self.model.llm
         cache = llm.empty_cache()

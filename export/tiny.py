@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_edge.runtime.config import TOWER_NAMES, TOWER_PRESETS, parse_fusion_config
+from fusion_edge.runtime.config import LLM_PRESETS, TOWER_NAMES, TOWER_PRESETS, parse_fusion_config
 
-from .safetensors_io import save_file
+from .safetensors_io import f32_to_bf16, save_file
 from .tiny_tokenizer import write_tiny_tokenizer
 from .weight_map import all_entries
 
@@ -32,6 +32,16 @@ class TinySize:
     tower_hidden: int
     tower_heads: int
     tower_mlp: int
+    vocab: int | None = None    # None: the tokenizer's size padded to a multiple of 64
+
+
+def preset_size(llm_preset: str, tower_preset: str) -> TinySize:
+    """The REAL dimensions of a released LLM + tower (runtime/config.py presets), for
+    memory and size measurements of the export with random weights (e.g.
+    `preset_size("phi3.5-mini", "siglip2")` = FUSION-X-Phi3.5-3B)."""
+    c, t = LLM_PRESETS[llm_preset], TOWER_PRESETS[tower_preset]
+    return TinySize(c["hidden_size"], c["num_heads"], c["num_kv_heads"], c["intermediate_size"], c["num_layers"],
+                    t["hidden_size"], t["num_heads"], t["intermediate_size"], vocab=c["vocab_size"])
 
 
 SIZES = {
@@ -50,7 +60,10 @@ RESIDUAL_GAIN = 0.25  # output projections of every residual branch
 
 def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400m",
                          preset: str = "tiny", query_len: str = "4,16,36,64,144", seed: int = 0,
-                         shards: int = 1, dtype: str = "F32", max_length: int = 2048) -> Path:
+                         shards: int = 1, dtype: str = "F32", max_length: int = 2048,
+                         size: TinySize | None = None) -> Path:
+    """`size` (optional) replaces the preset's dimensions, e.g. `preset_size(...)`; the
+    weights are then generated and written one tensor at a time, never all in RAM."""
     if llm not in LLM_FLAVORS:
         raise ValueError(f"--llm must be one of {sorted(LLM_FLAVORS)}")
     if tower not in TOWERS:
@@ -60,27 +73,31 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = write_tiny_tokenizer(out, llm)
-    size = SIZES[preset]
+    stream = size is not None
+    size = size or SIZES[preset]
     tower_dir = f"tiny-{TOWER_NAMES[tower].split('/')[-1]}"
     _write_tower_config(out / tower_dir, tower, size)
     config = _llm_config(llm, size, tok, max_length) | _fusion_fields(tower_dir, size, query_len)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     cfg = parse_fusion_config(config, out)
     rng = np.random.default_rng(seed)
+    if stream:
+        _stream_weights(out, cfg, rng, tok, shards, dtype)
+        return out
     tensors = {}
     for entry in all_entries(cfg):
         full = _init(entry.name, entry.shape, rng, cfg)
         rows = np.cumsum([0] + [s[0] for s in entry.shapes])
         for key, a, b in zip(entry.sources, rows[:-1], rows[1:]):
             tensors[key] = full[a:b]
-    _shape_lm_head(tensors, tok, cfg)
+    _shape_lm_head(tensors, tok, out)
     _write_weights(out, tensors, shards, dtype)
     return out
 
 
 # ---- config.json ---------------------------------------------------------------------------
 def _llm_config(llm: str, s: TinySize, tok: dict, max_length: int) -> dict:
-    vocab = int(math.ceil(tok["vocab_size"] / 64) * 64)      # padded like the released 32064
+    vocab = s.vocab or int(math.ceil(tok["vocab_size"] / 64) * 64)      # padded like the released 32064
     hd = s.hidden // s.heads
     base = {"hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
             "num_attention_heads": s.heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
@@ -150,10 +167,16 @@ def _init(name: str, shape: tuple, rng: np.random.Generator, cfg) -> np.ndarray:
     return (gain / math.sqrt(fan_in) * rng.standard_normal(shape)).astype(np.float32)
 
 
-def _shape_lm_head(tensors: dict, tok: dict, cfg) -> None:
-    """Padding rows never win; stop tokens rarely win, so greedy answers run their length."""
+def _shape_lm_head(tensors: dict, tok: dict, folder: Path) -> None:
+    """Padding rows never win; stop tokens rarely win, so greedy answers run their length;
+    tokens that are not text on their own (lone UTF-8 bytes) rarely win, so answers read
+    as words rather than replacement characters."""
+    from fusion_edge.runtime.tokenizer import Tokenizer
     head = tensors["lm_head.weight"]
     head[tok["vocab_size"]:] = 0.0
+    tokenizer = Tokenizer.from_dir(folder)
+    partial = [i for i in range(tok["vocab_size"]) if "\ufffd" in tokenizer.decode([i])]
+    head[partial] *= 0.2
     stops = [i for name, i in tok["special"].items()
              if name in ("<|end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")]
     head[stops] *= 0.05
@@ -178,3 +201,63 @@ def _write_weights(out: Path, tensors: dict, shards: int, dtype: str) -> None:
             total += v.size * (2 if dtype in ("BF16", "F16") else 4)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _stream_weights(out: Path, cfg, rng: np.random.Generator, tok: dict, shards: int, dtype: str) -> None:
+    """The tensors of the in-memory path (same values, order, sharding and file layout),
+    each generated, converted and appended to its shard file on its own: peak RAM is one
+    tensor, so real-size checkpoints can be written on a small machine."""
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()
+    entries = all_entries(cfg)
+    keys = [(k, shape) for e in entries for k, shape in zip(e.sources, e.shapes)]
+    n = max(shards, 1)
+    per = math.ceil(len(keys) / n)
+    names = (["model.safetensors"] if n == 1
+             else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+    groups = [keys[i * per:(i + 1) * per] for i in range(n)]
+    width = 2 if dtype in ("BF16", "F16") else 4
+    shard_of = {k: i for i, g in enumerate(groups) for k, _ in g}
+    files: list = [None] * n
+    try:
+        for entry in entries:
+            full = _init(entry.name, entry.shape, rng, cfg)
+            rows = np.cumsum([0] + [s[0] for s in entry.shapes])
+            for key, a, b in zip(entry.sources, rows[:-1], rows[1:]):
+                part = full[a:b]
+                if key == "lm_head.weight":
+                    _shape_lm_head({key: part}, tok, cfg)
+                i = shard_of[key]
+                if files[i] is None:
+                    if i > 0 and files[i - 1] is not None:
+                        files[i - 1].close()
+                    files[i] = open(out / names[i], "wb")
+                    files[i].write(_header(groups[i], dtype, width))
+                files[i].write(_encode(part, dtype).tobytes())
+    finally:
+        for f in files:
+            if f is not None and not f.closed:
+                f.close()
+    if n > 1:
+        total = sum(int(np.prod(shape)) * width for _, shape in keys)
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[shard_of[k]] for k, _ in keys}}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _header(group: list, dtype: str, width: int) -> bytes:
+    """8-byte length + JSON header, byte-identical to `save_file`'s for these tensors."""
+    header, offset = {}, 0
+    for key, shape in group:
+        nbytes = int(np.prod(shape)) * width
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h
+
+
+def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return f32_to_bf16(x)
+    return np.ascontiguousarray(x, dtype=np.float16 if dtype == "F16" else np.float32)

@@ -1,0 +1,60 @@
+"""`fusion-edge bench`: the reference and every given bundle, in one run, on this machine.
+
+Prints the tables; `--json` writes everything (raw samples included), `--plot` a PNG.
+Exit code 0 when every backend ran, 1 when one failed (its error is in the report).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+EPILOG = """examples:
+  fusion-edge make-tiny bench-ckpt --preset bench
+  fusion-export bench-ckpt --target onnx --precision fp32 -o b32
+  fusion-export bench-ckpt --target onnx --precision fp16 -o b16
+  fusion-edge bench --model bench-ckpt --bundles b32 b16 --json bench.json --plot bench.png
+
+how to read the numbers: bench/README.md"""
+
+
+def add_args(p) -> None:
+    p.epilog = EPILOG
+    p.add_argument("--model", required=True, help="the checkpoint the bundles were exported from "
+                                                   "(runs the PyTorch reference, eager fp32)")
+    p.add_argument("--bundles", nargs="+", required=True, metavar="B", help="bundle folders to measure")
+    p.add_argument("--cases", type=int, default=2, help="images (default 2)")
+    p.add_argument("--questions-per-image", type=int, default=2,
+                   help="questions per image; all but the first are follow-ups on the cached scene (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="measured passes over all cases (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured warm-up questions first (default 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for every backend and the bandwidth probe (default: all cores)")
+    p.add_argument("--device", default="cpu", help="bundle device: cpu (default) | auto | cuda")
+    p.add_argument("--query-len", type=int, default=None, help="latent count (default: each backend's)")
+    p.add_argument("--bandwidth-mib", type=int, default=256, help="size of the bandwidth probe's array")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per backend before it is abandoned")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full result as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG: TTFT split and decode tok/s per backend")
+
+
+def run(args) -> int:
+    from .report import format_report
+    from .runner import Settings, run_bench
+    if args.plot:
+        from .plot import _pyplot
+        _pyplot()          # a missing matplotlib fails before minutes of measuring
+    s = Settings(model=args.model, bundles=list(args.bundles), cases=args.cases,
+                 questions_per_image=args.questions_per_image, max_new_tokens=args.max_new_tokens,
+                 repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+                 query_len=args.query_len, bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout)
+    result = run_bench(s)
+    print(format_report(result))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"wrote {args.json_out}")
+    if args.plot:
+        from .plot import write_plot
+        print(f"wrote {write_plot(result, args.plot)}")
+    return 0 if all(b["ok"] for b in result["backends"]) else 1

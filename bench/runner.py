@@ -1,0 +1,222 @@
+"""One benchmark run: the reference and every bundle, each in its own worker process,
+on the same images and questions, plus this machine's memory bandwidth; then the
+derived figures (summaries, ratios to the reference, fraction of the decode bound,
+fidelity against the reference).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusion_edge import __version__
+from fusion_edge.runtime.errors import BundleError, FusionEdgeError
+
+from .bandwidth import measure_bandwidth
+from .cases import write_images
+from .stats import summarize
+from .worker import IMAGE_FIGURES, QUESTION_FIGURES
+
+FIGURES = IMAGE_FIGURES + QUESTION_FIGURES
+SCALARS = ("load_s", "peak_rss_bytes", "disk_bytes", "llm_bytes_per_token")
+
+
+class BenchError(FusionEdgeError):
+    """The benchmark cannot run with the given settings."""
+
+
+@dataclass
+class Settings:
+    model: str
+    bundles: list[str]
+    cases: int = 2
+    questions_per_image: int = 2
+    max_new_tokens: int = 32
+    repeats: int = 3
+    warmup: int = 1
+    threads: int = os.cpu_count() or 1
+    device: str = "cpu"
+    query_len: int | None = None
+    bandwidth_bytes: int = 256 << 20
+    timeout_s: float = 3600.0
+
+    def check(self) -> None:
+        for name, low in (("cases", 1), ("questions_per_image", 1), ("repeats", 1), ("threads", 1),
+                          ("max_new_tokens", 2), ("warmup", 0)):
+            if getattr(self, name) < low:
+                raise BenchError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}.",
+                                 f"pass --{name.replace('_', '-')} {max(low, 1)} or more")
+
+
+def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) -> dict:
+    """→ the full result (the `--json` document)."""
+    s.check()
+    fingerprint = _check_inputs(s)
+    load_before = _load()
+    with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
+        work = Path(workdir or tmp)
+        images = [str(p) for p in write_images(work / "images", s.cases)]
+        log(f"memory bandwidth probe ({s.bandwidth_bytes >> 20} MiB copy, {s.threads} threads) ...")
+        bw = measure_bandwidth(s.bandwidth_bytes, repeats=5, threads=s.threads)
+        raw = []
+        for i, spec in enumerate([("--reference", s.model)] + [("--bundle", b) for b in s.bundles]):
+            log(f"[{i + 1}/{len(s.bundles) + 1}] {spec[1]} ...")
+            raw.append(run_worker(spec, images, s, work / f"backend_{i:02d}"))
+    backends = [derive(r, bw["bytes_per_s"]) for r in raw]
+    _name_uniquely(backends)
+    add_comparisons(backends)
+    return {"fusion_edge": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {**machine_info(), "load_avg_1min_before": load_before}, "threads": s.threads,
+            "settings": {k: v for k, v in vars(s).items() if k not in ("model", "bundles")},
+            "model": s.model, "source_fingerprint": fingerprint, "bandwidth": bw, "backends": backends}
+
+
+def _check_inputs(s: Settings) -> str | None:
+    """Fail fast on a missing bundle or one built from another checkpoint."""
+    from fusion_edge.runtime.bundle import Bundle
+    fingerprint = None
+    if Path(s.model).is_dir():
+        from fusion_edge.export.checkpoint import open_checkpoint
+        fingerprint = open_checkpoint(s.model).fingerprint()
+    for b in s.bundles:
+        bundle = Bundle.open(b, check_hashes=False)     # the worker checks hashes (timed as load)
+        if fingerprint is not None:
+            bundle.check_source(fingerprint)
+    if not s.bundles:
+        raise BundleError("no bundle to benchmark.", "pass --bundles B1 [B2 ...] (folders made by fusion-export)")
+    return fingerprint
+
+
+def run_worker(spec: tuple[str, str], images: list[str], s: Settings, out: Path) -> dict:
+    """Run one backend's worker process; → its result.json (with `error` on failure)."""
+    cmd = [sys.executable, "-m", "fusion_edge.bench.worker", spec[0], spec[1], "--out", str(out),
+           "--images", *images, "--questions-per-image", str(s.questions_per_image),
+           "--max-new-tokens", str(s.max_new_tokens), "--repeats", str(s.repeats), "--warmup", str(s.warmup),
+           "--threads", str(s.threads), "--device", s.device]
+    if s.query_len:
+        cmd += ["--query-len", str(s.query_len)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), PYTHONUNBUFFERED="1")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=s.timeout_s)
+        tail = (proc.stderr or "")[-2000:]
+    except subprocess.TimeoutExpired:
+        return _failed(spec, "Timeout", f"the worker ran longer than {s.timeout_s:.0f} s")
+    res_path = out / "result.json"
+    if not res_path.is_file():
+        return _failed(spec, "WorkerCrashed", f"exit code {proc.returncode}; stderr: {tail}")
+    result = json.loads(res_path.read_text())
+    result["spec"] = list(spec)
+    logits = out / "first_logits.npy"
+    if result.get("ok") and logits.is_file():
+        result["first_logits"] = np.load(logits)
+    return result
+
+
+def _failed(spec, kind: str, message: str) -> dict:
+    return {"ok": False, "spec": list(spec), "error": {"type": kind, "message": message}}
+
+
+def derive(raw: dict, bandwidth: float) -> dict:
+    """A worker's raw samples → the reported per-backend record."""
+    info = raw.get("backend") or {"kind": "reference" if raw["spec"][0] == "--reference" else "bundle",
+                                  "name": Path(raw["spec"][1]).name, "path": raw["spec"][1]}
+    rec = {**info, "ok": bool(raw.get("ok")), "threads": raw.get("threads")}
+    if not rec["ok"]:
+        err = raw.get("error", {})
+        rec["error"] = f"{err.get('type', 'Error')}: {err.get('message', '')}".strip()
+        return rec
+    rec.update({k: raw[k] for k in ("load_s", "peak_rss_bytes", "rss_after_load_bytes")})
+    rec["figures"] = {k: summarize(raw["samples"][k]) for k in FIGURES}
+    rec["prompt_tokens"] = int(np.median(raw["prompt_tokens"]))
+    rec["new_tokens_mean"] = float(np.mean(raw["new_tokens"]))
+    rec["answers"] = raw["answers"]
+    rec["_first_logits"] = raw.get("first_logits")
+    bound = bandwidth / rec["llm_bytes_per_token"]
+    rec["decode_bound_tokens_per_s"] = bound
+    dec = rec["figures"]["decode_tokens_per_s"]
+    rec["decode_fraction_of_bound"] = dec["median"] / bound if dec else None
+    rec["decode_fraction_of_bound_best"] = dec["max"] / bound if dec else None
+    return rec
+
+
+def _name_uniquely(backends: list[dict]) -> None:
+    seen: dict[str, int] = {}
+    for b in backends:
+        seen[b["name"]] = seen.get(b["name"], 0) + 1
+    for b in backends:
+        if seen[b["name"]] > 1 and b["kind"] == "bundle":
+            b["name"] = f"{b['name']} ({Path(b['path']).name})"
+
+
+def add_comparisons(backends: list[dict]) -> None:
+    """Ratios backend/reference of every figure (medians) and scalar, and fidelity."""
+    ref = backends[0]
+    for b in backends:
+        if not (b["ok"] and ref["ok"]):
+            b["ratios"] = b["fidelity"] = None
+            continue
+        ratios = {}
+        for k in FIGURES:
+            mine, theirs = b["figures"][k], ref["figures"][k]
+            ratios[k] = mine["median"] / theirs["median"] if mine and theirs and theirs["median"] else None
+        for k in SCALARS:
+            ratios[k] = b[k] / ref[k] if ref.get(k) else None
+        b["ratios"] = ratios
+        b["fidelity"] = fidelity(b, ref)
+    for b in backends:
+        b.pop("_first_logits", None)
+
+
+def fidelity(b: dict, ref: dict) -> dict | None:
+    """First-step max |Δlogit|, top-1 agreement and greedy-token agreement vs the reference
+    (the definitions of `fusion-edge verify`), over every question of the first repeat."""
+    got, want = b.get("_first_logits"), ref.get("_first_logits")
+    if got is None or want is None or got.shape != want.shape:
+        return None
+    agree, prefix = [], []
+    for a_, r_ in zip(b["answers"], ref["answers"]):
+        a, r = a_["token_ids"], r_["token_ids"]
+        n = max(len(a), len(r), 1)
+        agree.append(sum(x == y for x, y in zip(a, r)) / n if len(a) == len(r) else 0.0)
+        p = 0
+        while p < min(len(a), len(r)) and a[p] == r[p]:
+            p += 1
+        prefix.append(p)
+    return {"max_dlogit": float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))),
+            "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(want, -1))),
+            "greedy_agreement": float(np.mean(agree)), "greedy_prefix_min": int(min(prefix)),
+            "questions": len(agree)}
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "platform": platform.platform(),
+            "python": platform.python_version(), "load_avg_1min": _load()}
+
+
+def _load() -> float | None:
+    """Other work on the machine skews every figure: record the load around the run."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None

@@ -1,0 +1,47 @@
+"""Calibration end to end: data set → fp32 pipeline → recording folder.
+
+`calibrate(model_or_bundle, data, out)` is what `fusion-edge calibrate` and the quantized
+export run: load and check the data set (reporting every skipped entry), hold out the
+last pairs for the quality gate, run the fp32 pipeline over the rest and record.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .dataset import load_calibration_set
+from .record import Recordings, record_calibration
+from .source import fp32_bundle, source_info
+
+DEFAULT_SAMPLES = 32
+DEFAULT_HOLDOUT = 4
+DEFAULT_MAX_MB = 2048.0
+
+
+def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int = DEFAULT_SAMPLES,
+                     holdout: int = DEFAULT_HOLDOUT, max_mb: float = DEFAULT_MAX_MB, dtype: str = "float16",
+                     overwrite: bool = False, threads: int | None = None, progress: bool = True,
+                     log=print) -> Recordings:
+    """Record the fp32 bundle's graph inputs over a data set (None = built in)."""
+    from fusion_edge.runtime.pipeline import Pipeline
+    dataset = load_calibration_set(data, questions)
+    if data is None:
+        log("notice: no calibration data given; using the built-in generated scenes and camera questions "
+            "(pass --data/--calib with your own images and questions for a better calibration)")
+    log(dataset.summary())
+    items, held_out = dataset.split(holdout)
+    pipe = Pipeline.open(bundle_path, device="cpu", threads=threads)
+    info = {"kind": dataset.kind, "source": dataset.source, "pairs": len(dataset), "held_out": len(held_out),
+            "skipped": [{"where": s.where, "reason": s.reason} for s in dataset.skipped]}
+    rec = record_calibration(pipe, items, out, samples=samples, max_mb=max_mb, dtype=dtype,
+                             source=source_info(bundle_path), dataset=info, held_out=held_out,
+                             overwrite=overwrite, progress=progress, log=log)
+    m = rec.manifest
+    log(f"recorded {m['samples']} samples over {m['images']} images, {m['bytes'] / (1 << 20):.1f} MB, in {out}")
+    return rec
+
+
+def calibrate(model: str, out, data=None, questions=None, query_len: int | None = None,
+              image_tokens: int | None = None, progress: bool = True, log=print, **kw) -> Recordings:
+    """`calibrate_bundle` for a checkpoint (via a temporary fp32 export) or an fp32 bundle."""
+    with fp32_bundle(model, query_len, image_tokens, progress, log) as bundle_path:
+        return calibrate_bundle(bundle_path, Path(out), data, questions, progress=progress, log=log, **kw)

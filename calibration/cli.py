@@ -1,0 +1,44 @@
+"""`fusion-edge calibrate MODEL_OR_BUNDLE --data DIR_OR_JSONL -o calib/`."""
+from __future__ import annotations
+
+from .calibrate import DEFAULT_HOLDOUT, DEFAULT_MAX_MB, DEFAULT_SAMPLES
+
+EPILOG = """data formats:
+  folder   images (jpg/png/webp/bmp/gif/tif) + questions.txt, one question a line;
+           images and questions are paired round-robin
+  .jsonl   one {"image": "path (relative to the file)", "question": "text"} a line
+  none     built-in generated scenes and typical camera questions (a demo default)
+bad entries (missing/corrupt image, empty question, bad JSON) are skipped and listed.
+
+examples:
+  fusion-edge calibrate tiny-phi3 -o calib
+  fusion-edge calibrate starriver030515/FUSION-X-Phi3.5-3B --data shots/ -o calib --samples 64
+  fusion-export tiny-phi3 --target onnx --precision int8 --calib calib -o q8"""
+
+
+def add_args(p) -> None:
+    p.epilog = EPILOG
+    p.add_argument("model", help="checkpoint folder / hub id, or an fp32 ONNX bundle")
+    p.add_argument("--data", default=None, help="image folder or .jsonl file (default: built-in set)")
+    p.add_argument("--questions", default=None, help="questions file for an image folder "
+                                                     "(default: DIR/questions.txt)")
+    p.add_argument("-o", "--out", required=True, help="recording folder to create")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="most (image, question) pairs to record")
+    p.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT,
+                   help="pairs kept out of the recording for the quantized export's quality gate")
+    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="stop recording before this size")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage of float inputs")
+    p.add_argument("--query-len", type=int, default=None, help="latent count to calibrate with")
+    p.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing recording folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from .calibrate import calibrate
+    calibrate(args.model, args.out, data=args.data, questions=args.questions, query_len=args.query_len,
+              image_tokens=args.image_tokens, progress=not args.quiet, samples=args.samples,
+              holdout=args.holdout, max_mb=args.max_mb, dtype=args.dtype, overwrite=args.overwrite,
+              threads=args.threads)
+    return 0

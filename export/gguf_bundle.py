@@ -1,0 +1,137 @@
+"""`fusion-export MODEL --target gguf`: the LLM as a llama.cpp GGUF, vision + alignment as ONNX.
+
+Bundle contents: `vision.onnx` and `align_00..NN.onnx` (the same graphs as the onnx target,
+run by onnxruntime), `llm.gguf` (the decoder for llama.cpp, at the precision's GGUF type),
+`tokenizer/`, and `fusion_bundle.json` with `"llm_backend": "llama.cpp"`, the quant type
+and the type each GGUF tensor actually got. Precision → GGUF type: fp32 → F32 (run with an
+f32 KV cache and flash attention off: parity mode), fp16 → F16, int8 → Q8_0, int4 → Q4_K_M
+(`quant="Q4_0"` picks Q4_0 instead). Written atomically and verified against the PyTorch
+reference like every bundle; the fp32 bundle must pass the onnx fp32 gate, quantized ones
+are reported and must only run and stay finite.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from fusion_edge.runtime.bundle import Bundle, BundleWriter
+from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
+
+from .bundle_export import _progress, format_figures, manifest_for
+from .checkpoint import Checkpoint, open_checkpoint
+from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
+from .onnx_export import export_graph, graph_specs
+
+LLM_FILE = "llm.gguf"
+
+
+def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precision: str = "fp32",
+                       query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
+                       verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
+                       log=print, **extra) -> Path:
+    """Write a verified gguf bundle. Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
+    default from the precision), vision_precision ("fp32" | "fp16", default "fp32"), threads."""
+    quant = extra.pop("quant", None) or PRECISION_QUANT.get(precision)
+    vision_precision = extra.pop("vision_precision", "fp32")
+    threads = int(extra.pop("threads", 0) or 0)
+    if extra:
+        raise ExportError(f"unknown gguf export option(s): {', '.join(sorted(extra))}.",
+                          "known: quant, vision_precision, threads")
+    if quant not in QUANT_TYPES:
+        raise ExportError(f"GGUF quant type '{quant}' is not offered.", f"choose one of: {', '.join(QUANT_TYPES)}")
+    if vision_precision not in ("fp32", "fp16"):
+        raise ExportError(f"vision_precision '{vision_precision}' is not offered.", "use fp32 or fp16")
+    ckpt = open_checkpoint(model)
+    q, n_img = _options(ckpt, query_len, image_tokens)
+    tokenizer = ckpt.tokenizer()
+    with BundleWriter(out, overwrite) as writer:
+        components = {}
+        specs = [s for s in graph_specs(ckpt) if s["name"] == "vision" or s["name"].startswith("align_")]
+        for spec in _progress(specs, f"export gguf/{precision} (onnx parts)", progress):
+            components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), vision_precision)
+        components["llm"] = write_llm(ckpt, writer, precision, quant, tokenizer, progress, threads)
+        tokenizer.save(writer.path("tokenizer"))
+        manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
+                                llm_backend="llama.cpp")
+        manifest["build"].update(gguf_build_info())
+        manifest = writer.write_manifest(manifest)
+        log(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
+            f"{components['llm']['type_counts']}")
+        if verify:
+            figures = verify_gguf_folder(writer.tmp, ckpt, steps, precision, force, log)
+            Bundle(writer.tmp, manifest).update_manifest(verification=figures)
+        return writer.commit()
+
+
+def _options(ckpt: Checkpoint, query_len: int | None, image_tokens: int | None) -> tuple[int, int]:
+    cfg = ckpt.config
+    q = cfg.check_query_len(query_len or cfg.default_query_len)
+    if image_tokens not in (None, cfg.tower.num_patches, FUSION_L_TOKENS):
+        raise ExportError(f"--image-tokens {image_tokens} is not supported.",
+                          f"use {FUSION_L_TOKENS} (FUSION-L) or leave it out ({cfg.tower.num_patches})")
+    return q, image_tokens or cfg.tower.num_patches
+
+
+def write_llm(ckpt: Checkpoint, writer: BundleWriter, precision: str, quant: str, tokenizer,
+              progress: bool, threads: int = 0) -> dict:
+    """llm.gguf in the bundle folder (f32 written from the checkpoint, then requantized) →
+    its component record."""
+    dst = writer.path(LLM_FILE)
+    if quant == "F32":
+        info = write_gguf(ckpt, dst, tokenizer, progress)
+    else:
+        tmp = writer.path("llm.f32.gguf.tmp")     # never listed in the manifest
+        try:
+            info = write_gguf(ckpt, tmp, tokenizer, progress)
+            quantize_gguf(tmp, dst, quant, threads)
+        finally:
+            tmp.unlink(missing_ok=True)
+    types = tensor_types(dst)
+    parity = precision == "fp32" and quant == "F32"
+    return {"name": "llm", "backend": "llama.cpp", "precision": precision, "files": [LLM_FILE],
+            "format": "gguf", "arch": info["arch"], "quant": quant, "bytes": dst.stat().st_size,
+            "kv_cache": "f32" if parity else "f16", "flash_attn": "off" if parity else "auto",
+            "type_counts": type_counts(types), "k_quant_fallbacks": _k_fallbacks(quant, types),
+            "tensor_types": types}
+
+
+def _k_fallbacks(quant: str, types: dict[str, str]) -> int:
+    """Quantized tensors that did not get a K type although a K-quant was asked for (llama.cpp
+    falls back to Q5_0 / Q8_0 ... on rows that are not multiples of 256)."""
+    if "_K" not in quant:
+        return 0
+    return sum(1 for t in types.values() if t not in ("F32", "F16") and not t.endswith("_K"))
+
+
+def gguf_build_info() -> dict:
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+    return {"gguf": version("gguf"), "llama_cpp_python": version("llama_cpp_python")}
+
+
+def verify_gguf_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool, log) -> dict:
+    """Figures vs the PyTorch reference; fp32 must pass the onnx fp32 gate, others stay finite."""
+    from .reference import FusionReference
+    from .verify import gate, verify
+    pipe = Pipeline.open(folder, device="cpu")
+    try:
+        figures = verify(pipe, FusionReference(ckpt), steps=steps)
+    finally:
+        close = getattr(pipe.llm, "close", None)
+        if close:
+            close()
+    passed, reasons = gate(figures, "fp32") if precision == "fp32" else (True, [])
+    if not np.isfinite(figures["max_dlogit"]):
+        passed, reasons = False, reasons + ["logits are not finite"]
+    figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
+    log(format_figures(figures))
+    if not passed and not force:
+        raise ExportError("the exported gguf bundle does not match the reference closely enough: " + "; ".join(reasons),
+                          "report this with the figures above; --force keeps the bundle anyway")
+    return figures

@@ -1,0 +1,80 @@
+"""Loading and saving ONNX graphs for the quantizers, and counting their weight bytes.
+
+Graphs above 1 GiB keep their weights in `<name>.onnx.data` (the protobuf limit is 2 GiB),
+as the exporter does; smaller ones are one file.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def load(path: Path):
+    import onnx
+    return onnx.load(str(path), load_external_data=True)
+
+
+def has_external_data(path: Path) -> bool:
+    return any(Path(path).parent.glob(Path(path).name + "*.data"))
+
+
+def save(model, path: Path) -> list[str]:
+    """Write `model` to `path` → the bundle file names it occupies."""
+    import onnx
+    path = Path(path)
+    for stale in path.parent.glob(path.name + "*.data"):
+        stale.unlink()
+    size = _byte_size(model)
+    if size is None or size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        return [path.name, path.name + ".data"]
+    onnx.save_model(model, str(path))
+    return [path.name]
+
+
+def _byte_size(model) -> int | None:
+    try:
+        return model.ByteSize()
+    except Exception:      # protobuf refuses to size a message above 2 GiB
+        return None
+
+
+def weight_bytes(model) -> dict[str, int]:
+    """Bytes of the graph's initializers by element type name (int4 counted packed)."""
+    from onnx import helper
+    out: dict[str, int] = {}
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        name = helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type not in (21, 22) else (
+            "uint4" if t.data_type == 21 else "int4")
+        bits = 4 if t.data_type in (21, 22) else 8 * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        out[name] = out.get(name, 0) + (n * bits + 7) // 8
+    return out
+
+
+LOW_BIT_TYPES = {2: "uint8", 3: "int8", 21: "uint4", 22: "int4"}   # TensorProto data types
+
+
+def quantized_weight_count(model) -> int:
+    """Weights stored in 8 or 4 bits: DequantizeLinear nodes / MatMulNBits fed by such a constant."""
+    low = {t.name for t in model.graph.initializer if t.data_type in LOW_BIT_TYPES}
+    return sum(1 for n in model.graph.node
+               if n.op_type in ("DequantizeLinear", "MatMulNBits") and n.input[{"MatMulNBits": 1}.get(n.op_type, 0)] in low)
+
+
+@contextlib.contextmanager
+def quiet_ort_logging():
+    """onnxruntime.quantization logs advice through the root logger at WARNING; keep the
+    progress bars readable (errors still raise)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

@@ -1,0 +1,179 @@
+"""Precision planner: what each component should run at on the target hardware.
+
+`plan(target, precision, sm=None)` → a `Plan` with one `Choice` per component (vision,
+align, embed, llm) saying the precision, the quantization scheme and why, or a typed
+`PrecisionNotSupportedError` (problem + fix) when the hardware cannot run the request.
+
+Hardware facts used (vendor documentation):
+* TensorRT 10.x is built for SM 7.0 and newer. INT8 runs on all of those, with INT8 tensor
+  cores from SM 7.2 (Xavier) / 7.5 (Turing) on. BF16 needs SM 8.0 (Ampere).
+* INT4 weight-only GEMM (W4A16): Ampere (SM 8.0) and newer — TensorRT-RTX support
+  matrix (INT4 WoQ GEMM: 8.6/8.9/12.0 yes, 7.5 no) and NVIDIA ModelOpt (W4A16: Ampere
+  and later). TensorRT's dequantize layer accepts symmetric INT4 only (zero-points 0).
+* FP8: Ada (SM 8.9) and newer; FP4 (NVFP4): Blackwell (SM 10.0) and newer. Orin (SM 8.7)
+  and Ampere laptops (SM 8.6) therefore have no FP8/FP4.
+* onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and int8 symmetric
+  per-channel weights is its recommended x86 scheme (quantize_static documentation);
+  int4 weight-only is the `MatMulNBits` contrib op (`accuracy_level` 4 = int8 compute).
+  No FP8/FP4 kernels.
+* onnxruntime CUDA: `MatMulNBits` has a CUDA kernel (int4 weight-only); Q/DQ int8 runs,
+  but this provider is not an int8 GEMM engine — int8 there saves memory, not time;
+  TensorRT is the int8 speed path on NVIDIA GPUs.
+
+Components: vision (SigLIP tower + projectors), align (the recursive-alignment layers),
+embed (the token-embedding table, a Gather), llm (the decoder segments + lm_head).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fusion_edge.runtime.errors import DeviceError
+
+TARGETS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8", "fp4")
+COMPONENTS = ("vision", "align", "embed", "llm")
+GPU_TARGETS = ("onnxruntime-cuda", "tensorrt")
+DEFAULT_SM = (8, 7)          # Jetson Orin: the primary deployment target
+
+# minimum compute capability per precision on NVIDIA GPUs
+MIN_SM = {"fp32": (7, 0), "fp16": (7, 0), "bf16": (8, 0), "int8": (7, 0), "int4": (8, 0),
+          "fp8": (8, 9), "fp4": (10, 0)}
+ARCH = [((10, 0), "Blackwell"), ((9, 0), "Hopper"), ((8, 9), "Ada"), ((8, 7), "Orin (Ampere)"),
+        ((8, 0), "Ampere"), ((7, 5), "Turing"), ((7, 2), "Xavier (Volta)"), ((7, 0), "Volta"), ((0, 0), "pre-Volta")]
+
+
+class PrecisionNotSupportedError(DeviceError):
+    """The asked precision cannot run on the target hardware (or is unknown)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str     # fp32 | fp16 | int8 (W8A8 Q/DQ) | int8-weight (weight-only) | int4 (weight-only)
+    scheme: str        # how it is stored and run, in words
+    reason: str
+
+
+@dataclass
+class Plan:
+    target: str
+    precision: str
+    sm: tuple[int, int] | None
+    components: dict[str, Choice]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flavour(self) -> str:
+        """Q/DQ flavour of the ONNX quantizers: cpu (asymmetric activations), cuda or trt."""
+        return {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "trt"}[self.target]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "precision": self.precision,
+                "sm": f"{self.sm[0]}.{self.sm[1]}" if self.sm else None,
+                "components": {k: vars(c) for k, c in self.components.items()}, "notes": list(self.notes)}
+
+    def explain(self) -> str:
+        head = f"precision plan for {self.target}" + (f" (SM {self.sm[0]}.{self.sm[1]}, {arch_name(self.sm)})"
+                                                      if self.sm else "") + f", {self.precision}:"
+        rows = [f"  {name:<7} {c.precision:<12} {c.scheme} — {c.reason}" for name, c in self.components.items()]
+        return "\n".join([head, *rows, *("  note: " + n for n in self.notes)])
+
+
+def parse_sm(sm) -> tuple[int, int] | None:
+    """'8.7', '87', 8.7, (8, 7) → (8, 7); None stays None."""
+    if sm is None or isinstance(sm, tuple):
+        return sm
+    text = str(sm).strip().lower().removeprefix("sm").removeprefix("_")
+    try:
+        if "." in text:
+            major, minor = text.split(".", 1)
+            return int(major), int(minor)
+        value = int(text)
+    except ValueError:
+        raise PrecisionNotSupportedError(f"compute capability {sm!r} is not a version like 8.7.",
+                                         "pass --sm MAJOR.MINOR, e.g. 8.7 for Jetson Orin, 8.6 for RTX 30xx") from None
+    return (value // 10, value % 10) if value >= 10 else (value, 0)
+
+
+def arch_name(sm: tuple[int, int]) -> str:
+    return next(name for floor, name in ARCH if sm >= floor)
+
+
+def plan(target: str, precision: str, sm=None) -> Plan:
+    if target not in TARGETS:
+        raise PrecisionNotSupportedError(f"unknown target '{target}'.", f"choose one of: {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        raise PrecisionNotSupportedError(f"unknown precision '{precision}'.", f"choose one of: {', '.join(PRECISIONS)}")
+    sm = parse_sm(sm)
+    notes = []
+    if target in GPU_TARGETS:
+        if sm is None:
+            sm = DEFAULT_SM
+            notes.append(f"no compute capability given: planned for SM {sm[0]}.{sm[1]} ({arch_name(sm)}); "
+                         "pass --sm for another GPU")
+        _check_gpu(target, precision, sm)
+    elif sm is not None:
+        raise PrecisionNotSupportedError(f"a compute capability (SM {sm[0]}.{sm[1]}) was given for the CPU target.",
+                                         "drop --sm, or choose a GPU target (--for cuda|trt)")
+    if target == "onnxruntime-cpu":
+        _check_cpu(precision)
+    components = _choose(target, precision, sm, notes)
+    return Plan(target, precision, sm, components, notes)
+
+
+def _check_gpu(target: str, precision: str, sm: tuple[int, int]) -> None:
+    need = MIN_SM[precision]
+    if sm < MIN_SM["fp32"]:
+        raise PrecisionNotSupportedError(
+            f"SM {sm[0]}.{sm[1]} ({arch_name(sm)}) is below what TensorRT 10 / current CUDA builds support (SM 7.0).",
+            "run on the CPU target (--for cpu)")
+    if sm < need:
+        fix = {"fp8": "use int8 (W8A8) or int4 weight-only; FP8 needs Ada (SM 8.9) or newer",
+               "fp4": "use int4 weight-only (or fp8 on Ada/Hopper); FP4 needs Blackwell (SM 10.0) or newer",
+               "int4": "use int8 or fp16; INT4 weight-only GEMM needs Ampere (SM 8.0) or newer",
+               "bf16": "use fp16; BF16 needs Ampere (SM 8.0) or newer"}[precision]
+        raise PrecisionNotSupportedError(
+            f"{precision.upper()} does not run on SM {sm[0]}.{sm[1]} ({arch_name(sm)}): it needs SM "
+            f"{need[0]}.{need[1]} or newer.", fix)
+    if target == "onnxruntime-cuda" and precision in ("fp8", "fp4"):
+        raise PrecisionNotSupportedError(f"fusion-edge builds {precision.upper()} only as TensorRT engines.",
+                                         "use --target trt, or int4/int8 with onnxruntime")
+
+
+def _check_cpu(precision: str) -> None:
+    if precision in ("fp8", "fp4", "bf16"):
+        raise PrecisionNotSupportedError(
+            f"onnxruntime has no {precision.upper()} CPU kernels: the CPU cannot run a {precision} bundle.",
+            "use int8 (W8A8) or int4 (weight-only LLM) for CPUs, or fp32")
+
+
+def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choice]:
+    if precision in ("fp32", "fp16", "bf16", "fp8", "fp4"):
+        c = Choice(precision, "every graph at that precision", "asked for")
+        if precision == "fp16" and target == "onnxruntime-cpu":
+            notes.append("fp16 on CPU: onnxruntime computes most fp16 ops through casts; expect fp32 speed or "
+                         "slower, half the size")
+        return {name: c for name in COMPONENTS}
+    trt = target == "tensorrt"
+    cpu = target == "onnxruntime-cpu"
+    act = ("uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)")
+    w8a8 = Choice("int8", f"Q/DQ W8A8: per-channel int8 symmetric weights, per-tensor {act}",
+                  "vision and alignment are compute-bound (729-token tiles, many latents): int8 GEMMs pay"
+                  if not target == "onnxruntime-cuda" else "halves/quarters memory; the CUDA EP dequantizes")
+    if sm is not None and sm < (7, 2):
+        notes.append(f"SM {sm[0]}.{sm[1]} has no INT8 tensor cores: int8 runs but fp16 is likely as fast")
+    if target == "onnxruntime-cuda":
+        notes.append("onnxruntime's CUDA EP runs Q/DQ int8 by dequantizing (memory saving only); "
+                     "use --target trt for int8 speed")
+    embed = (Choice("fp32", "fp32 table (Gather)",
+                    "a row-gathered per-row scale is not a Q/DQ pattern TensorRT maps; the lookup is memory, "
+                    "not compute") if trt else
+             Choice("int8-weight", "int8 table + per-row fp32 scale (Gather, Cast, Mul)",
+                    "a quarter of the table's bytes; each looked-up row is exact to 1/254 of its largest value"))
+    if precision == "int8":
+        llm = Choice("int8", w8a8.scheme, "decode is memory-bound: int8 weights quarter the bytes read per token")
+    else:
+        blocks = ("DequantizeLinear int4 blocks (opset 21) → MatMul, symmetric" if trt or target == "tensorrt"
+                  else "MatMulNBits 4-bit blocks, symmetric")
+        llm = Choice("int4", f"weight-only: {blocks}, fp activations",
+                     "decode is memory-bound: 4-bit weights read an eighth of fp32's bytes per token")
+    return {"vision": w8a8, "align": w8a8, "embed": embed, "llm": llm}

@@ -1,0 +1,99 @@
+"""INT8 W8A8 static Q/DQ quantization of one graph (vision, alignment, LLM segment).
+
+onnxruntime's `quantize_static` with `QuantFormat.QDQ`, MinMax calibration over the
+recorded inputs, per-channel int8 symmetric weights (output-channel axis), and per-tensor
+activations: uint8 asymmetric for the CPU flavour (onnxruntime's recommended x86 scheme),
+int8 symmetric (zero-point 0) for the cuda/trt flavours (what TensorRT accepts). Biases
+stay float for trt (TensorRT takes float biases after a quantized GEMM).
+
+Quantized ops: MatMul/Gemm with a constant weight, and Conv (the patch embedding).
+Exclusions, each with its reason (recorded in the bundle manifest):
+* attention MatMuls whose two inputs are both activations (Q·Kᵀ, P·V): post-softmax
+  probabilities and keys span a range one per-tensor int8 scale cannot hold; on the tiny
+  checkpoints quantizing them raised a 3-layer segment's relative error from 1.3 % to 6 %.
+  They carry no weights, so leaving them float costs no bytes.
+* per-graph names in `EXCLUDE` (measured; see docs/quantization.md).
+MinMax is the calibrator because the histogram ones (Entropy/Percentile) in onnxruntime
+need equal shapes across samples, and prompts differ in length.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import graph_io
+
+ATTENTION_REASON = ("activation × activation MatMul (attention scores / context): post-softmax and key ranges "
+                    "do not fit one per-tensor int8 scale; no weights, so float costs no bytes")
+# component-name regex → [(node-name regex, reason)]; filled from measurements
+EXCLUDE: dict[str, list[tuple[str, str]]] = {}
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    activation_signed: bool        # int8 (True) or uint8 (False) activations
+    symmetric_activations: bool
+    quantize_bias: bool
+    reduce_range: bool = False
+
+    @classmethod
+    def for_flavour(cls, flavour: str, reduce_range: bool = False) -> "Int8Scheme":
+        if flavour == "cpu":
+            return cls(False, False, True, reduce_range)
+        if flavour in ("trt", "cuda"):
+            return cls(True, True, False, reduce_range)
+        raise ValueError(f"unknown flavour {flavour!r}")
+
+    def describe(self) -> str:
+        act = ("int8 symmetric" if self.activation_signed and self.symmetric_activations
+               else "uint8 asymmetric" if not self.activation_signed else "int8 asymmetric")
+        return (f"W8A8 Q/DQ, per-channel int8 symmetric weights{' (7-bit)' if self.reduce_range else ''}, "
+                f"per-tensor {act} activations, MinMax calibration")
+
+
+def exclusions(model, component: str) -> dict[str, str]:
+    """node name → reason, for the nodes of `model` that stay float."""
+    inits = {t.name for t in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and not any(i in inits or i in consts for i in node.input):
+            out[node.name] = ATTENTION_REASON
+    for pattern, rules in EXCLUDE.items():
+        if re.fullmatch(pattern, component):
+            for node in model.graph.node:
+                for rx, reason in rules:
+                    if re.search(rx, node.name):
+                        out.setdefault(node.name, reason)
+    return out
+
+
+def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Scheme) -> dict:
+    """Quantize graph `src` into `dst` with calibration reader `feeds` → report (files,
+    quantized node count, exclusions with reasons, scheme)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    excluded = exclusions(graph_io.load(src), component)
+    external = graph_io.has_external_data(src)
+    with graph_io.quiet_ort_logging():
+        quantize_static(
+            str(src), str(dst), feeds, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            per_channel=True, reduce_range=scheme.reduce_range,
+            activation_type=QuantType.QInt8 if scheme.activation_signed else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
+            use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+                           "QuantizeBias": scheme.quantize_bias, "MatMulConstBOnly": True})
+    model = graph_io.load(dst)
+    files = graph_io.save(model, dst)
+    return {"precision": "int8", "scheme": scheme.describe(), "files": files,
+            "quantized_weights": graph_io.quantized_weight_count(model),
+            "excluded": _group(excluded), "calibration_samples": len(feeds)}
+
+
+def _group(excluded: dict[str, str]) -> list[dict]:
+    """{reason: [nodes]} as a list, for the manifest."""
+    by_reason: dict[str, list[str]] = {}
+    for node, reason in excluded.items():
+        by_reason.setdefault(reason, []).append(node)
+    return [{"reason": r, "count": len(nodes), "nodes": nodes} for r, nodes in by_reason.items()]

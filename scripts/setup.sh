@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install fusion-edge and everything its demo and tests need, on a fresh machine.
+# Idempotent. PyTorch first, by exact version: on these machines `torch==2.13.0` is the
+# local CPU build; any other spelling pulls gigabytes of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+"$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
+  || pip_install torch==2.13.0
+# Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
+# time), camera and bench for the app and the harness, dev for the tests.
+pip_install -e ".[export,gguf,camera,bench,dev]"
+if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
+  bash scripts/install_browser.sh
+fi

@@ -1,0 +1,212 @@
+"""The benchmark harness (bench/): one run measures the reference and a bundle in worker
+processes and writes a complete JSON and a PNG. No speed is asserted here: only that
+every figure exists, is positive and finite, and that the derived figures (ratios,
+fraction of the bandwidth bound) are computed from the same run's numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusion_edge.bench.bandwidth import measure_bandwidth
+from fusion_edge.bench.report import format_report
+from fusion_edge.bench.runner import FIGURES, SCALARS, BenchError, Settings, derive, run_worker
+from fusion_edge.bench.weights import bundle_llm_bytes_per_token, torch_llm_bytes_per_token
+from fusion_edge.cli import main
+from fusion_edge.runtime.errors import BundleError, MissingExtraError
+
+FAST = ["--cases", "1", "--questions-per-image", "2", "--max-new-tokens", "3", "--repeats", "1",
+        "--warmup", "0", "--threads", "2", "--bandwidth-mib", "16"]
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_checkpoint, onnx_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    ckpt, bundle = tiny_checkpoint("phi3", "so400m"), onnx_bundle("phi3", "so400m")
+    rc = main(["bench", "--model", str(ckpt), "--bundles", str(bundle), *FAST,
+               "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")])
+    return rc, out
+
+
+def test_bench_writes_every_figure_for_every_backend(bench_run):
+    rc, out = bench_run
+    assert rc == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["threads"] == 2 and _positive(result["bandwidth"]["bytes_per_s"])
+    assert [b["kind"] for b in result["backends"]] == ["reference", "bundle"]
+    assert [b["name"] for b in result["backends"]] == ["pytorch-reference", "onnx-fp32"]
+    for b in result["backends"]:
+        assert b["ok"] and b["threads"] == 2, b.get("error")
+        for key in FIGURES:
+            fig = b["figures"][key]
+            assert fig is not None, key
+            assert fig["n"] == len(fig["samples"]) >= 1
+            assert all(_positive(v) for v in fig["samples"]), key
+            assert fig["min"] <= fig["median"] <= fig["max"]
+        for key in SCALARS + ("rss_after_load_bytes", "decode_bound_tokens_per_s", "decode_fraction_of_bound"):
+            assert _positive(b[key]), key
+        assert b["peak_rss_bytes"] >= b["rss_after_load_bytes"]
+        # 1 image x 2 questions: one fresh-image TTFT, one follow-up, two of each per-question figure
+        assert b["figures"]["ttft_s"]["n"] == b["figures"]["followup_ttft_s"]["n"] == 1
+        assert b["figures"]["prefill_s"]["n"] == 2
+        assert len(b["answers"]) == 2 and all(a["token_ids"] for a in b["answers"])
+
+
+def test_ratios_and_bound_come_from_the_same_run(bench_run):
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    ref, onnx = result["backends"]
+    bw = result["bandwidth"]["bytes_per_s"]
+    assert bw == max(result["bandwidth"]["samples_bytes_per_s"])
+    for b in (ref, onnx):
+        for key in FIGURES:
+            assert b["ratios"][key] == pytest.approx(b["figures"][key]["median"] / ref["figures"][key]["median"],
+                                                     rel=1e-12)
+        for key in SCALARS:
+            assert b["ratios"][key] == pytest.approx(b[key] / ref[key], rel=1e-12)
+        bound = bw / b["llm_bytes_per_token"]
+        assert b["decode_bound_tokens_per_s"] == pytest.approx(bound, rel=1e-12)
+        assert b["decode_fraction_of_bound"] == pytest.approx(
+            b["figures"]["decode_tokens_per_s"]["median"] / bound, rel=1e-12)
+    assert all(v == pytest.approx(1.0) for v in ref["ratios"].values())
+    # the fresh-image TTFT contains the look, so it is never below the vision + prefill parts
+    f = onnx["figures"]
+    assert f["ttft_s"]["min"] >= f["vision_global_s"]["min"] + f["preprocess_s"]["min"]
+
+
+def test_fidelity_against_the_reference_is_reported(bench_run):
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    ref, onnx = result["backends"]
+    assert ref["fidelity"]["max_dlogit"] == 0.0
+    assert onnx["fidelity"]["questions"] == 2
+    assert onnx["fidelity"]["max_dlogit"] < 1e-3           # fp32 bundle of the same checkpoint
+    assert onnx["fidelity"]["greedy_agreement"] == 1.0
+    assert [a["token_ids"] for a in onnx["answers"]] == [a["token_ids"] for a in ref["answers"]]
+
+
+def test_plot_is_a_png(bench_run):
+    with Image.open(bench_run[1] / "bench.png") as img:
+        assert img.format == "PNG" and img.width > 400 and img.height > 150
+
+
+def test_report_table_names_backends_and_figures(bench_run):
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    text = format_report(result)
+    for word in ("pytorch-reference", "onnx-fp32", "TTFT follow-up", "bound tok/s", "ratio to the reference"):
+        assert word in text
+
+
+def test_llm_bytes_per_token(reference, onnx_bundle):
+    # reference: the decoder's fp32 parameters by the config's formula, + norm, lm_head, one embedding row
+    c = reference("phi3", "so400m").cfg.llm
+    H, F, hd = c.hidden_size, c.intermediate_size, c.head_dim
+    layer = (c.num_heads + 2 * c.num_kv_heads) * hd * H + H * c.num_heads * hd + 2 * F * H + H * F + 2 * H
+    want = 4 * (c.num_layers * layer + H + c.vocab_size * H + H)
+    assert torch_llm_bytes_per_token(reference("phi3", "so400m").model.llm) == want
+    # the fp32 bundle stores the same weights: its files hold them plus graph overhead
+    bundle = onnx_bundle("phi3", "so400m")
+    got = bundle_llm_bytes_per_token(bundle, json.loads((bundle / "fusion_bundle.json").read_text()))
+    assert want <= got["bytes"] < 1.3 * want
+
+
+def test_gguf_weight_bytes_count_one_embedding_row(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    V, H = 100, 16
+    w = gguf.GGUFWriter(str(tmp_path / "llm.gguf"), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((V, H), np.float32))
+    w.add_tensor("output.weight", np.ones((V, H), np.float32))
+    w.add_tensor("blk.0.attn_q.weight", np.ones((H, H), np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    size = (tmp_path / "llm.gguf").stat().st_size
+    manifest = {"files": {"llm.gguf": {"bytes": size}, "vision.onnx": {"bytes": 10 ** 9}},
+                "fusion": {"llm": {"vocab_size": V}}, "components": {}}
+    got = bundle_llm_bytes_per_token(tmp_path, manifest)
+    assert got["bytes"] == pytest.approx(size - V * H * 4 + H * 4)
+    assert "embedding" in got["method"]
+
+
+def test_a_failing_backend_is_reported_not_hidden(onnx_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_bundle("phi3", "so400m"), broken)
+    vision = broken / "vision.onnx"
+    data = bytearray(vision.read_bytes())
+    data[-1] ^= 0xFF                                       # same size, different sha256
+    vision.write_bytes(bytes(data))
+    images = [str(tmp_path / "x.jpg")]
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(images[0])
+    raw = run_worker(("--bundle", str(broken)), images, Settings("unused", [str(broken)], threads=1),
+                     tmp_path / "w")
+    rec = derive(raw, 1e10)
+    assert not rec["ok"] and "vision.onnx" in rec["error"] and "sha256" in rec["error"]
+
+
+def test_bad_settings_fail_before_measuring(tiny_checkpoint, onnx_bundle, tmp_path, capsys):
+    ckpt = str(tiny_checkpoint("phi3", "so400m"))
+    assert main(["bench", "--model", ckpt, "--bundles", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(BenchError, match="max-new-tokens"):
+        Settings(ckpt, [str(onnx_bundle("phi3", "so400m"))], max_new_tokens=1).check()
+
+
+def test_bundle_from_another_checkpoint_is_refused(tiny_checkpoint, onnx_bundle):
+    from fusion_edge.bench.runner import run_bench
+    other = tiny_checkpoint("phi3", "so400m", query_len="4,16,36")   # another config → fingerprint
+    with pytest.raises(BundleError, match="different checkpoint"):
+        run_bench(Settings(str(other), [str(onnx_bundle("phi3", "so400m"))]), log=lambda *_: None)
+
+
+def test_bandwidth_probe_is_best_of_its_samples():
+    r = measure_bandwidth(8 << 20, repeats=3, threads=2)
+    assert len(r["samples_bytes_per_s"]) == 3 and all(_positive(v) for v in r["samples_bytes_per_s"])
+    assert r["bytes_per_s"] == max(r["samples_bytes_per_s"]) and r["array_bytes"] == 8 << 20
+    with pytest.raises(ValueError):
+        measure_bandwidth(1024)
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    from fusion_edge.bench.plot import _pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", None)    # import matplotlib → ImportError
+    with pytest.raises(MissingExtraError, match=r"fusion-edge\[bench\]"):
+        _pyplot()
+
+
+def test_streamed_checkpoint_writer_matches_the_in_memory_one(tmp_path):
+    """The real-size maker (bench/export_memory.py) streams tensors; same bytes as the preset path."""
+    from fusion_edge.export.tiny import SIZES, make_tiny_checkpoint
+    kw = dict(llm="llama3", tower="siglip2", shards=3, dtype="BF16")
+    a = make_tiny_checkpoint(tmp_path / "a", **kw)
+    b = make_tiny_checkpoint(tmp_path / "b", size=SIZES["tiny"], **kw)
+    names = sorted(p.name for p in a.glob("model*"))
+    assert names == sorted(p.name for p in b.glob("model*")) and len(names) == 4
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+def test_real_size_preset_has_the_released_dimensions():
+    from fusion_edge.export.tiny import preset_size
+    s = preset_size("phi3.5-mini", "siglip2")
+    assert (s.hidden, s.heads, s.intermediate, s.layers, s.vocab) == (3072, 32, 8192, 32, 32064)
+    assert (s.tower_hidden, s.tower_heads, s.tower_mlp) == (1536, 16, 6144)
+
+
+def test_memory_sampler_sees_a_child_allocation(tmp_path):
+    pytest.importorskip("psutil")
+    from fusion_edge.bench.export_memory import run_sampled
+    code = "import numpy as np, time; a = np.ones(300 << 17); time.sleep(1.0)"   # 300 MiB, held 1 s
+    r = run_sampled([sys.executable, "-c", code], tmp_path / "log")
+    assert r["returncode"] == 0 and r["wall_s"] >= 1.0
+    assert r["peak_rss_tree_bytes"] > 300 << 20 and r["maxrss_process_bytes"] > 300 << 20
+    assert run_sampled([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")["returncode"] == 3

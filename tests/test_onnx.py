@@ -1,0 +1,103 @@
+"""ONNX target: per-graph and end-to-end parity with the PyTorch reference, scene cache,
+query_len / FUSION-L options, fp16 agreement."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fusion_edge.export.verify import verify
+from fusion_edge.runtime.pipeline import Pipeline
+
+
+@pytest.mark.parametrize("llm,tower", [("phi3", "so400m"), ("llama3", "siglip2")])
+def test_fp32_parity_per_graph_and_end_to_end(onnx_bundle, reference, llm, tower):
+    pipe = Pipeline.open(onnx_bundle(llm, tower), device="cpu")
+    f = verify(pipe, reference(llm, tower), steps=16)
+    print(json.dumps(f, indent=1))
+    assert set(f["per_graph_max_abs"]) >= {"vision_global", "vision_main", "align_00", "align_09",
+                                           "segment_00", "segment_10"}
+    for name, d in f["per_graph_max_abs"].items():
+        assert d <= 1e-4, (name, d)
+    assert f["max_dlogit"] <= 1e-4
+    assert f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] == 16
+
+
+def test_fp16_bundle_agreement_is_reported(onnx_bundle, reference):
+    pipe = Pipeline.open(onnx_bundle("phi3", "so400m", precision="fp16"), device="cpu")
+    f = verify(pipe, reference("phi3", "so400m"), steps=16)
+    print("fp16 figures:", json.dumps(f, indent=1))
+    assert pipe.bundle.precision == "fp16"
+    assert f["top1_agreement"] == 1.0            # first greedy token identical on the tiny checkpoint
+    assert 0 < f["max_dlogit"] < 1.0             # fp16 differs, but not wildly
+
+
+def test_scene_cache_skips_global_encoder(onnx_bundle, images):
+    pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
+    scene = pipe.look(images["wide"])
+    assert pipe.vision.calls["vision_global"] == 1
+    a1 = pipe.ask(scene, "What is on the table?", max_new_tokens=8)
+    b1 = pipe.ask(scene, "Is there a person?", max_new_tokens=8)
+    assert pipe.vision.calls["vision_global"] == 1 and pipe.vision.calls["vision_main"] == 2
+    fresh = pipe.look(images["wide"])
+    assert pipe.ask(fresh, "Is there a person?", max_new_tokens=8) == b1
+    assert pipe.ask(scene, "What is on the table?", max_new_tokens=8) == a1
+    assert pipe.vision.calls["vision_global"] == 2
+    stats = pipe.last_stats
+    for key in ("preprocess_s", "vision_global_s", "vision_main_s", "prefill_s", "decode_s", "ttft_s"):
+        assert stats[key] >= 0
+    assert stats["new_tokens"] == 8 and stats["prompt_tokens"] > 729
+
+
+def test_streaming_equals_full_text(onnx_bundle, images):
+    pipe = Pipeline.open(onnx_bundle("llama3", "siglip2"), device="cpu")
+    scene = pipe.look(images["strip"])
+    pieces = list(pipe.ask(scene, "Describe the scene.", stream=True, max_new_tokens=12))
+    assert "".join(pieces) == pipe.last_result.text == pipe.ask(scene, "Describe the scene.", max_new_tokens=12)
+
+
+def test_query_len_and_fusion_l_survive_export(onnx_bundle, reference, images):
+    b16 = onnx_bundle("phi3", "so400m", query_len=16)
+    pipe = Pipeline.open(b16, device="cpu")
+    assert pipe.bundle.options["query_len"] == 16
+    scene = pipe.look(images["wide"])
+    pipe.ask(scene, "What color?", max_new_tokens=4)
+    assert pipe.last_result.layout.num_latents == 16
+    ref = reference("phi3", "so400m")
+    want = ref.answer(images["wide"], "What color?", max_new_tokens=4, query_len=16)
+    assert pipe.last_result.token_ids == want.token_ids
+    np.testing.assert_allclose(pipe.last_result.first_logits, want.first_logits, atol=1e-4)
+    pipe.ask(scene, "What color?", max_new_tokens=4, query_len=64)          # runtime override
+    assert pipe.last_result.layout.num_latents == 64
+    want64 = ref.answer(images["wide"], "What color?", max_new_tokens=4, query_len=64)
+    assert pipe.last_result.token_ids == want64.token_ids
+
+    bl = Pipeline.open(onnx_bundle("phi3", "so400m", image_tokens=144), device="cpu")
+    assert bl.bundle.options["image_tokens"] == 144
+    bl.ask(bl.look(images["wide"]), "What color?", max_new_tokens=4)
+    assert bl.last_result.layout.num_image_tokens == 144
+    want_l = ref.answer(images["wide"], "What color?", max_new_tokens=4, image_tokens=144)
+    assert bl.last_result.token_ids == want_l.token_ids
+    np.testing.assert_allclose(bl.last_result.first_logits, want_l.first_logits, atol=1e-4)
+
+
+def test_kv_cache_is_preallocated_once(onnx_bundle, images):
+    pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
+    scene = pipe.look(images["wide"])
+    pipe.ask(scene, "One?", max_new_tokens=10)
+    buffers = [id(b) for b in pipe.llm.k]
+    cap = pipe.llm.capacity
+    pipe.ask(scene, "Two?", max_new_tokens=10)
+    assert [id(b) for b in pipe.llm.k] == buffers and pipe.llm.capacity == cap
+
+
+def test_bundle_cli_ask_matches_reference(onnx_bundle, tiny_checkpoint, images, capsys):
+    from fusion_edge.cli import main
+    args = ["--image", str(images["tall"]), "--question", "Where is the box?", "--max-new-tokens", "8", "--json"]
+    assert main(["ask", "--bundle", str(onnx_bundle("llama3", "siglip2")), *args]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert main(["ask", "--model", str(tiny_checkpoint("llama3", "siglip2")), *args]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert got["token_ids"] == want["token_ids"] and got["prompt"] == want["prompt"]
+    assert got["backend"] == "onnx-fp32"
