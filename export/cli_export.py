@@ -16,6 +16,33 @@ def add_export_args(p) -> None:
     p.add_argument("--force", action="store_true", help="keep a bundle that fails the verification gate")
     p.add_argument("--verify-steps", type=int, default=16, help="greedy steps compared end to end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quant_args(p)
+
+
+def add_quant_args(p) -> None:
+    """Options of --precision int8|int4 with --target onnx (fusion_edge.quantize, docs/quantization.md)."""
+    g = p.add_argument_group("quantization (--target onnx --precision int8|int4)")
+    g.add_argument("--calib", default=None, help="calibration: a recording folder (fusion-edge calibrate), an "
+                   "image folder with questions.txt, or a .jsonl file; default: built-in set")
+    g.add_argument("--calib-samples", type=int, default=32, help="most calibration pairs recorded")
+    g.add_argument("--calib-questions", default=None, help="questions file for an image-folder --calib")
+    g.add_argument("--for", dest="flavour", choices=["cpu", "cuda", "trt"], default="cpu",
+                   help="hardware the Q/DQ is meant for: cpu (onnxruntime, asymmetric activations), "
+                        "cuda (onnxruntime CUDA) or trt (TensorRT: symmetric, int4 as opset-21 DequantizeLinear)")
+    g.add_argument("--sm", default=None, help="GPU compute capability for --for cuda|trt (default 8.7, Orin)")
+    g.add_argument("--block-size", type=int, default=32, help="int4 block size along K")
+    g.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                   help="MatMulNBits accuracy_level (4 = int8 compute on CPU, 0 = unset)")
+    g.add_argument("--eval-cases", type=int, default=4, help="held-out cases of the quality gate")
+
+
+def quant_kwargs(args) -> dict:
+    """The quantization options as keyword arguments, for the onnx int8/int4 exporter only."""
+    if args.target != "onnx" or args.precision not in ("int8", "int4") or not hasattr(args, "flavour"):
+        return {}
+    return {"calib": args.calib, "calib_samples": args.calib_samples, "calib_questions": args.calib_questions,
+            "flavour": args.flavour, "sm": args.sm, "block_size": args.block_size,
+            "accuracy_level": args.accuracy_level or None, "eval_cases": args.eval_cases}
 
 
 def add_verify_args(p) -> None:
@@ -29,7 +56,7 @@ def run_export(args) -> int:
     from .bundle_export import export_bundle
     out = export_bundle(args.model, args.out, args.target, args.precision, args.query_len, args.image_tokens,
                         overwrite=args.overwrite, verify=not args.no_verify, force=args.force,
-                        steps=args.verify_steps, progress=not args.quiet)
+                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args))
     print(f"bundle written to {out}")
     return 0
 

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from fusion_edge.runtime.errors import ExportError
+
 
 def run_ask(args) -> int:
     stream = not args.json
@@ -29,22 +31,26 @@ def run_ask(args) -> int:
 
 
 def _printer(tokenizer):
+    """on_token callback that streams decoded text; `.finish()` prints the held-back tail."""
     from fusion_edge.runtime.tokenizer import StreamDecoder
     dec = StreamDecoder(tokenizer)
 
     def on_token(tok: int) -> None:
         sys.stdout.write(dec.push(tok))
         sys.stdout.flush()
+    on_token.finish = lambda: sys.stdout.write(dec.flush())
     return on_token
 
 
 def _ask_reference(args, stream: bool) -> dict:
     from fusion_edge.export.reference import FusionReference
     ref = FusionReference.load(args.model)
+    printer = _printer(ref.tokenizer) if stream else None
     res = ref.answer(args.image, args.question, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                     query_len=args.query_len, image_tokens=args.image_tokens,
-                     on_token=_printer(ref.tokenizer) if stream else None)
+                     query_len=args.query_len, image_tokens=args.image_tokens, on_token=printer)
+    if printer is not None:
+        printer.finish()
     return {"text": res.text, "token_ids": res.token_ids, "prompt": res.prompt, "backend": "pytorch-reference",
             "timings": res.timings, "first_logits": res.first_logits}
 
@@ -52,6 +58,9 @@ def _ask_reference(args, stream: bool) -> dict:
 def _ask_bundle(args, stream: bool) -> dict:
     from fusion_edge.runtime.pipeline import Pipeline
     pipe = Pipeline.open(args.bundle, device=args.device)
+    if args.image_tokens and args.image_tokens != pipe.image_tokens:
+        raise ExportError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {args.image_tokens}.",
+                          f"re-export it with --image-tokens {args.image_tokens}, or leave --image-tokens out")
     scene = pipe.look(args.image)
     pieces = pipe.ask(scene, args.question, stream=True, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,

@@ -101,3 +101,28 @@ def test_bundle_cli_ask_matches_reference(onnx_bundle, tiny_checkpoint, images, 
     want = json.loads(capsys.readouterr().out)
     assert got["token_ids"] == want["token_ids"] and got["prompt"] == want["prompt"]
     assert got["backend"] == "onnx-fp32"
+
+
+def _has_cuda_ep() -> bool:
+    import onnxruntime as ort
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_ep(), reason="needs onnxruntime-gpu with a CUDA device (not on CI)")
+def test_cuda_pipeline_matches_cpu(onnx_bundle, images):
+    cpu = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
+    gpu = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cuda")
+    assert gpu.device == "cuda" and gpu.llm.cache.device == "cuda"
+    a = cpu.ask(cpu.look(images["wide"]), "What is here?", max_new_tokens=16)
+    b = gpu.ask(gpu.look(images["wide"]), "What is here?", max_new_tokens=16)
+    assert a == b
+    np.testing.assert_allclose(cpu.last_result.first_logits, gpu.last_result.first_logits, atol=1e-3)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(onnx_bundle):
+    if _has_cuda_ep():
+        pytest.skip("this machine has CUDA")
+    from fusion_edge.runtime.errors import DeviceError
+    with pytest.raises(DeviceError, match="onnxruntime-gpu"):
+        Pipeline.open(onnx_bundle("phi3", "so400m"), device="cuda")

@@ -1,10 +1,5 @@
-"""The LLM as ONNX segment graphs on onnxruntime, with a preallocated KV cache.
-
-Cache layout per layer: (1, C, kv, hd) float32, C = capacity. A segment call with P
-cached and S new positions binds `past_k_i` to the view [:, :P] and `new_k_i` straight
-to the view [:, P:P+S] (both contiguous in this layout), so the new rows are written in
-place by onnxruntime: no per-token allocation or copy of the cache (IO binding).
-"""
+"""The LLM as ONNX segment graphs on onnxruntime, with a preallocated KV cache
+(runtime/backends/kv_cache.py: new rows are written in place through IO binding)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +8,11 @@ from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
 from ..errors import BackendError, PromptError
+from .kv_cache import CudaCache, HostCache
 from .ort_session import make_session
+
+
+CACHE_BLOCK = 256
 
 
 class OnnxLLM:
@@ -28,20 +27,25 @@ class OnnxLLM:
                          for n in names]
         self.on_cuda = providers[0] == "CUDAExecutionProvider"
         self.capacity = 0
-        self.k = self.v = None
+        self.cache = None
         self.length = 0          # positions currently in the cache
         self.recorder = None     # callable(name, inputs) observing prefill segment inputs
 
     # ---- cache ----------------------------------------------------------------------------
     def reserve(self, capacity: int) -> None:
-        """Make the cache hold `capacity` positions (allocated only when it grows)."""
+        """Make the cache hold `capacity` positions. Allocated only when it grows, in blocks
+        of CACHE_BLOCK positions, so follow-up questions of similar length reuse it."""
         if capacity <= self.capacity:
             return
+        capacity = -(-capacity // CACHE_BLOCK) * CACHE_BLOCK
         c = self.cfg.llm
-        shape = (1, capacity, c.num_kv_heads, c.head_dim)
-        self.k = [np.zeros(shape, np.float32) for _ in range(c.num_layers)]
-        self.v = [np.zeros(shape, np.float32) for _ in range(c.num_layers)]
+        kind = CudaCache if self.on_cuda else HostCache
+        self.cache = kind(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
         self.capacity = capacity
+
+    @property
+    def k(self):
+        return self.cache.k
 
     # ---- graphs ---------------------------------------------------------------------------
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -85,11 +89,9 @@ class OnnxLLM:
         io.bind_output(comp["outputs"][0], "cpu")      # first: get_outputs() keeps binding order
         a, b = comp["layers"]
         for i in range(a, b):
-            for name, buf in (("k", self.k[i]), ("v", self.v[i])):
-                io.bind_cpu_input(f"past_{name}_{i}", buf[:, :P])
-                view = buf[:, P:P + S]
-                io.bind_output(f"new_{name}_{i}", "cpu", 0, np.float32, list(view.shape),
-                               view.__array_interface__["data"][0])
+            for name, buf in (("k", self.cache.k[i]), ("v", self.cache.v[i])):
+                self.cache.bind(io, f"past_{name}_{i}", buf, 0, P, output=False)
+                self.cache.bind(io, f"new_{name}_{i}", buf, P, S, output=True)
         try:
             sess.run_with_iobinding(io)
         except Exception as e:   # onnxruntime raises its own types; report as ours
@@ -101,8 +103,8 @@ class OnnxLLM:
         feeds = {"hidden": hidden.copy(), "cos": cos, "sin": sin}
         a, b = comp["layers"]
         for i in range(a, b):
-            feeds[f"past_k_{i}"] = self.k[i][:, :P].copy()
-            feeds[f"past_v_{i}"] = self.v[i][:, :P].copy()
+            feeds[f"past_k_{i}"] = self.cache.rows(self.cache.k[i], 0, P)
+            feeds[f"past_v_{i}"] = self.cache.rows(self.cache.v[i], 0, P)
         return feeds
 
     def session(self, name: str):

@@ -1,0 +1,172 @@
+"""The quality gate: a quantized bundle's agreement with the fp32 pipeline it came from.
+
+On held-out (image, question) cases, never seen in calibration:
+* end to end, teacher-forced: the fp32 pipeline answers greedily (up to `steps` tokens);
+  the quantized pipeline is fed the same prompt and then the fp32 tokens, one per step,
+  and each step's logits are compared — top-1 agreement (argmax = the fp32 token),
+  cosine of the logit vectors, max |Δlogit| of the first step. Greedy-token match follows
+  exactly: the quantized pipeline's own greedy answer equals the fp32 answer up to the
+  first teacher-forced disagreement (both pipelines are deterministic).
+* per graph: every graph's output for the inputs the fp32 pipeline fed it (vision global
+  and main, each alignment layer, each segment's prefill), fp32 graph vs quantized graph:
+  minimum cosine and maximum relative error ‖q − f‖ / ‖f‖; the embedding table over the
+  whole vocabulary.
+`gate` compares the figures with GATES (or given thresholds); see docs/quantization.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fusion_edge.runtime.pipeline import Aligner, Pipeline
+from fusion_edge.runtime.prompt import build_prompt
+
+# Defaults: what a bundle must reach to be written without --force (token-weighted over
+# all compared steps of all cases).
+GATES = {
+    "int8": {"top1_agreement": 0.90, "logit_cosine_mean": 0.99},
+    "int4": {"top1_agreement": 0.85, "logit_cosine_mean": 0.98},
+}
+EMBED_CHUNK = 4096
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na and nb else float(na == nb)
+
+
+def rel_error(ref, got) -> float:
+    ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    n = np.linalg.norm(ref)
+    return float(np.linalg.norm(got - ref) / n) if n else float(np.linalg.norm(got))
+
+
+class _Calls:
+    def __init__(self):
+        self.items: list[tuple[str, dict]] = []
+
+    def __call__(self, name, inputs):
+        self.items.append((name, inputs))
+
+
+def _prefill(pipe: Pipeline, scene, layout, extra: int) -> np.ndarray:
+    """The pipeline's prefill, as `Pipeline.ask` runs it, → first-step logits (V,)."""
+    record = pipe.recorder or (lambda *_: None)
+    pipe.llm.reserve(layout.seq_len + extra + 1)
+    embeds = pipe.prompt_embeds(scene, layout)
+    aligner = Aligner(pipe.vision, pipe.pooled(scene, layout.num_latents)[1], layout, record)
+    return np.array(pipe.llm.prefill(embeds, aligner, layout), dtype=np.float32)
+
+
+def _layout(pipe: Pipeline, question: str):
+    return build_prompt(pipe.tokenizer, pipe.cfg.template, question, pipe.image_tokens, pipe.default_query_len,
+                        pipe.cfg.tokenizer_model_max_length)
+
+
+def fp32_answer(pipe: Pipeline, image, question: str, steps: int, record=None):
+    """Greedy fp32 run → (layout, tokens, logits per step); tokens[t] = argmax(logits[t]),
+    the last token a stop token or the `steps`-th."""
+    pipe.recorder = record
+    try:
+        scene = pipe.look(image)
+        layout = _layout(pipe, question)
+        logits = [_prefill(pipe, scene, layout, steps)]
+    finally:
+        pipe.recorder = None
+    tokens = []
+    while True:
+        tokens.append(int(np.argmax(logits[-1])))
+        if tokens[-1] in pipe.stop_ids or len(tokens) >= steps:
+            return layout, tokens, logits
+        logits.append(np.array(pipe.llm.decode(tokens[-1]), dtype=np.float32))
+
+
+def teacher_forced(pipe: Pipeline, image, layout, tokens: list[int]) -> list[np.ndarray]:
+    """Logits of the prefill and of each step fed tokens[:-1] → len(tokens) vectors."""
+    scene = pipe.look(image)
+    out = [_prefill(pipe, scene, layout, len(tokens))]
+    for tok in tokens[:-1]:
+        out.append(np.array(pipe.llm.decode(tok), dtype=np.float32))
+    return out
+
+
+def _graph_output(pipe: Pipeline, name: str, feeds: dict) -> np.ndarray:
+    if name.startswith("vision"):
+        return pipe.vision.vision.run(None, feeds)[0]
+    if name.startswith("align_"):
+        return pipe.vision.aligns[int(name.split("_")[1])].run(None, feeds)[0]
+    return pipe.llm.session(name).run(None, feeds)[0]
+
+
+def _per_graph(ref: Pipeline, q: Pipeline, calls: list[tuple[str, dict]], out: dict) -> None:
+    for name, feeds in calls:
+        a, b = _graph_output(ref, name, feeds), _graph_output(q, name, feeds)
+        d = out.setdefault(name, {"cosine_min": 1.0, "rel_error_max": 0.0})
+        d["cosine_min"] = min(d["cosine_min"], cosine(a, b))
+        d["rel_error_max"] = max(d["rel_error_max"], rel_error(a, b))
+
+
+def embed_figures(ref: Pipeline, q: Pipeline) -> dict:
+    """The two embedding graphs over the whole vocabulary (chunked)."""
+    V = ref.cfg.llm.vocab_size
+    cos, rel = 1.0, 0.0
+    for start in range(0, V, EMBED_CHUNK):
+        ids = np.arange(start, min(V, start + EMBED_CHUNK))
+        a, b = ref.llm.embed(ids), q.llm.embed(ids)
+        cos, rel = min(cos, cosine(a, b)), max(rel, rel_error(a, b))
+    return {"cosine_min": cos, "rel_error_max": rel}
+
+
+def measure(ref: Pipeline, q: Pipeline, cases, steps: int = 16, per_graph_cases: int = 2,
+            progress: bool = True) -> dict:
+    """Agreement figures of pipeline `q` with the fp32 pipeline `ref` on `cases`."""
+    from tqdm import tqdm
+    per_graph: dict[str, dict] = {"embed": embed_figures(ref, q)}
+    agree, cos, dfirst, prefix, full = [], [], [], [], []
+    for n, (image, question) in enumerate(tqdm(cases, desc="gate: fp32 vs quantized", unit="case",
+                                               disable=not progress, leave=False)):
+        calls = _Calls() if n < per_graph_cases else None
+        layout, tokens, ref_logits = fp32_answer(ref, image, question, steps, calls)
+        q_logits = teacher_forced(q, image, layout, tokens)
+        hits = [int(np.argmax(lq)) == t or (int(np.argmax(lq)) in q.stop_ids and t in ref.stop_ids)
+                for lq, t in zip(q_logits, tokens)]
+        agree += hits
+        cos += [cosine(a, b) for a, b in zip(ref_logits, q_logits)]
+        dfirst.append(float(np.max(np.abs(ref_logits[0] - q_logits[0]))))
+        p = hits.index(False) if False in hits else len(hits)
+        prefix.append(p / len(tokens))
+        full.append(p == len(tokens))
+        if calls is not None:
+            _per_graph(ref, q, calls.items, per_graph)
+    return {"cases": len(cases), "steps": steps, "tokens_compared": len(agree),
+            "top1_agreement": float(np.mean(agree)), "logit_cosine_mean": float(np.mean(cos)),
+            "logit_cosine_min": float(np.min(cos)), "max_dlogit_first": float(np.max(dfirst)),
+            "greedy_token_match": float(np.mean(prefix)), "greedy_exact": float(np.mean(full)),
+            "per_graph": per_graph, "reference": "fp32 ONNX pipeline (teacher-forced)"}
+
+
+def gate(figures: dict, precision: str, thresholds: dict | None = None) -> tuple[bool, list[str], dict]:
+    """(passed, reasons, thresholds used)."""
+    bounds = dict(GATES.get(precision, {}))
+    bounds.update(thresholds or {})
+    reasons = []
+    for key, bound in bounds.items():
+        value = figures[key]
+        ok = value <= bound if key.startswith("max_") else value >= bound
+        if not ok:
+            reasons.append(f"{key} = {value:.4g} (needs {'≤' if key.startswith('max_') else '≥'} {bound})")
+    return not reasons, reasons, bounds
+
+
+def format_figures(f: dict) -> str:
+    lines = [f"agreement with the fp32 pipeline on {f['cases']} held-out cases ({f['tokens_compared']} "
+             f"teacher-forced steps):"]
+    for name, d in sorted(f["per_graph"].items()):
+        lines.append(f"  {name:<14} cosine ≥ {d['cosine_min']:.5f}   rel. error ≤ {d['rel_error_max']:.2%}")
+    lines.append(f"  end to end: top-1 agreement {f['top1_agreement']:.1%}, logit cosine mean "
+                 f"{f['logit_cosine_mean']:.5f} (min {f['logit_cosine_min']:.5f}), first-step max |Δlogit| "
+                 f"{f['max_dlogit_first']:.3g}, greedy-token match {f['greedy_token_match']:.1%} "
+                 f"(identical answers {f['greedy_exact']:.0%})")
+    if "passed" in f:
+        lines.append("  gate: " + ("passed" if f["passed"] else "FAILED: " + "; ".join(f["gate"])))
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""`fusion-export MODEL --target onnx --precision int8|int4`: quantized ONNX bundles.
+
+Steps: fp32 bundle (the one given, or a temporary export of the checkpoint) → precision
+plan for the hardware (`--for cpu|cuda|trt`, `--sm`) → calibration recording (the one
+given with `--calib DIR`, or recorded now from `--calib DATA` or the built-in set) →
+quantize every graph into a BundleWriter (vision + alignment: int8 W8A8 Q/DQ; embed: int8
+rows; LLM segments: int8 W8A8 or int4 weight-only) → manifest → agreement with the fp32
+pipeline on held-out cases → gate → rename into place. A failed gate (without --force)
+or any error leaves no bundle.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fusion_edge import __version__
+from fusion_edge.calibration.builtin import builtin_pairs
+from fusion_edge.calibration.dataset import CalibItem, load_calibration_set
+from fusion_edge.calibration.reader import GraphFeeds
+from fusion_edge.calibration.record import Recordings, record_calibration
+from fusion_edge.calibration.source import fp32_bundle
+from fusion_edge.runtime.bundle import Bundle, BundleWriter
+from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.pipeline import Pipeline
+
+from . import agreement, graph_io, qdq_check
+from .embed_int8 import quantize_embed
+from .planner import Plan, plan
+from .static_int8 import Int8Scheme, quantize_int8
+from .weight_int4 import quantize_int4
+
+FLAVOURS = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "trt": "tensorrt"}
+DEFAULT_CALIB_SAMPLES = 32
+DEFAULT_EVAL_CASES = 4
+DROPPED_FIELDS = ("format", "format_version", "created", "files", "verification")
+
+
+def export_quantized_bundle(model: str, out, target: str = "onnx", precision: str = "int8",
+                            query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
+                            verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
+                            log=print, *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
+                            calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
+                            accuracy_level: int | None = 4, eval_cases: int = DEFAULT_EVAL_CASES,
+                            thresholds: dict | None = None, threads: int | None = None, **extra) -> Path:
+    """Checkpoint (or fp32 ONNX bundle) → quantized, gated ONNX bundle at `out`."""
+    if extra:
+        raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
+                          "see fusion-export --help")
+    if target != "onnx" or precision not in ("int8", "int4"):
+        raise ExportError(f"this exporter writes onnx int8/int4 bundles, not {target}/{precision}.",
+                          "use --target onnx --precision int8|int4")
+    if flavour not in FLAVOURS:
+        raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
+    the_plan = plan(FLAVOURS[flavour], precision, sm)
+    log(the_plan.explain())
+    with fp32_bundle(model, query_len, image_tokens, progress, log) as src, \
+            tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
+        rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
+                                         eval_cases, threads, progress, log)
+        return quantize_bundle(src, out, the_plan, rec, cases, block_size=block_size,
+                               accuracy_level=accuracy_level, verify=verify, force=force, steps=steps,
+                               thresholds=thresholds, overwrite=overwrite, threads=threads,
+                               progress=progress, log=log)
+
+
+# ---- calibration ---------------------------------------------------------------------------
+def prepare_calibration(src: Path, calib, tmp: Path, samples: int, questions, eval_cases: int,
+                        threads: int | None, progress: bool, log) -> tuple[Recordings, list[tuple]]:
+    """(recordings, held-out (image, question) cases) from a recording folder, a data set
+    or (None) the built-in set, whose held-out cases are the built-in `eval` split."""
+    if calib is not None and Recordings.is_recording(calib):
+        rec = Recordings.open(calib)
+        log(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
+        return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases, log)
+    if calib is None:
+        log("notice: no --calib given; calibrating on the built-in generated scenes and camera questions "
+            "(calibrate on your own images and questions for a better int8 bundle)")
+    dataset = load_calibration_set(calib, questions)
+    log(dataset.summary())
+    if calib is None:
+        items, held = dataset.items, [CalibItem(k, img, q) for k, img, q in builtin_pairs("eval", eval_cases)]
+    else:
+        items, held = dataset.split(eval_cases)
+    pipe = Pipeline.open(src, device="cpu", threads=threads)
+    rec = record_calibration(pipe, items, tmp, samples=samples, source=_source(src),
+                             dataset={"kind": dataset.kind, "source": dataset.source, "pairs": len(dataset),
+                                      "skipped": len(dataset.skipped)},
+                             held_out=held, progress=progress, log=log)
+    cases = [(i.image, i.question) for i in held]
+    return rec, cases or _held_out_cases([], eval_cases, log)
+
+
+def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
+    cases = [(Path(e["image"]), e["question"]) for e in entries if "image" in e and Path(e["image"]).is_file()]
+    if len(cases) < len(entries):
+        log(f"notice: {len(entries) - len(cases)} held-out images of the recording are gone")
+    if not cases:
+        cases = [(img, q) for _, img, q in builtin_pairs("eval", n)]
+        log(f"notice: no held-out pairs of the calibration data; the gate uses {len(cases)} built-in cases")
+    return cases[:n]
+
+
+def _source(bundle_path: Path) -> dict:
+    m = Bundle.open(bundle_path, check_hashes=False).manifest["source"]
+    return {"model": m.get("model"), "fingerprint": m["fingerprint"]}
+
+
+# ---- quantization ----------------------------------------------------------------------------
+def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple], *, block_size: int = 32,
+                    accuracy_level: int | None = 4, verify: bool = True, force: bool = False, steps: int = 16,
+                    thresholds: dict | None = None, overwrite: bool = False, threads: int | None = None,
+                    progress: bool = True, log=print) -> Path:
+    """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
+    src = Bundle.open(src_path)
+    rec.check_source(src.manifest["source"]["fingerprint"])
+    with BundleWriter(out, overwrite) as writer:
+        manifest = write_quantized(src, writer, the_plan, rec, block_size, accuracy_level, progress, log)
+        manifest = writer.write_manifest(manifest)
+        if verify:
+            figures = gate_folder(writer.tmp, src.path, the_plan.precision, cases, steps, thresholds, force,
+                                  threads, progress, log)
+            Bundle(writer.tmp, manifest).update_manifest(verification=figures)
+        return writer.commit()
+
+
+def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Recordings, block_size: int,
+                    accuracy_level: int | None, progress: bool, log) -> dict:
+    """Quantize every component of `src` into the writer's folder → the manifest (no files list)."""
+    from tqdm import tqdm
+    components, sizes = {}, {}
+    for name in tqdm(sorted(src.components), desc=f"quantize {the_plan.precision}", unit="graph",
+                     disable=not progress, leave=False):
+        comp = src.components[name]
+        report = _quantize_component(src, writer, name, comp, the_plan, rec, block_size, accuracy_level)
+        components[name] = {**comp, "precision": report.pop("precision"), "files": report.pop("files"),
+                            "quantization": report}
+        sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
+    if the_plan.flavour == "trt":
+        _check_trt(writer, components)
+    shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))
+    manifest = {k: v for k, v in src.manifest.items() if k not in DROPPED_FIELDS}
+    manifest.update(precision=the_plan.precision, components=components)
+    manifest["build"] = {**src.manifest.get("build", {}), "fusion_edge": __version__,
+                         "onnxruntime_quantization": _ort_version()}
+    manifest["quantization"] = {"plan": the_plan.to_dict(), "flavour": the_plan.flavour,
+                                "calibration": _calib_summary(rec), "weight_bytes": sizes,
+                                "weight_bytes_total": _totals(sizes)}
+    log(_size_report(sizes))
+    return manifest
+
+
+def _quantize_component(src: Bundle, writer, name: str, comp: dict, the_plan: Plan, rec: Recordings,
+                        block_size: int, accuracy_level) -> dict:
+    kind = "vision" if name == "vision" else "embed" if name == "embed" else \
+        "align" if name.startswith("align_") else "llm"
+    choice = the_plan.components[kind]
+    s, d = src.file(comp["files"][0]), writer.path(comp["files"][0])
+    if choice.precision == "int8":
+        feeds = GraphFeeds(rec, name, comp["inputs"])
+        return quantize_int8(s, d, feeds, name, Int8Scheme.for_flavour(the_plan.flavour))
+    if choice.precision == "int4":
+        return quantize_int4(s, d, the_plan.flavour, block_size, accuracy_level)
+    if choice.precision == "int8-weight":
+        return quantize_embed(s, d)
+    for f in comp["files"]:
+        shutil.copy2(src.file(f), writer.path(f))
+    return {"precision": comp["precision"], "scheme": "unchanged fp32", "files": list(comp["files"]),
+            "quantized_weights": 0, "excluded": []}
+
+
+def _check_trt(writer, components: dict) -> None:
+    for name, comp in components.items():
+        if comp["precision"] in ("int8", "int4"):
+            bad = qdq_check.problems(graph_io.load(writer.path(comp["files"][0])))
+            if bad:
+                raise ExportError(f"{name}: the TensorRT-flavoured graph is not plain Q/DQ: " + "; ".join(bad[:3]),
+                                  "report this; --for cpu writes the onnxruntime flavour")
+
+
+def _sizes(src_file: Path, dst_file: Path) -> dict:
+    a, b = graph_io.weight_bytes(graph_io.load(src_file)), graph_io.weight_bytes(graph_io.load(dst_file))
+    return {"fp32": sum(a.values()), "quantized": sum(b.values()), "by_type": b}
+
+
+def _totals(sizes: dict) -> dict:
+    groups = {"vision": ["vision"], "align": [n for n in sizes if n.startswith("align_")], "embed": ["embed"],
+              "llm": [n for n in sizes if n.startswith("segment_")]}
+    return {g: {"fp32": sum(sizes[n]["fp32"] for n in names), "quantized": sum(sizes[n]["quantized"] for n in names)}
+            for g, names in groups.items()}
+
+
+def _size_report(sizes: dict) -> str:
+    rows = ["weight bytes, fp32 → quantized:"]
+    for g, t in _totals(sizes).items():
+        rows.append(f"  {g:<7} {t['fp32'] / 1e6:9.2f} MB → {t['quantized'] / 1e6:8.2f} MB "
+                    f"({t['fp32'] / max(t['quantized'], 1):.2f}×)")
+    return "\n".join(rows)
+
+
+def _calib_summary(rec: Recordings) -> dict:
+    m = rec.manifest
+    return {k: m.get(k) for k in ("samples", "images", "bytes", "dtype", "dataset", "options")}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+# ---- the gate ----------------------------------------------------------------------------------
+def gate_folder(folder: Path, fp32_path: Path, precision: str, cases: list[tuple], steps: int,
+                thresholds: dict | None, force: bool, threads: int | None, progress: bool, log) -> dict:
+    """Measure the quantized folder against the fp32 bundle; raise below the gate unless forced."""
+    ref = Pipeline.open(fp32_path, device="cpu", threads=threads, check_hashes=False)
+    q = Pipeline.open(folder, device="cpu", threads=threads)
+    figures = agreement.measure(ref, q, cases, steps=steps, progress=progress)
+    passed, reasons, bounds = agreement.gate(figures, precision, thresholds)
+    figures.update({"passed": passed, "gate": reasons, "thresholds": bounds, "device": "cpu", "forced": False})
+    log(agreement.format_figures(figures))
+    if not passed:
+        if not force:
+            raise ExportError("the quantized bundle does not agree with the fp32 pipeline closely enough: "
+                              + "; ".join(reasons),
+                              "calibrate on images and questions like yours (--calib DATA), try int8 instead of "
+                              "int4 or a smaller --block-size; --force keeps the bundle anyway")
+        figures["forced"] = True
+        log("warning: --force: keeping a bundle below the quality gate")
+    return figures
