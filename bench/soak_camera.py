@@ -14,6 +14,7 @@ Needs: websockets, psutil. Loopback only; the loop is bounded by -n and --timeou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import statistics
@@ -48,7 +49,8 @@ class Client:
         from websockets.sync.client import connect
         base, _, query = url.partition("?")
         ws_url = base.replace("http://", "ws://").rstrip("/") + "/ws" + (f"?{query}" if query else "")
-        self.conn = connect(ws_url, open_timeout=30)
+        self._stack = contextlib.ExitStack()
+        self.conn = self._stack.enter_context(connect(ws_url, open_timeout=30))
         self.recv()                                   # the state snapshot
 
     def recv(self, timeout: float = 60.0) -> dict:
@@ -70,7 +72,7 @@ class Client:
         return {"state": "timeout", "error": f"no answer within {timeout} s"}
 
     def close(self) -> None:
-        self.conn.close()
+        self._stack.close()
 
 
 def rss_mb(proc) -> float:

@@ -8,6 +8,7 @@ layer only in its segment, lm_head + final norm only in the last segment.
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -95,13 +96,16 @@ def export_graph(ckpt: Checkpoint, spec: dict, out_path: Path, precision: str = 
     args = tuple(_dummy(v) for v in spec["inputs"].values())
     dyn = {n: v[1] for n, v in spec["inputs"].items() if v[1]}
     dyn.update({n: d for n, d in spec["outputs"].items() if d})
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(out_path), dynamo=False, opset_version=OPSET,
-                          input_names=list(spec["inputs"]), output_names=list(spec["outputs"]),
-                          dynamic_axes=dyn, do_constant_folding=True)
-    del module
-    files = _finalize(out_path, precision)
+    # Trace into a scratch folder: above 2 GB torch writes one external file per tensor.
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".trace-") as scratch:
+        traced = Path(scratch) / out_path.name
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(traced), dynamo=False, opset_version=OPSET,
+                              input_names=list(spec["inputs"]), output_names=list(spec["outputs"]),
+                              dynamic_axes=dyn, do_constant_folding=True)
+        del module
+        files = _finalize(traced, out_path, precision)
     rec = {"name": spec["name"], "backend": "onnxruntime", "precision": precision, "files": files,
            "inputs": list(spec["inputs"]), "outputs": list(spec["outputs"])}
     if "segment" in spec:
@@ -109,19 +113,22 @@ def export_graph(ckpt: Checkpoint, spec: dict, out_path: Path, precision: str = 
     return rec
 
 
-def _finalize(path: Path, precision: str) -> list[str]:
-    """Convert to fp16 if asked; store weights externally when the graph is large."""
+def _finalize(traced: Path, path: Path, precision: str) -> list[str]:
+    """Convert to fp16 if asked; write `path`, with one `<name>.data` beside it when the
+    weights pass EXTERNAL_DATA_BYTES (protobuf cannot serialise a model over 2 GB)."""
     import onnx
-    model = onnx.load(str(path), load_external_data=True)
+    model = onnx.load(str(traced), load_external_data=True)
     if precision == "fp16":
         from .fp16 import to_fp16
         model = to_fp16(model)
-    for stale in path.parent.glob(path.name + "*.data"):
-        stale.unlink()
-    big = model.ByteSize() > EXTERNAL_DATA_BYTES if model.ByteSize() > 0 else True
-    if big:
+    if initializer_bytes(model) > EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
         return [path.name, path.name + ".data"]
     onnx.save_model(model, str(path))
     return [path.name]
+
+
+def initializer_bytes(model) -> int:
+    import onnx.numpy_helper as nh
+    return sum(len(t.raw_data) if t.raw_data else nh.to_array(t).nbytes for t in model.graph.initializer)

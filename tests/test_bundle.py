@@ -129,3 +129,21 @@ def test_killed_export_leaves_no_bundle(tiny_checkpoint, tmp_path):
     from fusion_edge.export.bundle_export import export_bundle
     export_bundle(str(tiny_checkpoint("phi3", "so400m")), out, verify=False, progress=False)
     assert Bundle.open(out) and not list(tmp_path.glob(".killed.partial-*"))
+
+
+def test_large_graphs_use_one_external_data_file(tiny_checkpoint, onnx_bundle, tmp_path, monkeypatch, images):
+    """Graphs over the threshold (real checkpoints: > 2 GB) keep weights in <graph>.onnx.data."""
+    from fusion_edge.export import onnx_export
+    from fusion_edge.export.bundle_export import export_bundle
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 200_000)
+    out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "ext", verify=False, progress=False)
+    m = Bundle.open(out).manifest
+    assert m["components"]["embed"]["files"] == ["embed.onnx", "embed.onnx.data"]
+    assert all(not f.startswith(".trace") for f in m["files"])
+    pipe = Pipeline.open(out, device="cpu")
+    inline = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
+    text = pipe.ask(pipe.look(images["wide"]), "What is here?", max_new_tokens=6)
+    assert text == inline.ask(inline.look(images["wide"]), "What is here?", max_new_tokens=6)
+    (out / "embed.onnx.data").unlink()
+    with pytest.raises(BundleFileError, match="embed.onnx.data"):
+        Bundle.open(out)

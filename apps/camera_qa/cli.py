@@ -27,7 +27,7 @@ def add_args(p) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-question-chars", type=int, default=500)
     p.add_argument("--max-upload-mb", type=float, default=8.0)
-    p.add_argument("--max-fps", type=float, default=15.0, help="cap for video files' playback rate")
+    p.add_argument("--max-fps", type=float, default=15.0, help="frames per second taken from the source (default 15)")
     p.add_argument("--slide-seconds", type=float, default=3.0, help="seconds per image for a folder source")
     p.add_argument("--watch", default=None, metavar="QUESTION", help="start watch mode with this question")
     p.add_argument("--interval", type=float, default=5.0, help="watch interval in seconds")

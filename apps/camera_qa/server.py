@@ -7,8 +7,9 @@ HTTP
   GET  /api/state        everything a page needs after a (re)load
   POST /api/upload       body = the photo (Content-Type image/jpeg|png|webp|bmp); freezes on it
 Web socket /ws — client → server JSON: {"type": "ask", "question", "max_new_tokens"?},
-  {"type": "cancel", "id"?}, {"type": "freeze", "on"}, {"type": "watch", "on", "question", "interval", "max_new_tokens"?},
-  {"type": "ping"}. Server → client: state, job, token, end, source, freeze, watch, notice,
+  {"type": "cancel", "id"?}, {"type": "freeze", "on"},
+  {"type": "watch", "on", "question", "interval", "max_new_tokens"?}, {"type": "ping"}.
+  Server → client: state, job, token, end, source, freeze, watch, notice,
   error (a refused request: {"message", "fix", "request"}), pong.
 Every failure reaches the client as {"error"/"message", "fix"}; tracebacks stay in the log.
 """

@@ -26,6 +26,7 @@ from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError, Sourc
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+STREAM_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class OpenCVSource:
         self.spec = spec
         self.max_fps = max_fps
         self.cap = None
-        self.period = 0.0           # seconds between frames for files (paced); 0 for live sources
+        self.period = 0.0           # seconds between frames taken (0: every frame)
         self.skip = 0               # file frames dropped per shown frame, to keep real-time speed
         self.next_t = 0.0
 
@@ -144,6 +145,12 @@ class OpenCVSource:
                 raise SourceError(f"camera {target} is not connected.", "plug the camera in; the app keeps retrying")
             api = cv2.CAP_V4L2 if os.name == "posix" and hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY
             self.cap = cv2.VideoCapture(target, api)
+        elif self.spec.kind == "stream":
+            # bounded network waits: a dead stream fails (and is retried) instead of hanging
+            params = [getattr(cv2, name) for name in ("CAP_PROP_OPEN_TIMEOUT_MSEC", "CAP_PROP_READ_TIMEOUT_MSEC")
+                      if hasattr(cv2, name)]
+            self.cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG,
+                                        [v for prop in params for v in (prop, STREAM_TIMEOUT_MS)])
         else:
             self.cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG)
         if not self.cap.isOpened():
@@ -156,24 +163,45 @@ class OpenCVSource:
             rate = max(0.5, min(fps, self.max_fps))
             self.period = 1.0 / rate
             self.skip = max(0, round(fps / rate) - 1)
+        elif self.max_fps:
+            self.period = 1.0 / self.max_fps       # live: frames in between are grabbed, not decoded
         self.next_t = time.monotonic()
 
     def read(self, stop) -> Image.Image:
-        if self.period:
-            wait = self.next_t - time.monotonic()
-            if wait > 0 and stop.wait(wait):
-                raise SourceError("stopped.")
-            self.next_t = max(self.next_t + self.period, time.monotonic())
+        return self._read_file(stop) if self.spec.kind == "video" else self._read_live(stop)
+
+    def _read_file(self, stop) -> Image.Image:
+        """Wait for the frame's time, decode it, and grab past the frames not shown; at the
+        end of the file, rewind (looping)."""
+        wait = self.next_t - time.monotonic()
+        if wait > 0 and stop.wait(wait):
+            raise SourceError("stopped.")
+        self.next_t = max(self.next_t + self.period, time.monotonic())
         ok, bgr = self.cap.read()
-        if not ok and self.spec.kind == "video":
+        if not ok:
             ok, bgr = self._rewind()
-        for _ in range(self.skip):         # drop the frames between two shown ones (files only)
+        for _ in range(self.skip):
             self.cap.grab()
         if not ok or bgr is None:
-            what = "video file" if self.spec.kind == "video" else "camera/stream"
-            raise SourceError(f"{self.spec.label} stopped delivering frames ({what}).",
-                              "check the cable / network / file; the app keeps retrying")
+            raise SourceError(f"{self.spec.label} has no frame to show, even after rewinding.",
+                              "check the file (is it complete?); the app keeps retrying")
         return bgr_to_image(bgr)
+
+    def _read_live(self, stop) -> Image.Image:
+        """Drain frames with grab() until one is due, then decode that one: a live camera
+        keeps delivering at its own rate, and only max_fps frames a second are converted."""
+        while self.period and time.monotonic() < self.next_t and not stop.is_set():
+            if not self.cap.grab():
+                raise self._stopped()
+        self.next_t = max(self.next_t + self.period, time.monotonic())
+        ok, bgr = self.cap.read()
+        if not ok or bgr is None:
+            raise self._stopped()
+        return bgr_to_image(bgr)
+
+    def _stopped(self) -> SourceError:
+        return SourceError(f"{self.spec.label} stopped delivering frames.",
+                           "check the cable / network; the app keeps retrying")
 
     def _rewind(self):
         import cv2
