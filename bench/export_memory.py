@@ -178,11 +178,13 @@ def format_report(r: dict) -> str:
              f"{r['memory_bytes'] / GiB:.0f} GiB RAM, {r['date']}"]
     if "make_checkpoint" in r:
         m = r["make_checkpoint"]
-        lines.append(f"  checkpoint (BF16): {r.get('checkpoint_bytes', 0) / GiB:.2f} GiB written in {m['wall_s']:.0f} s, "
+        lines.append(f"  checkpoint (BF16): {r.get('checkpoint_bytes', 0) / GiB:.2f} GiB written in "
+                     f"{m['wall_s']:.0f} s, "
                      f"peak RSS {m['peak_rss_tree_bytes'] / GiB:.2f} GiB")
     e = r.get("export")
     if e:
-        lines.append(f"  fusion-export onnx/{r['precision']} --no-verify: exit {e['returncode']}, wall {e['wall_s']:.0f} s, "
+        lines.append(f"  fusion-export onnx/{r['precision']} --no-verify: exit {e['returncode']}, "
+                     f"wall {e['wall_s']:.0f} s, "
                      f"peak RSS {e['peak_rss_tree_bytes'] / GiB:.2f} GiB (tree, sampled), "
                      f"{e['maxrss_process_bytes'] / GiB:.2f} GiB (the process, kernel ru_maxrss)")
         if e["returncode"] == 0:

@@ -32,13 +32,14 @@ def pct(v) -> str:
 def format_report(result: dict) -> str:
     bw = result["bandwidth"]
     s = result["settings"]
+    load = result["machine"]
     out = [f"fusion-edge bench {result['date']}  |  {result['machine']['cpu']}, {result['machine']['cores']} cores  |  "
            f"threads {result['threads']}  |  memory bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s (copy, best of "
            f"{bw['repeats']})",
            f"{s['cases']} image(s) x {s['questions_per_image']} question(s), {s['max_new_tokens']} new tokens max, "
            f"{s['repeats']} repeat(s) after {s['warmup']} warm-up(s)  |  load average before/after "
-           f"{_num(result['machine'].get('load_avg_1min_before'), '.1f')}/{_num(result['machine'].get('load_avg_1min'), '.1f')}"
-           f" (above 0.5 means other work shared the cores)", ""]
+           f"{_num(load.get('load_avg_1min_before'), '.1f')}/{_num(load.get('load_avg_1min'), '.1f')}"
+           f" (before > 0.5: other work shared the cores)", ""]
     ok = [b for b in result["backends"] if b["ok"]]
     out.append("times in ms: median (min)")
     out.append(_table(["backend"] + [c for _, c in TIME_COLUMNS],

@@ -128,6 +128,9 @@ def run_questions(args, client, server) -> dict:
             "latency_p95_s": sorted(latencies)[max(0, int(0.95 * len(latencies)) - 1)],
             "max_new_tokens": args.max_new_tokens, "frozen_frame": args.freeze,
             "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_growth_mb": rss_end - rss_start,
+            # after the first sample: allocator arenas have reached their working size by then,
+            # so growth here is what a leak would show
+            "rss_growth_after_first_sample_mb": rss_end - samples[min(1, len(samples) - 1)][1],
             "rss_samples": samples}
 
 

@@ -80,3 +80,9 @@ def builtin_pairs(split: str = "calib", n: int | None = None) -> list[tuple[str,
             images[k] = scene(seed0 + k)
         out.append((f"builtin:{split}:{k}", images[k], questions[i % len(questions)]))
     return out
+
+
+def builtin_image(key: str) -> Image.Image:
+    """The scene of a built-in key `builtin:<split>:<k>` (as builtin_pairs names them)."""
+    _, split, k = key.split(":")
+    return scene((CALIB_SEED if split == "calib" else EVAL_SEED) + int(k))

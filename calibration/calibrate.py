@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dataset import load_calibration_set
+from .dataset import builtin_set, load_calibration_set
 from .record import Recordings, record_calibration
 from .source import fp32_bundle, source_info
 
@@ -28,7 +28,10 @@ def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int =
         log("notice: no calibration data given; using the built-in generated scenes and camera questions "
             "(pass --data/--calib with your own images and questions for a better calibration)")
     log(dataset.summary())
-    items, held_out = dataset.split(holdout)
+    if data is None:       # the built-in set has its own held-out split (other scenes, other questions)
+        items, held_out = dataset.items, builtin_set("eval", holdout).items if holdout > 0 else []
+    else:
+        items, held_out = dataset.split(holdout)
     pipe = Pipeline.open(bundle_path, device="cpu", threads=threads)
     info = {"kind": dataset.kind, "source": dataset.source, "pairs": len(dataset), "held_out": len(held_out),
             "skipped": [{"where": s.where, "reason": s.reason} for s in dataset.skipped]}

@@ -147,6 +147,18 @@ def _write_sample(folder: Path, sample: _Sample, counts: dict[str, int]) -> int:
     return total
 
 
+def held_out_cases(entries: list[dict]) -> tuple[list[tuple], int]:
+    """A recording's held-out entries → ((image, question) cases, how many are gone)."""
+    from .builtin import builtin_image
+    cases = []
+    for e in entries:
+        if "builtin" in e:
+            cases.append((builtin_image(e["builtin"]), e["question"]))
+        elif Path(e.get("image", "")).is_file():
+            cases.append((Path(e["image"]), e["question"]))
+    return cases, len(entries) - len(cases)
+
+
 def _item_json(item: CalibItem) -> dict:
     if isinstance(item.image, (str, Path)):
         return {"image": str(item.image), "question": item.question}

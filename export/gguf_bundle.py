@@ -11,6 +11,7 @@ are reported and must only run and stay finite.
 """
 from __future__ import annotations
 
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -33,13 +34,16 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
                        verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
                        log=print, **extra) -> Path:
     """Write a verified gguf bundle. Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
-    default from the precision), vision_precision ("fp32" | "fp16", default "fp32"), threads."""
+    default from the precision), vision_precision ("fp32" | "fp16", default "fp32"), threads
+    (llama.cpp quantizer), onnx_from (a bundle of the same checkpoint whose vision/align ONNX
+    graphs are copied instead of exported again, e.g. to make several quant types quickly)."""
     quant = extra.pop("quant", None) or PRECISION_QUANT.get(precision)
     vision_precision = extra.pop("vision_precision", "fp32")
     threads = int(extra.pop("threads", 0) or 0)
+    onnx_from = extra.pop("onnx_from", None)
     if extra:
         raise ExportError(f"unknown gguf export option(s): {', '.join(sorted(extra))}.",
-                          "known: quant, vision_precision, threads")
+                          "known: quant, vision_precision, threads, onnx_from")
     if quant not in QUANT_TYPES:
         raise ExportError(f"GGUF quant type '{quant}' is not offered.", f"choose one of: {', '.join(QUANT_TYPES)}")
     if vision_precision not in ("fp32", "fp16"):
@@ -48,10 +52,14 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
     q, n_img = _options(ckpt, query_len, image_tokens)
     tokenizer = ckpt.tokenizer()
     with BundleWriter(out, overwrite) as writer:
-        components = {}
-        specs = [s for s in graph_specs(ckpt) if s["name"] == "vision" or s["name"].startswith("align_")]
-        for spec in _progress(specs, f"export gguf/{precision} (onnx parts)", progress):
-            components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), vision_precision)
+        if onnx_from:
+            components = copy_onnx_parts(onnx_from, ckpt, writer, vision_precision)
+        else:
+            components = {}
+            specs = [s for s in graph_specs(ckpt) if s["name"] == "vision" or s["name"].startswith("align_")]
+            for spec in _progress(specs, f"export gguf/{precision} (onnx parts)", progress):
+                components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"),
+                                                        vision_precision)
         components["llm"] = write_llm(ckpt, writer, precision, quant, tokenizer, progress, threads)
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
@@ -73,6 +81,26 @@ def _options(ckpt: Checkpoint, query_len: int | None, image_tokens: int | None) 
         raise ExportError(f"--image-tokens {image_tokens} is not supported.",
                           f"use {FUSION_L_TOKENS} (FUSION-L) or leave it out ({cfg.tower.num_patches})")
     return q, image_tokens or cfg.tower.num_patches
+
+
+def copy_onnx_parts(source: str | Path, ckpt: Checkpoint, writer: BundleWriter, precision: str) -> dict:
+    """The vision + align_* graphs of an existing bundle of the same checkpoint → component records."""
+    src = Bundle.open(source)
+    src.check_source(ckpt.fingerprint())
+    names = [n for n in src.components if n == "vision" or n.startswith("align_")]
+    if "vision" not in names or len(names) != 1 + len(ckpt.config.interaction_layers):
+        raise ExportError(f"bundle {source} does not hold the vision and alignment graphs.",
+                          "pass an onnx or gguf bundle of this checkpoint, or leave onnx_from out")
+    out = {}
+    for name in names:
+        comp = dict(src.components[name])
+        if comp.get("precision") != precision:
+            raise ExportError(f"{name} in {source} is {comp.get('precision')}, not {precision}.",
+                              f"pass a bundle whose vision graphs are {precision}, or leave onnx_from out")
+        for f in comp["files"]:
+            shutil.copyfile(src.file(f), writer.path(f))
+        out[name] = comp
+    return out
 
 
 def write_llm(ckpt: Checkpoint, writer: BundleWriter, precision: str, quant: str, tokenizer,

@@ -166,15 +166,17 @@ class Vocab:
 
 def _special_ids(tokenizer, template: str) -> dict[str, int]:
     from fusion_edge.runtime.prompt import get_template
+    unk = tokenizer.config.get("unk_token")
+    unk = unk.get("content") if isinstance(unk, dict) else unk
     ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_ids[0] if tokenizer.eos_token_ids else None,
-           "unk": tokenizer._special_id("unk_token"), "pad": tokenizer.pad_token_id,
+           "unk": tokenizer.token_to_id(unk) if unk else None, "pad": tokenizer.pad_token_id,
            "eot": tokenizer.token_to_id(get_template(template).sep)}
     return {k: int(v) for k, v in ids.items() if v is not None}
 
 
 def build_vocab(ckpt: Checkpoint, tokenizer, n_vocab: int) -> Vocab:
     """llama.cpp's view of the checkpoint's tokenizer, padded to the model's n_vocab rows."""
-    state = json.loads(tokenizer._file_tok.to_str())
+    state = json.loads(tokenizer._file_tok.to_str())     # the tokenizer.json the bundle ships
     added = {int(t["id"]): t for t in state.get("added_tokens", [])}
     if tokenizer._spm:
         vocab = _spm_vocab(ckpt.folder, state, added)

@@ -18,7 +18,7 @@ from fusion_edge import __version__
 from fusion_edge.calibration.builtin import builtin_pairs
 from fusion_edge.calibration.dataset import CalibItem, load_calibration_set
 from fusion_edge.calibration.reader import GraphFeeds
-from fusion_edge.calibration.record import Recordings, record_calibration
+from fusion_edge.calibration.record import Recordings, held_out_cases, record_calibration
 from fusion_edge.calibration.source import fp32_bundle
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
@@ -29,10 +29,13 @@ from .embed_int8 import quantize_embed
 from .planner import Plan, plan
 from .static_int8 import Int8Scheme, quantize_int8
 from .weight_int4 import quantize_int4
+from .weight_int8 import lm_head_nodes, weight_only_int8
 
 FLAVOURS = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "trt": "tensorrt"}
 DEFAULT_CALIB_SAMPLES = 32
 DEFAULT_EVAL_CASES = 4
+LM_HEAD_REASON = ("lm_head: kept out of the main scheme and stored int8 weight-only (its input does not fit a "
+                  "per-tensor int8 scale; 4-bit error lands on the logits)")
 DROPPED_FIELDS = ("format", "format_version", "created", "files", "verification")
 
 
@@ -92,9 +95,9 @@ def prepare_calibration(src: Path, calib, tmp: Path, samples: int, questions, ev
 
 
 def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
-    cases = [(Path(e["image"]), e["question"]) for e in entries if "image" in e and Path(e["image"]).is_file()]
-    if len(cases) < len(entries):
-        log(f"notice: {len(entries) - len(cases)} held-out images of the recording are gone")
+    cases, gone = held_out_cases(entries)
+    if gone:
+        log(f"notice: {gone} held-out images of the recording are gone")
     if not cases:
         cases = [(img, q) for _, img, q in builtin_pairs("eval", n)]
         log(f"notice: no held-out pairs of the calibration data; the gate uses {len(cases)} built-in cases")
@@ -156,17 +159,33 @@ def _quantize_component(src: Bundle, writer, name: str, comp: dict, the_plan: Pl
         "align" if name.startswith("align_") else "llm"
     choice = the_plan.components[kind]
     s, d = src.file(comp["files"][0]), writer.path(comp["files"][0])
+    if kind == "llm":
+        return _quantize_segment(s, d, name, comp, choice.precision, the_plan.flavour, rec, src.config.llm.vocab_size,
+                                 block_size, accuracy_level)
     if choice.precision == "int8":
-        feeds = GraphFeeds(rec, name, comp["inputs"])
-        return quantize_int8(s, d, feeds, name, Int8Scheme.for_flavour(the_plan.flavour))
-    if choice.precision == "int4":
-        return quantize_int4(s, d, the_plan.flavour, block_size, accuracy_level)
+        return quantize_int8(s, d, GraphFeeds(rec, name, comp["inputs"]), name, Int8Scheme.for_flavour(the_plan.flavour))
     if choice.precision == "int8-weight":
         return quantize_embed(s, d)
     for f in comp["files"]:
         shutil.copy2(src.file(f), writer.path(f))
     return {"precision": comp["precision"], "scheme": "unchanged fp32", "files": list(comp["files"]),
             "quantized_weights": 0, "excluded": []}
+
+
+def _quantize_segment(s: Path, d: Path, name: str, comp: dict, precision: str, flavour: str, rec: Recordings,
+                      vocab: int, block_size: int, accuracy_level) -> dict:
+    """int8 W8A8 or int4 weight-only, with the lm_head (final segment) int8 weight-only."""
+    head = lm_head_nodes(graph_io.load(s), vocab) if comp.get("final") else []
+    keep = {h: LM_HEAD_REASON for h in head}
+    if precision == "int8":
+        report = quantize_int8(s, d, GraphFeeds(rec, name, comp["inputs"]), name, Int8Scheme.for_flavour(flavour), keep)
+    else:
+        report = quantize_int4(s, d, flavour, block_size, accuracy_level, keep)
+    if head:
+        model = weight_only_int8(graph_io.load(d), head, flavour, block_size, accuracy_level)
+        report.update(files=graph_io.save(model, d), quantized_weights=graph_io.quantized_weight_count(model),
+                      weight_only_int8=head)
+    return report
 
 
 def _check_trt(writer, components: dict) -> None:

@@ -153,27 +153,26 @@ def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choi
             notes.append("fp16 on CPU: onnxruntime computes most fp16 ops through casts; expect fp32 speed or "
                          "slower, half the size")
         return {name: c for name in COMPONENTS}
-    trt = target == "tensorrt"
-    cpu = target == "onnxruntime-cpu"
-    act = ("uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)")
-    w8a8 = Choice("int8", f"Q/DQ W8A8: per-channel int8 symmetric weights, per-tensor {act}",
-                  "vision and alignment are compute-bound (729-token tiles, many latents): int8 GEMMs pay"
-                  if not target == "onnxruntime-cuda" else "halves/quarters memory; the CUDA EP dequantizes")
+    trt, cpu = target == "tensorrt", target == "onnxruntime-cpu"
+    act = "uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)"
+    w8a8 = f"Q/DQ W8A8: per-channel int8 symmetric weights, per-tensor {act}"
     if sm is not None and sm < (7, 2):
         notes.append(f"SM {sm[0]}.{sm[1]} has no INT8 tensor cores: int8 runs but fp16 is likely as fast")
     if target == "onnxruntime-cuda":
         notes.append("onnxruntime's CUDA EP runs Q/DQ int8 by dequantizing (memory saving only); "
                      "use --target trt for int8 speed")
+    dense = Choice("int8", w8a8, "compute-bound (729-token tiles, many latents): int8 GEMMs pay and weights "
+                                 "shrink 4×")
     embed = (Choice("fp32", "fp32 table (Gather)",
                     "a row-gathered per-row scale is not a Q/DQ pattern TensorRT maps; the lookup is memory, "
                     "not compute") if trt else
              Choice("int8-weight", "int8 table + per-row fp32 scale (Gather, Cast, Mul)",
                     "a quarter of the table's bytes; each looked-up row is exact to 1/254 of its largest value"))
+    head = "; lm_head int8 weight-only"
     if precision == "int8":
-        llm = Choice("int8", w8a8.scheme, "decode is memory-bound: int8 weights quarter the bytes read per token")
+        llm = Choice("int8", w8a8 + head, "decode is memory-bound: int8 weights quarter the bytes read per token")
     else:
-        blocks = ("DequantizeLinear int4 blocks (opset 21) → MatMul, symmetric" if trt or target == "tensorrt"
-                  else "MatMulNBits 4-bit blocks, symmetric")
-        llm = Choice("int4", f"weight-only: {blocks}, fp activations",
+        blocks = ("int4 DequantizeLinear blocks (opset 21) → MatMul" if trt else "MatMulNBits 4-bit blocks")
+        llm = Choice("int4", f"weight-only, symmetric {blocks}, fp activations{head}",
                      "decode is memory-bound: 4-bit weights read an eighth of fp32's bytes per token")
-    return {"vision": w8a8, "align": w8a8, "embed": embed, "llm": llm}
+    return {"vision": dense, "align": dense, "embed": embed, "llm": llm}

@@ -69,11 +69,13 @@ def exclusions(model, component: str) -> dict[str, str]:
     return out
 
 
-def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Scheme) -> dict:
+def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Scheme,
+                  extra_exclude: dict[str, str] | None = None) -> dict:
     """Quantize graph `src` into `dst` with calibration reader `feeds` → report (files,
-    quantized node count, exclusions with reasons, scheme)."""
+    quantized weight count, exclusions with reasons, scheme). `extra_exclude`: more
+    node → reason (e.g. the lm_head, which weight_int8 stores separately)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    excluded = exclusions(graph_io.load(src), component)
+    excluded = {**exclusions(graph_io.load(src), component), **(extra_exclude or {})}
     external = graph_io.has_external_data(src)
     with graph_io.quiet_ort_logging():
         quantize_static(

@@ -313,11 +313,19 @@ def test_a_question_outranks_a_running_watch_answer(sock, cam, reset):
     assert mine["state"] == "queued"
     assert sock.next("end", **{"job.id": watch_job["id"]})["job"]["state"] == "cancelled"
     assert sock.answer(mine["id"])[0]["state"] == "done"
+    # switching watch mode off stops its running answer too
+    again = sock.next("job", **{"job.kind": "watch"})["job"]
+    sock.send(type="watch", on=False)
+    assert sock.next("end", **{"job.id": again["id"]})["job"]["state"] == "cancelled"
 
 
-def test_bad_watch_settings_are_refused(sock):
+def test_bad_watch_settings_are_refused(sock, cam):
+    before = cam.watch.public()
     sock.send(type="watch", on=True, question="Ok?", interval="soon")
     assert "not a number" in sock.next("error")["message"]
+    assert cam.watch.public() == before                    # a refusal changes nothing
+    sock.send(type="watch", on=True, question="Ok?", interval=0.1)
+    assert "outside 0.5–3600 s" in sock.next("error")["message"]
     sock.send(type="watch", on=True, question="", interval=5)
     assert "empty" in sock.next("error")["message"]
 
@@ -404,14 +412,14 @@ def test_protocol_errors_are_readable(sock, http):
     assert r.status_code == 404 and r.json()["error"] == "Not Found"
 
 
-def test_no_frame_yet_is_reported_not_crashed(bundle, tmp_path):
+def test_no_frame_yet_is_reported_not_crashed(cam, tmp_path):
     from starlette.testclient import TestClient
 
     from fusion_edge.apps.camera_qa.server import create_app
     empty = tmp_path / "empty"
     empty.mkdir()
-    pipe = Pipeline.open(bundle, device="cpu")
-    app = CameraApp(pipe, parse_source(str(empty)), Settings(backoff=(0.05, 0.1))).start()
+    # the shared Pipeline: this app's worker never runs a job (there is no frame to ask about)
+    app = CameraApp(cam.pipeline, parse_source(str(empty)), Settings(backoff=(0.05, 0.1))).start()
     try:
         assert wait_for(lambda: app.capture.status()["state"] == "retrying", 10)
         with pytest.raises(SourceError, match="no frame from folder empty yet"):
@@ -420,7 +428,7 @@ def test_no_frame_yet_is_reported_not_crashed(bundle, tmp_path):
             app.set_watch(True, "", 5)
         client = TestClient(create_app(app), base_url="http://127.0.0.1")
         r = client.get("/api/frame.jpg")
-        assert r.status_code == 503 and "has no images" in r.json()["error"]
+        assert r.status_code == 503 and "has no images" in r.json()["error"] and "retrying" in r.json()["fix"]
         assert client.get("/api/state").json()["source"]["state"] == "retrying"
     finally:
         app.stop()
@@ -449,3 +457,5 @@ def test_cli_refuses_bad_arguments_readably(bundle, clip, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["camera", str(bundle), "--source", str(clip), "--no-browser"]) == 2
     assert "--watch" in capsys.readouterr().err
+    assert main(["camera", str(bundle), "--source", str(clip), "--max-fps", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err

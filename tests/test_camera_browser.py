@@ -54,26 +54,40 @@ def read_ready_url(proc, timeout=120.0) -> str:
     raise AssertionError(f"the app did not start: {proc.stderr.read()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def app_url(onnx_bundle, tmp_path_factory):
-    from fusion_edge.apps.camera_qa.demo import write_demo_video
-    bundle = onnx_bundle("phi3", "so400m")
-    clip = write_demo_video(tmp_path_factory.mktemp("browser") / "clip.avi", frames=40, fps=10)
-    cmd = [sys.executable, "-m", "fusion_edge.cli", "camera", str(bundle), "--source", str(clip),
-           "--host", "127.0.0.1", "--port", "0", "--token", TOKEN, "--max-new-tokens", "4", "--max-fps", "8",
-           "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = read_ready_url(proc)
-        assert url.startswith("http://127.0.0.1:") and url.endswith(f"?token={TOKEN}")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
+class App:
+    """`python -m fusion_edge.cli camera …` as a subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, bundle, source, *extra):
+        cmd = [sys.executable, "-m", "fusion_edge.cli", "camera", str(bundle), "--source", str(source),
+               "--host", "127.0.0.1", "--port", "0", "--max-new-tokens", "4", "--max-fps", "8", "--device", "cpu",
+               *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = read_ready_url(self.proc)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(20)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def bundle(onnx_bundle):
+    return onnx_bundle("phi3", "so400m")
+
+
+@pytest.fixture(scope="module")
+def app_url(bundle, tmp_path_factory):
+    from fusion_edge.apps.camera_qa.demo import write_demo_video
+    clip = write_demo_video(tmp_path_factory.mktemp("browser") / "clip.avi", frames=40, fps=10)
+    app = App(bundle, clip, "--token", TOKEN)
+    try:
+        assert app.url.startswith("http://127.0.0.1:") and app.url.endswith(f"?token={TOKEN}")
+        yield app.url
+    finally:
+        app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +223,31 @@ def test_wrong_token_is_refused(browser, app_url):
         assert p.evaluate("fetch('api/state').then(r => r.status)") == 401
     finally:
         ctx.close()
+
+
+def test_a_missing_source_is_reported_and_picked_up_when_it_appears(browser, bundle, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    app = App(bundle, folder, "--slide-seconds", "0.5")
+    ctx = browser.new_context(viewport={"width": 1000, "height": 700})
+    try:
+        p = ctx.new_page()
+        p.set_default_timeout(WAIT_MS)
+        p.goto(app.url)
+        p.wait_for_selector("#source-pill.bad")
+        assert "has no images" in p.inner_text("#source-pill") and "retry in" in p.inner_text("#source-pill")
+        p.wait_for_selector("#view-overlay:not(.hidden)")
+        assert "has no images" in p.inner_text("#overlay-text")
+        p.fill("#question", "Anything?")
+        p.press("#question", "Enter")
+        p.wait_for_selector("#toast:not(.hidden)")
+        assert "no frame from folder drop yet" in p.inner_text("#toast")
+        Image.new("RGB", (200, 150), (30, 160, 90)).save(folder / "first.png")
+        p.wait_for_selector("#source-pill.ok")
+        p.wait_for_function("Number(document.getElementById('live').dataset.seq) > 0")
+        p.wait_for_selector("#view-overlay.hidden", state="attached")
+        screenshot(p, tmp_path, "camera_qa_source_back.png")
+    finally:
+        ctx.close()
+        app.stop()

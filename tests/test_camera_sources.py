@@ -270,3 +270,14 @@ def test_a_network_stream_that_ends_is_reported_and_reopened(tmp_path):
 def test_readable_errors_have_no_traceback():
     assert readable(SourceError("camera gone.", "plug it in")) == "camera gone. — plug it in"
     assert readable(ValueError("bad")) == "ValueError: bad"
+
+
+def test_the_app_never_imports_torch():
+    import subprocess
+    import sys
+    code = ("import sys, fusion_edge.apps.camera_qa.app, fusion_edge.apps.camera_qa.server, "
+            "fusion_edge.apps.camera_qa.cli, fusion_edge.apps.camera_qa.headless, fusion_edge.runtime.pipeline; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

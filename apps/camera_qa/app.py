@@ -99,13 +99,17 @@ class CameraApp:
         return {"on": True, "key": f.key, "origin": f.origin, "width": f.image.width, "height": f.image.height}
 
     # ---- questions -------------------------------------------------------------------------
-    def ask(self, question, max_new_tokens=None, kind: str = "ask") -> Job:
+    def ask(self, question, max_new_tokens=None) -> Job:
+        """Queue a question about the current frame; raises PromptError / SourceError / BusyError."""
         q = clean_question(question, self.settings.max_question_chars)
         frame = self.current_frame()
         if frame is None:
-            raise SourceError(f"no frame from {self.source.label} yet: {self.capture.status()['message']}",
+            raise SourceError(f"no frame from {self.source.label} yet ({self.capture.status()['message']})",
                               self._no_frame_fix())
-        job = Job(kind, q, frame, self._token_budget(max_new_tokens),
+        return self._submit("ask", q, frame, max_new_tokens)
+
+    def _submit(self, kind: str, question: str, frame: Frame, max_new_tokens) -> Job:
+        job = Job(kind, question, frame, self._token_budget(max_new_tokens),
                   thumb=thumbnail_data_url(frame.image, self.settings.thumb_px))
         self.worker.submit(job)
         return job
@@ -116,6 +120,8 @@ class CameraApp:
     def set_watch(self, on: bool, question=None, interval=None, max_new_tokens=None) -> dict:
         budget = None if max_new_tokens is None else self._token_budget(max_new_tokens)
         state = self.watch.configure(on, question, interval, budget)
+        if not state["on"]:
+            self.worker.cancel_kind("watch")
         self.hub.publish({"type": "watch", "watch": state})
         return state
 
@@ -163,8 +169,6 @@ class CameraApp:
             return
         self.watch.started(now, frame)
         try:
-            job = Job("watch", self.watch.question, frame, self._token_budget(self.watch.max_new_tokens),
-                      thumb=thumbnail_data_url(frame.image, self.settings.thumb_px))
-            self.worker.submit(job)
+            self._submit("watch", self.watch.question, frame, self.watch.max_new_tokens)
         except Exception as e:  # noqa: BLE001 — e.g. busy: try again on a later tick
             self.hub.publish({"type": "notice", "message": f"watch question skipped: {e}"})

@@ -56,7 +56,8 @@ class Capture:
         self._lock = threading.Lock()
         self._frame: Frame | None = None
         self._seq = 0
-        self._state = {"state": "starting", "message": f"opening {label}…", "retry_in": 0.0, "failures": 0}
+        self._state = {"state": "starting", "message": f"opening {label}…", "fix": None, "retry_in": 0.0,
+                       "failures": 0}
         self._thread = threading.Thread(target=self._run, name="camera-capture", daemon=True)
 
     # ---- public --------------------------------------------------------------------------
@@ -73,13 +74,14 @@ class Capture:
         return self._frame
 
     def status(self) -> dict:
-        """state: starting | live | retrying | stalled | stopped, with a readable message."""
+        """state: starting | live | retrying | stalled | stopped, with a readable message (and fix)."""
         with self._lock:
             st = dict(self._state)
         frame = self._frame
         st.update(label=self.label, frames=self._seq, last_frame_age=(time.time() - frame.time) if frame else None)
         if st["state"] == "live" and frame is not None and st["last_frame_age"] > self.stall_after:
-            st.update(state="stalled", message=f"no new frame from {self.label} for {st['last_frame_age']:.0f} s")
+            st.update(state="stalled", message=f"no new frame from {self.label} for {st['last_frame_age']:.0f} s",
+                      fix="check the camera; the app reopens it if it reports an error")
         return st
 
     # ---- thread --------------------------------------------------------------------------
@@ -101,7 +103,8 @@ class Capture:
             except Exception as e:  # noqa: BLE001 — any source failure is reported and retried
                 if not self._stop.is_set():
                     log.debug("source %s failed", self.label, exc_info=True)
-                    self._set_state("retrying", readable(e), retry_in=delay, failed=True)
+                    problem, fix = (e.problem, e.fix) if isinstance(e, FusionEdgeError) else (readable(e), None)
+                    self._set_state("retrying", problem, fix, retry_in=delay, failed=True)
             finally:
                 _close_quietly(source)
             if self._stop.wait(delay):
@@ -113,10 +116,12 @@ class Capture:
         self._seq += 1
         self._frame = Frame(f"f{self._seq}", self._seq, image, time.time())
 
-    def _set_state(self, state: str, message: str, retry_in: float = 0.0, failed: bool = False) -> None:
+    def _set_state(self, state: str, message: str, fix: str | None = None, retry_in: float = 0.0,
+                   failed: bool = False) -> None:
         with self._lock:
             failures = self._state["failures"] + (1 if failed else 0)
-            self._state = {"state": state, "message": message, "retry_in": retry_in, "failures": failures}
+            self._state = {"state": state, "message": message, "fix": fix, "retry_in": retry_in,
+                           "failures": failures}
         try:
             self.on_status(self.status())
         except Exception:  # noqa: BLE001 — a listener must not kill the capture thread

@@ -54,8 +54,9 @@ def run(args) -> int:
     if args.no_browser and not args.watch:
         raise PromptError("--no-browser prints the watch question's answers, but no --watch question was given.",
                           "add --watch 'What do you see?' (and --interval SECONDS)")
-    if args.max_new_tokens < 1 or args.max_question_chars < 1:
-        raise PromptError("--max-new-tokens and --max-question-chars must be positive.", "pass positive numbers")
+    if min(args.max_new_tokens, args.max_question_chars, args.max_fps, args.slide_seconds, args.max_upload_mb) <= 0:
+        raise PromptError("--max-new-tokens, --max-question-chars, --max-fps, --slide-seconds and --max-upload-mb "
+                          "must be positive.", "pass positive numbers")
     spec = parse_source(args.source)
     if not args.no_browser:
         from .server import import_web

@@ -26,7 +26,8 @@ def run_headless(cam, question: str, interval: float, max_answers: int | None = 
 
     def listener(event: dict) -> None:
         if event["type"] == "source":
-            print(f"source: {event['source']['message']}", file=err, flush=True)
+            st = event["source"]
+            print(f"source: {st['message']}" + (f" ({st['fix']})" if st.get("fix") else ""), file=err, flush=True)
         elif event["type"] == "end" and event["job"]["kind"] == "watch" and event["job"]["state"] != "cancelled":
             print(format_answer(event["job"]), file=out, flush=True)
             count[0] += 1

@@ -104,7 +104,7 @@ def _routes(app, cam) -> None:
         frame = await _next_frame(cam, after)
         if frame is None:
             st = cam.capture.status()
-            return _problem(503, st["message"], "the app keeps retrying the source")
+            return _problem(503, st["message"], st.get("fix") or "the app keeps retrying the source")
         if frame.key == after:
             return Response(status_code=204, headers={"cache-control": "no-store"})
         data = await run_in_threadpool(_frame_jpeg, frame, cam.settings.view_px)

@@ -31,16 +31,14 @@ class Watch:
 
     def configure(self, on: bool, question=None, interval=None, max_new_tokens=None) -> dict:
         """Start / change / stop watching; validates like a typed question."""
-        with self._lock:
-            if question is not None:
-                self.question = clean_question(question, self.max_question_chars)
-            if interval is not None:
-                self.interval = parse_interval(interval)
-            if max_new_tokens is not None:
-                self.max_new_tokens = max_new_tokens
-            if on and not self.question:
-                raise PromptError("watch mode needs a question.", "type the standing question, then start")
-            self.on = bool(on)
+        q = clean_question(question, self.max_question_chars) if question is not None else self.question
+        seconds = parse_interval(interval) if interval is not None else self.interval
+        if on and not q:
+            raise PromptError("watch mode needs a question.", "type the standing question, then start")
+        with self._lock:                       # all checked: change nothing on a refusal
+            self.question, self.interval, self.on = q, seconds, bool(on)
+            if on:
+                self.max_new_tokens = max_new_tokens     # None: the app's limit
             self._last_start, self._last_key = float("-inf"), None
             return self.public()
 

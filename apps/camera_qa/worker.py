@@ -73,8 +73,9 @@ class Worker:
                 raise BusyError("a question is already waiting for the running one to finish.",
                                 "wait for the answer, or stop the running one")
             job.state = state
+            # published under the lock: the worker cannot start (and stream tokens) before this
+            self.publish({"type": "job", "job": job.public()})
             self._cond.notify_all()
-        self.publish({"type": "job", "job": job.public()})
         return state
 
     def cancel(self, job_id: str | None = None) -> bool:
@@ -90,6 +91,15 @@ class Worker:
                 current.cancel_event.set()
                 return True
         return False
+
+    def cancel_kind(self, kind: str) -> None:
+        """Cancel every job of this kind, running or waiting (watch mode switched off)."""
+        with self._cond:
+            if self._waiting is not None and self._waiting.kind == kind:
+                waiting, self._waiting = self._waiting, None
+                self._end(waiting, "cancelled")
+            if self._current is not None and self._current.kind == kind:
+                self._current.cancel_event.set()
 
     def snapshot(self) -> dict:
         cur, wait = self._current, self._waiting

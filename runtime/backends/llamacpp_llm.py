@@ -67,12 +67,15 @@ def _recent_log() -> str:
 
 
 def _single_threaded():
-    """numpy/BLAS limited to one thread inside the callback (ggml's threads are spinning)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    """numpy/BLAS limited to one thread inside the callback (ggml's threads are waiting)."""
+    if "threadpools" not in _STATE:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _STATE["threadpools"] = ThreadpoolController()     # scans the loaded libraries once
+        except ImportError:
+            _STATE["threadpools"] = None
+    ctl = _STATE["threadpools"]
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
 class TokenEmbedding:
@@ -176,7 +179,10 @@ class LlamaCppLLM:
                  max_batch: int | None = None):
         self.llama = import_llama_cpp()
         self.cfg = bundle.config
-        comp = bundle.components["llm"]
+        comp = bundle.components.get("llm")
+        if not comp or comp.get("backend") != "llama.cpp":
+            raise BundleFileError(f"bundle {bundle.path} has no llama.cpp LLM component.",
+                                  "re-export it with --target gguf")
         self.path = bundle.file(comp["files"][0])
         self.parity = comp.get("kv_cache", "f32" if bundle.precision == "fp32" else "f16") == "f32"
         self.threads = int(threads or os.cpu_count() or 1)
@@ -185,15 +191,17 @@ class LlamaCppLLM:
         if layers and max(layers) >= self.cfg.llm.num_layers - 1:
             raise BackendError(f"interaction layer {max(layers)} is the last decoder layer, whose l_out holds "
                                "only output rows in llama.cpp.", "export this checkpoint with --target onnx")
-        self.embed_rows = TokenEmbedding(self.path)
+        self.ctx = self.model = None
+        self.embed_rows = TokenEmbedding(self.path)      # reads (and so checks) the GGUF first
         self.model = self._load_model(device)
         self.n_embd = self.llama.llama_model_n_embd(self.model)
         self.n_vocab = self.llama.llama_vocab_n_tokens(self.llama.llama_model_get_vocab(self.model))
         if self.n_embd != self.cfg.llm.hidden_size or self.n_vocab != self.embed_rows.n_vocab:
+            self.close()
             raise BundleFileError(f"{self.path.name} has n_embd {self.n_embd}, n_vocab {self.n_vocab}; the bundle "
-                                  f"says {self.cfg.llm.hidden_size}, {self.embed_rows.n_vocab}.", "re-export the bundle")
+                                  f"says {self.cfg.llm.hidden_size}, {self.embed_rows.n_vocab}.",
+                                  "re-export the bundle")
         self.hook = _AlignHook(self.llama, layers)
-        self.ctx = None
         self.capacity = self.n_batch = 0
         self.length = 0          # positions in the KV cache
         self.recorder = None     # engine interface; llama.cpp exposes no segment inputs

@@ -154,11 +154,15 @@
     pill.className = `pill ${cls}`;
     pill.textContent = st.state === "live" ? `● ${st.label}`
       : st.state === "retrying" ? `⚠ ${st.message} (retry in ${st.retry_in.toFixed(1)} s)` : st.message;
-    pill.title = st.message;
-    if (st.state !== "live" && !S.frozen) showOverlay(st.message);
+    pill.title = st.fix ? `${st.message} — ${st.fix}` : st.message;
+    if (st.state !== "live" && !S.frozen) showOverlay(st.message, st.fix);
   }
 
-  function showOverlay(text) { $("overlay-text").textContent = text; $("view-overlay").classList.remove("hidden"); }
+  function showOverlay(text, fix) {
+    $("overlay-text").textContent = text;
+    $("overlay-fix").textContent = fix || "";
+    $("view-overlay").classList.remove("hidden");
+  }
 
   function renderFreeze(f) {
     S.frozen = !!f.on;
@@ -209,7 +213,7 @@
           $("view-overlay").classList.add("hidden");
         } else if (r.status !== 204) {
           const e = await r.json().catch(() => ({}));
-          showOverlay(e.error || `the app answered ${r.status}`);
+          showOverlay(e.error || `the app answered ${r.status}`, e.fix);
           await sleep(1000);
         }
       } catch (e) {

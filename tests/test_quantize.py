@@ -1,0 +1,174 @@
+"""INT8 bundles of a tiny checkpoint: `fusion-export --precision int8`, sizes, figures, the gate.
+
+One int8 bundle is built through the command line from the session's fp32 bundle and a
+small recording; the broken-quantization test copies it, forces its weight scales wrong
+and runs the real gate on it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from fusion_edge.calibration.builtin import builtin_pairs
+from fusion_edge.calibration.dataset import CalibItem
+from fusion_edge.calibration.record import Recordings, record_calibration
+from fusion_edge.quantize import agreement, graph_io
+from fusion_edge.runtime.bundle import Bundle, BundleWriter
+from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.pipeline import Pipeline
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def fp32(onnx_bundle):
+    return onnx_bundle("phi3", "so400m")
+
+
+@pytest.fixture(scope="module")
+def recording(fp32, tmp_path_factory) -> Recordings:
+    """One scene, two questions; the gate's held-out case is one built-in eval pair."""
+    (key, img, _), = builtin_pairs("calib", 1)
+    items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
+    held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
+    pipe = Pipeline.open(fp32, device="cpu")
+    return record_calibration(pipe, items, tmp_path_factory.mktemp("q8") / "calib", samples=2, held_out=held,
+                              source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
+                              progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def q8(fp32, recording, tmp_path_factory):
+    """`fusion-export <fp32 bundle> --target onnx --precision int8 --calib <recording>` → (bundle, stdout)."""
+    import contextlib
+    import io
+
+    from fusion_edge.cli import main
+    out = tmp_path_factory.mktemp("q8b") / "q8"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["export", str(fp32), "--target", "onnx", "--precision", "int8", "--calib", str(recording.path),
+                   "--eval-cases", "1", "--verify-steps", str(STEPS), "-o", str(out), "--quiet"])
+    assert rc == 0, buf.getvalue()
+    return out, buf.getvalue()
+
+
+def test_cli_export_prints_plan_sizes_and_figures(q8):
+    out, text = q8
+    assert "precision plan for onnxruntime-cpu" in text
+    assert "weight bytes, fp32 → quantized" in text
+    assert "agreement with the fp32 pipeline on 1 held-out cases" in text and "gate: passed" in text
+    assert f"bundle written to {out}" in text
+
+
+def test_int8_bundle_loads_and_answers(q8, images):
+    out, _ = q8
+    b = Bundle.open(out)                                # every file hashed and present
+    assert b.precision == "int8" and b.target == "onnx"
+    comps = b.components
+    assert comps["vision"]["precision"] == "int8" and comps["segment_04"]["precision"] == "int8"
+    assert comps["embed"]["precision"] == "int8-weight"
+    pipe = Pipeline.open(out, device="cpu")
+    text = pipe.ask(pipe.look(images["wide"]), "What is in the picture?", max_new_tokens=5)
+    assert isinstance(text, str) and 1 <= len(pipe.last_result.token_ids) <= 5
+    assert np.isfinite(pipe.last_result.first_logits).all()
+
+
+def test_int8_weights_are_a_quarter(q8, fp32):
+    out, _ = q8
+    q = json.loads((out / "fusion_bundle.json").read_text())["quantization"]
+    totals = q["weight_bytes_total"]
+    assert totals["llm"]["fp32"] / totals["llm"]["quantized"] > 3.5          # int8 + fp32 norms and scales
+    assert totals["align"]["fp32"] / totals["align"]["quantized"] > 3.4
+    assert totals["embed"]["fp32"] / totals["embed"]["quantized"] > 3.7
+    assert totals["vision"]["fp32"] / totals["vision"]["quantized"] > 2.5     # tiny tower: pos. embeddings stay fp32
+    # the int8 weights of a segment hold exactly the fp32 MatMul weights' elements, one byte each
+    src, dst = graph_io.load(fp32 / "segment_05.onnx"), graph_io.load(out / "segment_05.onnx")
+    inits = {t.name: t for t in src.graph.initializer}
+    fp32_matmul = sum(int(np.prod(inits[n.input[1]].dims)) for n in src.graph.node
+                      if n.op_type == "MatMul" and n.input[1] in inits)
+    assert graph_io.weight_bytes(dst)["int8"] == fp32_matmul
+    assert (fp32 / "segment_05.onnx").stat().st_size / (out / "segment_05.onnx").stat().st_size > 2.5
+
+
+def test_figures_and_exclusions_in_the_manifest(q8):
+    out, _ = q8
+    m = Bundle.open(out).manifest
+    v = m["verification"]
+    assert v["passed"] and not v["forced"] and v["cases"] == 1 and v["tokens_compared"] >= 1
+    assert v["thresholds"] == agreement.GATES["int8"]
+    assert 0.9 <= v["top1_agreement"] <= 1.0 and 0.99 <= v["logit_cosine_mean"] <= 1.0
+    graphs = {"embed", "vision_global", "vision_main", *(f"align_{k:02d}" for k in range(10)),
+              *(f"segment_{k:02d}" for k in range(11))}
+    assert set(v["per_graph"]) == graphs
+    assert all(0.99 < d["cosine_min"] <= 1.0 + 1e-9 and d["rel_error_max"] < 0.1 for d in v["per_graph"].values())
+    seg = m["components"]["segment_10"]["quantization"]
+    reasons = " ".join(e["reason"] for e in seg["excluded"])
+    assert "activation × activation" in reasons and "lm_head" in reasons
+    assert seg["weight_only_int8"] == ["/lm_head/MatMul"]
+    assert m["quantization"]["calibration"]["samples"] == 2
+    assert m["quantization"]["plan"]["components"]["llm"]["precision"] == "int8"
+
+
+def _force_scales_wrong(folder, factor: float = 8.0) -> int:
+    """Multiply the weight scales of segments 00–09 by `factor` (a broken quantization)."""
+    from onnx import numpy_helper
+    n = 0
+    for k in range(10):
+        path = folder / f"segment_{k:02d}.onnx"
+        model = graph_io.load(path)
+        inits = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].data_type == 3:
+                t = inits[node.input[1]]
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+                n += 1
+        graph_io.save(model, path)
+    return n
+
+
+def _broken_copy(good, w) -> dict:
+    """Fill writer `w` with a copy of bundle `good` whose scales are forced wrong → manifest."""
+    shutil.copytree(good, w.tmp, dirs_exist_ok=True)
+    manifest = {k: v for k, v in Bundle.open(good).manifest.items()
+                if k not in ("format", "format_version", "created", "files", "verification")}
+    assert _force_scales_wrong(w.tmp) > 0
+    return w.write_manifest(manifest)
+
+
+def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
+    from fusion_edge.quantize.onnx_quant import gate_folder
+    good, _ = q8
+    cases = [(img, q) for _, img, q in builtin_pairs("eval", 1)]
+    logs = []
+    out = tmp_path / "broken"
+    with pytest.raises(ExportError) as e:
+        with BundleWriter(out) as w:                     # as quantize_bundle does
+            _broken_copy(good, w)
+            gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, False, None, False, logs.append)
+            w.commit()
+    assert "top1_agreement" in e.value.problem or "logit_cosine_mean" in e.value.problem
+    assert "--force" in e.value.fix
+    assert any("gate: FAILED" in line for line in logs)
+    assert not out.exists() and not list(tmp_path.glob(".broken.partial-*"))
+    # --force keeps it, marked as below the gate
+    with BundleWriter(tmp_path / "forced") as w:
+        manifest = _broken_copy(good, w)
+        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False, logs.append)
+        Bundle(w.tmp, manifest).update_manifest(verification=figures)
+        kept = w.commit()
+    v = Bundle.open(kept).manifest["verification"]
+    assert v["forced"] and not v["passed"] and v["gate"]
+    assert v["top1_agreement"] < agreement.GATES["int8"]["top1_agreement"] or \
+        v["logit_cosine_mean"] < agreement.GATES["int8"]["logit_cosine_mean"]
+
+
+def test_gate_function_thresholds():
+    f = {"top1_agreement": 0.95, "logit_cosine_mean": 0.995, "max_dlogit_first": 2.0}
+    assert agreement.gate(f, "int8")[0]
+    ok, reasons, bounds = agreement.gate(f, "int4", {"top1_agreement": 0.99, "max_dlogit_first": 1.0})
+    assert not ok and len(reasons) == 2 and bounds["logit_cosine_mean"] == agreement.GATES["int4"]["logit_cosine_mean"]
+    assert agreement.cosine([1, 0], [0, 1]) == 0.0 and agreement.rel_error([2, 0], [1, 0]) == 0.5
