@@ -183,8 +183,10 @@ def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, images):
     pipe = gguf_pipe("phi3", "so400m")
     scene = pipe.look(images["tall"])
     before = pipe.vision.calls["align"]
-    pipe.ask(scene, QUESTIONS[0], max_new_tokens=1)
-    assert pipe.vision.calls["align"] - before == len(pipe.cfg.interaction_layers)
+    pipe.ask(scene, QUESTIONS[0], max_new_tokens=4)
+    assert len(pipe.last_result.token_ids) > 1                  # decode steps ran ...
+    assert pipe.vision.calls["align"] - before == len(pipe.cfg.interaction_layers)   # ... without the hook
+    assert not pipe.llm.hook.active
     on = pipe.last_result.first_logits
     pipe.interactions_enabled = False
     try:

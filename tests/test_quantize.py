@@ -90,8 +90,14 @@ def test_int8_weights_are_a_quarter(q8, fp32):
     inits = {t.name: t for t in src.graph.initializer}
     fp32_matmul = sum(int(np.prod(inits[n.input[1]].dims)) for n in src.graph.node
                       if n.op_type == "MatMul" and n.input[1] in inits)
-    assert graph_io.weight_bytes(dst)["int8"] == fp32_matmul
-    assert (fp32 / "segment_05.onnx").stat().st_size / (out / "segment_05.onnx").stat().st_size > 2.5
+    q_inits = {t.name: t for t in dst.graph.initializer}
+    int8_weights = sum(int(np.prod(q_inits[n.input[0]].dims)) for n in dst.graph.node
+                       if n.op_type == "DequantizeLinear" and n.input[0] in q_inits
+                       and q_inits[n.input[0]].data_type == 3)
+    assert int8_weights == fp32_matmul
+    # on disk: the file shrinks by ~3 bytes per weight (tiny graphs: the node structure is a fixed cost)
+    saved = (fp32 / "segment_05.onnx").stat().st_size - (out / "segment_05.onnx").stat().st_size
+    assert saved > 0.75 * 3 * fp32_matmul
 
 
 def test_figures_and_exclusions_in_the_manifest(q8):

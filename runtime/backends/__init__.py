@@ -13,8 +13,9 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None):
     from .ort_session import providers_for
     providers = providers_for(device)
     from .onnx_vision import OnnxVision
-    vision = OnnxVision(bundle, providers, threads)
     llm_backend = bundle.manifest.get("llm_backend", "onnxruntime")
+    # the alignment runs inside llama.cpp's eval callback there: single-threaded math
+    vision = OnnxVision(bundle, providers, threads, align_threads=1 if llm_backend == "llama.cpp" else None)
     if llm_backend == "onnxruntime":
         from .onnx_llm import OnnxLLM
         llm = OnnxLLM(bundle, providers, threads)

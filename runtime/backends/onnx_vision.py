@@ -9,10 +9,13 @@ from .ort_session import make_session
 
 
 class OnnxVision:
-    def __init__(self, bundle: Bundle, providers: list[str], threads: int | None = None):
+    def __init__(self, bundle: Bundle, providers: list[str], threads: int | None = None,
+                 align_threads: int | None = None):
+        """align_threads: intra-op threads of the alignment sessions (1 when they run inside
+        llama.cpp's eval callback, so they do not fight ggml's own threads)."""
         comp = bundle.components
         self.vision = make_session(bundle.file(comp["vision"]["files"][0]), providers, threads)
-        self.aligns = [make_session(bundle.file(comp[name]["files"][0]), providers, threads)
+        self.aligns = [make_session(bundle.file(comp[name]["files"][0]), providers, align_threads or threads)
                        for name in sorted(n for n in comp if n.startswith("align_"))]
         self.calls = {"vision_global": 0, "vision_main": 0, "align": 0}
 
