@@ -176,9 +176,9 @@ def _special_ids(tokenizer, template: str) -> dict[str, int]:
 
 def build_vocab(ckpt: Checkpoint, tokenizer, n_vocab: int) -> Vocab:
     """llama.cpp's view of the checkpoint's tokenizer, padded to the model's n_vocab rows."""
-    state = json.loads(tokenizer._file_tok.to_str())     # the tokenizer.json the bundle ships
+    state = tokenizer.to_json()     # the tokenizer.json the bundle ships
     added = {int(t["id"]): t for t in state.get("added_tokens", [])}
-    if tokenizer._spm:
+    if tokenizer.is_sentencepiece:
         vocab = _spm_vocab(ckpt.folder, state, added)
     else:
         vocab = _bpe_vocab(state, added)

@@ -183,6 +183,15 @@ class Tokenizer:
     def clean_up_spaces(self) -> bool:
         return bool(self.config.get("clean_up_tokenization_spaces", False))
 
+    def to_json(self) -> dict:
+        """The tokenizer.json state as loaded (what `save` writes; what the GGUF writer reads)."""
+        return json.loads(self._file_tok.to_str())
+
+    @property
+    def is_sentencepiece(self) -> bool:
+        """True for SentencePiece-style (Metaspace / ▁) vocabularies such as Phi-3's."""
+        return self._spm
+
     def token_to_id(self, token: str) -> int | None:
         return self._file_tok.token_to_id(token)
 
