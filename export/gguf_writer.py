@@ -20,7 +20,6 @@ what type each tensor actually got (K-quants fall back on rows that are not mult
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
