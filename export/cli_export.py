@@ -33,6 +33,8 @@ def add_quant_args(p) -> None:
     g.add_argument("--block-size", type=int, default=32, help="int4 block size along K")
     g.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits accuracy_level (4 = int8 compute on CPU, 0 = unset)")
+    g.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
+                   help="leave weighted nodes whose name matches REGEX unquantized (repeatable)")
     g.add_argument("--eval-cases", type=int, default=4, help="held-out cases of the quality gate")
 
 
@@ -42,7 +44,8 @@ def quant_kwargs(args) -> dict:
         return {}
     return {"calib": args.calib, "calib_samples": args.calib_samples, "calib_questions": args.calib_questions,
             "flavour": args.flavour, "sm": args.sm, "block_size": args.block_size,
-            "accuracy_level": args.accuracy_level or None, "eval_cases": args.eval_cases}
+            "accuracy_level": args.accuracy_level or None, "keep_float": args.keep_float,
+            "eval_cases": args.eval_cases}
 
 
 def add_verify_args(p) -> None:

@@ -226,7 +226,7 @@ def _stream_weights(out: Path, cfg, rng: np.random.Generator, tok: dict, shards:
             for key, a, b in zip(entry.sources, rows[:-1], rows[1:]):
                 part = full[a:b]
                 if key == "lm_head.weight":
-                    _shape_lm_head({key: part}, tok, cfg)
+                    _shape_lm_head({key: part}, tok, out)
                 i = shard_of[key]
                 if files[i] is None:
                     if i > 0 and files[i - 1] is not None:

@@ -21,10 +21,13 @@ from fusion_edge.runtime.pipeline import Aligner, Pipeline
 from fusion_edge.runtime.prompt import build_prompt
 
 # Defaults: what a bundle must reach to be written without --force (token-weighted over
-# all compared steps of all cases).
+# all compared steps of all cases). Measured (docs/quantization.md): int8 top-1 97–100 %,
+# cosine ≥ 0.9997; int4 83–89 %, cosine ≈ 0.997 (tiny and bench checkpoints); weight
+# scales forced 8× wrong: far below both. Top-1 over few tokens is coarse, so the smooth
+# cosine carries the tighter bound.
 GATES = {
-    "int8": {"top1_agreement": 0.90, "logit_cosine_mean": 0.99},
-    "int4": {"top1_agreement": 0.85, "logit_cosine_mean": 0.98},
+    "int8": {"top1_agreement": 0.90, "logit_cosine_mean": 0.995},
+    "int4": {"top1_agreement": 0.80, "logit_cosine_mean": 0.99},
 }
 EMBED_CHUNK = 4096
 

@@ -10,33 +10,24 @@ or any error leaves no bundle.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
-from fusion_edge import __version__
 from fusion_edge.calibration.builtin import builtin_pairs
 from fusion_edge.calibration.dataset import CalibItem, load_calibration_set
-from fusion_edge.calibration.reader import GraphFeeds
 from fusion_edge.calibration.record import Recordings, held_out_cases, record_calibration
 from fusion_edge.calibration.source import fp32_bundle
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
-from . import agreement, graph_io, qdq_check
-from .embed_int8 import quantize_embed
+from . import agreement
+from .bundle_quant import QuantOptions, write_quantized
 from .planner import Plan, plan
-from .static_int8 import Int8Scheme, quantize_int8
-from .weight_int4 import quantize_int4
-from .weight_int8 import lm_head_nodes, weight_only_int8
 
 FLAVOURS = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "trt": "tensorrt"}
 DEFAULT_CALIB_SAMPLES = 32
 DEFAULT_EVAL_CASES = 4
-LM_HEAD_REASON = ("lm_head: kept out of the main scheme and stored int8 weight-only (its input does not fit a "
-                  "per-tensor int8 scale; 4-bit error lands on the logits)")
-DROPPED_FIELDS = ("format", "format_version", "created", "files", "verification")
 
 
 def export_quantized_bundle(model: str, out, target: str = "onnx", precision: str = "int8",
@@ -44,7 +35,7 @@ def export_quantized_bundle(model: str, out, target: str = "onnx", precision: st
                             verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
                             log=print, *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
-                            accuracy_level: int | None = 4, eval_cases: int = DEFAULT_EVAL_CASES,
+                            accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
                             thresholds: dict | None = None, threads: int | None = None, **extra) -> Path:
     """Checkpoint (or fp32 ONNX bundle) → quantized, gated ONNX bundle at `out`."""
     if extra:
@@ -61,8 +52,8 @@ def export_quantized_bundle(model: str, out, target: str = "onnx", precision: st
             tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
         rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
                                          eval_cases, threads, progress, log)
-        return quantize_bundle(src, out, the_plan, rec, cases, block_size=block_size,
-                               accuracy_level=accuracy_level, verify=verify, force=force, steps=steps,
+        opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
+        return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
                                thresholds=thresholds, overwrite=overwrite, threads=threads,
                                progress=progress, log=log)
 
@@ -110,121 +101,21 @@ def _source(bundle_path: Path) -> dict:
 
 
 # ---- quantization ----------------------------------------------------------------------------
-def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple], *, block_size: int = 32,
-                    accuracy_level: int | None = 4, verify: bool = True, force: bool = False, steps: int = 16,
-                    thresholds: dict | None = None, overwrite: bool = False, threads: int | None = None,
-                    progress: bool = True, log=print) -> Path:
+def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple],
+                    opts: QuantOptions = QuantOptions(), *, verify: bool = True, force: bool = False,
+                    steps: int = 16, thresholds: dict | None = None, overwrite: bool = False,
+                    threads: int | None = None, progress: bool = True, log=print) -> Path:
     """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
     src = Bundle.open(src_path)
     rec.check_source(src.manifest["source"]["fingerprint"])
     with BundleWriter(out, overwrite) as writer:
-        manifest = write_quantized(src, writer, the_plan, rec, block_size, accuracy_level, progress, log)
+        manifest = write_quantized(src, writer, the_plan, rec, opts, progress, log)
         manifest = writer.write_manifest(manifest)
         if verify:
             figures = gate_folder(writer.tmp, src.path, the_plan.precision, cases, steps, thresholds, force,
                                   threads, progress, log)
             Bundle(writer.tmp, manifest).update_manifest(verification=figures)
         return writer.commit()
-
-
-def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Recordings, block_size: int,
-                    accuracy_level: int | None, progress: bool, log) -> dict:
-    """Quantize every component of `src` into the writer's folder → the manifest (no files list)."""
-    from tqdm import tqdm
-    components, sizes = {}, {}
-    for name in tqdm(sorted(src.components), desc=f"quantize {the_plan.precision}", unit="graph",
-                     disable=not progress, leave=False):
-        comp = src.components[name]
-        report = _quantize_component(src, writer, name, comp, the_plan, rec, block_size, accuracy_level)
-        components[name] = {**comp, "precision": report.pop("precision"), "files": report.pop("files"),
-                            "quantization": report}
-        sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
-    if the_plan.flavour == "trt":
-        _check_trt(writer, components)
-    shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))
-    manifest = {k: v for k, v in src.manifest.items() if k not in DROPPED_FIELDS}
-    manifest.update(precision=the_plan.precision, components=components)
-    manifest["build"] = {**src.manifest.get("build", {}), "fusion_edge": __version__,
-                         "onnxruntime_quantization": _ort_version()}
-    manifest["quantization"] = {"plan": the_plan.to_dict(), "flavour": the_plan.flavour,
-                                "calibration": _calib_summary(rec), "weight_bytes": sizes,
-                                "weight_bytes_total": _totals(sizes)}
-    log(_size_report(sizes))
-    return manifest
-
-
-def _quantize_component(src: Bundle, writer, name: str, comp: dict, the_plan: Plan, rec: Recordings,
-                        block_size: int, accuracy_level) -> dict:
-    kind = "vision" if name == "vision" else "embed" if name == "embed" else \
-        "align" if name.startswith("align_") else "llm"
-    choice = the_plan.components[kind]
-    s, d = src.file(comp["files"][0]), writer.path(comp["files"][0])
-    if kind == "llm":
-        return _quantize_segment(s, d, name, comp, choice.precision, the_plan.flavour, rec, src.config.llm.vocab_size,
-                                 block_size, accuracy_level)
-    if choice.precision == "int8":
-        return quantize_int8(s, d, GraphFeeds(rec, name, comp["inputs"]), name, Int8Scheme.for_flavour(the_plan.flavour))
-    if choice.precision == "int8-weight":
-        return quantize_embed(s, d)
-    for f in comp["files"]:
-        shutil.copy2(src.file(f), writer.path(f))
-    return {"precision": comp["precision"], "scheme": "unchanged fp32", "files": list(comp["files"]),
-            "quantized_weights": 0, "excluded": []}
-
-
-def _quantize_segment(s: Path, d: Path, name: str, comp: dict, precision: str, flavour: str, rec: Recordings,
-                      vocab: int, block_size: int, accuracy_level) -> dict:
-    """int8 W8A8 or int4 weight-only, with the lm_head (final segment) int8 weight-only."""
-    head = lm_head_nodes(graph_io.load(s), vocab) if comp.get("final") else []
-    keep = {h: LM_HEAD_REASON for h in head}
-    if precision == "int8":
-        report = quantize_int8(s, d, GraphFeeds(rec, name, comp["inputs"]), name, Int8Scheme.for_flavour(flavour), keep)
-    else:
-        report = quantize_int4(s, d, flavour, block_size, accuracy_level, keep)
-    if head:
-        model = weight_only_int8(graph_io.load(d), head, flavour, block_size, accuracy_level)
-        report.update(files=graph_io.save(model, d), quantized_weights=graph_io.quantized_weight_count(model),
-                      weight_only_int8=head)
-    return report
-
-
-def _check_trt(writer, components: dict) -> None:
-    for name, comp in components.items():
-        if comp["precision"] in ("int8", "int4"):
-            bad = qdq_check.problems(graph_io.load(writer.path(comp["files"][0])))
-            if bad:
-                raise ExportError(f"{name}: the TensorRT-flavoured graph is not plain Q/DQ: " + "; ".join(bad[:3]),
-                                  "report this; --for cpu writes the onnxruntime flavour")
-
-
-def _sizes(src_file: Path, dst_file: Path) -> dict:
-    a, b = graph_io.weight_bytes(graph_io.load(src_file)), graph_io.weight_bytes(graph_io.load(dst_file))
-    return {"fp32": sum(a.values()), "quantized": sum(b.values()), "by_type": b}
-
-
-def _totals(sizes: dict) -> dict:
-    groups = {"vision": ["vision"], "align": [n for n in sizes if n.startswith("align_")], "embed": ["embed"],
-              "llm": [n for n in sizes if n.startswith("segment_")]}
-    return {g: {"fp32": sum(sizes[n]["fp32"] for n in names), "quantized": sum(sizes[n]["quantized"] for n in names)}
-            for g, names in groups.items()}
-
-
-def _size_report(sizes: dict) -> str:
-    rows = ["weight bytes, fp32 → quantized:"]
-    for g, t in _totals(sizes).items():
-        rows.append(f"  {g:<7} {t['fp32'] / 1e6:9.2f} MB → {t['quantized'] / 1e6:8.2f} MB "
-                    f"({t['fp32'] / max(t['quantized'], 1):.2f}×)")
-    return "\n".join(rows)
-
-
-def _calib_summary(rec: Recordings) -> dict:
-    m = rec.manifest
-    return {k: m.get(k) for k in ("samples", "images", "bytes", "dtype", "dataset", "options")}
-
-
-def _ort_version() -> str:
-    import onnxruntime
-    return onnxruntime.__version__
 
 
 # ---- the gate ----------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ Exclusions, each with its reason (recorded in the bundle manifest):
   probabilities and keys span a range one per-tensor int8 scale cannot hold; on the tiny
   checkpoints quantizing them raised a 3-layer segment's relative error from 1.3 % to 6 %.
   They carry no weights, so leaving them float costs no bytes.
-* per-graph names in `EXCLUDE` (measured; see docs/quantization.md).
+* the lm_head (final segment), passed in by the exporter: stored int8 weight-only instead
+  (weight_int8.py);
+* node-name patterns the user keeps float (`--keep-float REGEX`).
 MinMax is the calibrator because the histogram ones (Entropy/Percentile) in onnxruntime
 need equal shapes across samples, and prompts differ in length.
 """
@@ -26,8 +28,7 @@ from . import graph_io
 
 ATTENTION_REASON = ("activation × activation MatMul (attention scores / context): post-softmax and key ranges "
                     "do not fit one per-tensor int8 scale; no weights, so float costs no bytes")
-# component-name regex → [(node-name regex, reason)]; filled from measurements
-EXCLUDE: dict[str, list[tuple[str, str]]] = {}
+KEEP_FLOAT_REASON = "kept float by --keep-float"
 
 
 @dataclass(frozen=True)
@@ -52,30 +53,31 @@ class Int8Scheme:
                 f"per-tensor {act} activations, MinMax calibration")
 
 
-def exclusions(model, component: str) -> dict[str, str]:
-    """node name → reason, for the nodes of `model` that stay float."""
+def exclusions(model, keep_float: list[str] | tuple = ()) -> dict[str, str]:
+    """node name → reason, for the nodes of `model` that stay float: attention MatMuls and
+    nodes whose name matches a `keep_float` regex."""
     inits = {t.name for t in model.graph.initializer}
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     out = {}
     for node in model.graph.node:
         if node.op_type == "MatMul" and not any(i in inits or i in consts for i in node.input):
             out[node.name] = ATTENTION_REASON
-    for pattern, rules in EXCLUDE.items():
-        if re.fullmatch(pattern, component):
-            for node in model.graph.node:
-                for rx, reason in rules:
-                    if re.search(rx, node.name):
-                        out.setdefault(node.name, reason)
-    return out
+    return {**keep_float_nodes(model, keep_float), **out}
+
+
+def keep_float_nodes(model, patterns) -> dict[str, str]:
+    """Weighted nodes whose name matches one of the regexes `patterns` → reason."""
+    return {n.name: KEEP_FLOAT_REASON for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm", "Conv") and any(re.search(rx, n.name) for rx in patterns)}
 
 
 def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Scheme,
-                  extra_exclude: dict[str, str] | None = None) -> dict:
+                  extra_exclude: dict[str, str] | None = None, keep_float: list[str] | tuple = ()) -> dict:
     """Quantize graph `src` into `dst` with calibration reader `feeds` → report (files,
     quantized weight count, exclusions with reasons, scheme). `extra_exclude`: more
     node → reason (e.g. the lm_head, which weight_int8 stores separately)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    excluded = {**exclusions(graph_io.load(src), component), **(extra_exclude or {})}
+    excluded = {**exclusions(graph_io.load(src), keep_float), **(extra_exclude or {})}
     external = graph_io.has_external_data(src)
     with graph_io.quiet_ort_logging():
         quantize_static(
@@ -88,7 +90,7 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
                            "QuantizeBias": scheme.quantize_bias, "MatMulConstBOnly": True})
     model = graph_io.load(dst)
     files = graph_io.save(model, dst)
-    return {"precision": "int8", "scheme": scheme.describe(), "files": files,
+    return {"precision": "int8", "scheme": scheme.describe(), "files": files, "component": component,
             "quantized_weights": graph_io.quantized_weight_count(model),
             "excluded": _group(excluded), "calibration_samples": len(feeds)}
 

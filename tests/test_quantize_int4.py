@@ -28,12 +28,13 @@ def q4(fp32, tmp_path_factory):
     (key, img, _), = builtin_pairs("calib", 1)
     pipe = Pipeline.open(fp32, device="cpu")
     root = tmp_path_factory.mktemp("q4")
+    held = [CalibItem(*pair) for pair in builtin_pairs("eval", 2)]
     rec = record_calibration(pipe, [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Any cars?")],
-                             root / "calib", samples=2, held_out=[CalibItem(*builtin_pairs("eval", 1)[0])],
+                             root / "calib", samples=2, held_out=held,
                              progress=False, log=lambda *_: None)
     logs: list[str] = []
     out = export_bundle(str(fp32), root / "q4", "onnx", "int4", steps=STEPS, progress=False, log=logs.append,
-                        calib=str(rec.path), eval_cases=1, block_size=32, accuracy_level=4)
+                        calib=str(rec.path), eval_cases=2, block_size=32, accuracy_level=4)
     return out, "\n".join(logs)
 
 

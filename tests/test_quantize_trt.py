@@ -122,3 +122,16 @@ def test_checker_catches_what_tensorrt_rejects(fp32, rec, tmp_path):
     assert "MatMulNBits is not explicit Q/DQ" in bad
     assert qdq_check.problems(graph_io.load(fp32 / "segment_01.onnx")) == ["no DequantizeLinear at all: the graph "
                                                                            "is not quantized"]
+
+
+def test_keep_float_leaves_named_nodes_unquantized(fp32, rec, tmp_path):
+    comp = Bundle.open(fp32).components["segment_01"]
+    r = quantize_int8(fp32 / "segment_01.onnx", tmp_path / "k.onnx", GraphFeeds(rec, "segment_01", comp["inputs"]),
+                      "segment_01", Int8Scheme.for_flavour("trt"), keep_float=("/down/",))
+    kept = next(e for e in r["excluded"] if "--keep-float" in e["reason"])
+    assert kept["count"] == 3 and all("/down/" in n for n in kept["nodes"])
+    m = graph_io.load(tmp_path / "k.onnx")
+    inits = {t.name for t in m.graph.initializer}
+    down = [n for n in m.graph.node if n.op_type == "MatMul" and "/down/" in n.name]
+    assert len(down) == 3 and all(n.input[1] in inits for n in down)          # fp32 weight, no DequantizeLinear
+    assert r["quantized_weights"] == 9                                        # qkv, o, gate_up × 3 layers
