@@ -47,33 +47,38 @@ class TreeSampler:
     def __init__(self, pid: int, period: float = 0.25):
         psutil = _psutil()
         self.proc, self.period = psutil.Process(pid), period
-        self.peak, self.trace, self._stop = 0, [], threading.Event()
+        self.peak, self.peak_anon, self.trace, self._stop = 0, 0, [], threading.Event()
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
+        """(RSS, anonymous RSS) summed over the tree. RSS also counts file pages mapped
+        and touched (the exporter memory-maps the safetensors): those are clean and the
+        kernel drops them under pressure; the anonymous part (RSS - shared) is not."""
         psutil = _psutil()
-        total = 0
+        rss = anon = 0
         try:
             procs = [self.proc] + self.proc.children(recursive=True)
         except psutil.Error:
-            return 0
+            return 0, 0
         for p in procs:
             try:
-                total += p.memory_info().rss
+                m = p.memory_info()
             except psutil.Error:
-                pass
-        return total
+                continue
+            rss += m.rss
+            anon += m.rss - getattr(m, "shared", 0)
+        return rss, anon
 
     def _run(self) -> None:
         last = -1e9
         while not self._stop.is_set():
-            rss = self._sample()
-            self.peak = max(self.peak, rss)
+            rss, anon = self._sample()
+            self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
             now = time.perf_counter() - self._t0
             if now - last >= 5.0:        # a coarse trace for the report: every 5 s
-                self.trace.append((round(now, 1), rss))
+                self.trace.append((round(now, 1), rss, anon))
                 last = now
             self._stop.wait(self.period)
 
@@ -94,6 +99,7 @@ def run_sampled(cmd: list[str], log_path: Path, env=None) -> dict:
     wall = time.perf_counter() - t0
     tail = log_path.read_text(errors="replace")[-4000:]
     return {"cmd": cmd, "returncode": rc, "wall_s": wall, "peak_rss_tree_bytes": sampler.peak,
+            "peak_anon_rss_tree_bytes": sampler.peak_anon,
             "maxrss_process_bytes": usage.ru_maxrss * 1024, "rss_trace": sampler.trace, "output_tail": tail}
 
 
@@ -185,7 +191,8 @@ def format_report(r: dict) -> str:
     if e:
         lines.append(f"  fusion-export onnx/{r['precision']} --no-verify: exit {e['returncode']}, "
                      f"wall {e['wall_s']:.0f} s, "
-                     f"peak RSS {e['peak_rss_tree_bytes'] / GiB:.2f} GiB (tree, sampled), "
+                     f"peak RSS {e['peak_rss_tree_bytes'] / GiB:.2f} GiB (tree, sampled; anonymous "
+                     f"{e.get('peak_anon_rss_tree_bytes', 0) / GiB:.2f} GiB), "
                      f"{e['maxrss_process_bytes'] / GiB:.2f} GiB (the process, kernel ru_maxrss)")
         if e["returncode"] == 0:
             lines.append(f"  bundle: {r['bundle_bytes'] / GiB:.2f} GiB in {r['bundle_files']} files; largest: "

@@ -82,6 +82,8 @@ def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) 
 def _check_inputs(s: Settings) -> str | None:
     """Fail fast on a missing bundle or one built from another checkpoint."""
     from fusion_edge.runtime.bundle import Bundle
+    if not s.bundles:
+        raise BundleError("no bundle to benchmark.", "pass --bundles B1 [B2 ...] (folders made by fusion-export)")
     fingerprint = None
     if Path(s.model).is_dir():
         from fusion_edge.export.checkpoint import open_checkpoint
@@ -90,8 +92,6 @@ def _check_inputs(s: Settings) -> str | None:
         bundle = Bundle.open(b, check_hashes=False)     # the worker checks hashes (timed as load)
         if fingerprint is not None:
             bundle.check_source(fingerprint)
-    if not s.bundles:
-        raise BundleError("no bundle to benchmark.", "pass --bundles B1 [B2 ...] (folders made by fusion-export)")
     return fingerprint
 
 

@@ -117,6 +117,8 @@ def _finalize(traced: Path, path: Path, precision: str) -> list[str]:
     """Convert to fp16 if asked; write `path`, with one `<name>.data` beside it when the
     weights pass EXTERNAL_DATA_BYTES (protobuf cannot serialise a model over 2 GB)."""
     import onnx
+    if precision == "fp32" and _has_external_data(traced):
+        return _stream_external(traced, path)        # large fp32 graph: never all in RAM
     model = onnx.load(str(traced), load_external_data=True)
     if precision == "fp16":
         from .fp16 import to_fp16
@@ -127,6 +129,38 @@ def _finalize(traced: Path, path: Path, precision: str) -> list[str]:
         return [path.name, path.name + ".data"]
     onnx.save_model(model, str(path))
     return [path.name]
+
+
+def _has_external_data(traced: Path) -> bool:
+    return any(p.name != traced.name for p in traced.parent.iterdir())
+
+
+def _stream_external(traced: Path, path: Path) -> list[str]:
+    """Gather torch's per-tensor external files into one `<name>.data`, one tensor at a time."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    model = onnx.load(str(traced), load_external_data=False)
+    data_name = path.name + ".data"
+    offset = 0
+    with open(path.parent / data_name, "wb") as out:
+        for t in model.graph.initializer:
+            if not uses_external_data(t):
+                continue
+            info = ExternalDataInfo(t)
+            with open(traced.parent / info.location, "rb") as src:
+                src.seek(info.offset or 0)
+                blob = src.read(info.length) if info.length else src.read()
+            pad = -offset % 4096                      # page-aligned, as onnx's own writer does
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(blob)
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+            offset += len(blob)
+    onnx.save_model(model, str(path))
+    return [path.name, data_name]
 
 
 def initializer_bytes(model) -> int:

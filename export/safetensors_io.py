@@ -1,8 +1,10 @@
 """Read and write safetensors with numpy only (bf16 included), never unpickling.
 
-Reading parses the 8-byte header length + JSON header and memory-maps each tensor, so a
-tensor-by-tensor consumer (the GGUF writer, the segment exporter) never holds the whole
-model. Truncated files are detected from the header's offsets.
+Reading parses the 8-byte header length + JSON header and reads each tensor with a
+positional read when asked, so a tensor-by-tensor consumer (the GGUF writer, the segment
+exporter) holds one tensor, not the model (no memory map: mapped pages would stay
+resident and count against the export's RSS). Truncated files are detected from the
+header's offsets.
 """
 from __future__ import annotations
 
@@ -68,7 +70,6 @@ class SafetensorsFile:
             if e["dtype"] not in _DTYPES:
                 raise CorruptCheckpointError(f"{self.path}: tensor {k} has unsupported dtype {e['dtype']}.",
                                              "convert the checkpoint to F32/F16/BF16 safetensors")
-        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r") if size else None
 
     def keys(self):
         return self._entries.keys()
@@ -84,10 +85,14 @@ class SafetensorsFile:
         return b - a
 
     def raw(self, key: str) -> np.ndarray:
+        """The stored bytes as an array of the stored dtype (bf16 as uint16), freshly read."""
         e = self._entries[key]
         a, b = e["data_offsets"]
-        buf = self._mm[self._data_start + a:self._data_start + b]
-        return buf.view(_DTYPES[e["dtype"]]).reshape(e["shape"])
+        dtype = np.dtype(_DTYPES[e["dtype"]])
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + a)
+            buf = np.fromfile(f, dtype=dtype, count=(b - a) // dtype.itemsize)
+        return buf.reshape(e["shape"])
 
     def get(self, key: str) -> np.ndarray:
         """The tensor as a fresh array; floating types are returned as float32."""
@@ -96,7 +101,7 @@ class SafetensorsFile:
             return bf16_to_f32(arr)
         if arr.dtype in (np.float16, np.float64):
             return arr.astype(np.float32)
-        return np.array(arr)
+        return arr
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | Path, dtype: str = "F32",

@@ -6,7 +6,11 @@ activations: uint8 asymmetric for the CPU flavour (onnxruntime's recommended x86
 int8 symmetric (zero-point 0) for the cuda/trt flavours (what TensorRT accepts). Biases
 stay float for trt (TensorRT takes float biases after a quantized GEMM).
 
-Quantized ops: MatMul/Gemm with a constant weight, and Conv (the patch embedding).
+Quantized ops: MatMul/Gemm with a constant weight, and Conv (the patch embedding). Their
+inputs get Q/DQ, their outputs do not (`OpTypesToExcludeOutputQuantization`): re-quantizing
+every GEMM output only adds error and ops (measured: a segment's relative error 1.38 % →
+1.09 %), onnxruntime then fuses DQ→MatMul into `MatMulIntegerToFloat`, and TensorRT fuses
+the input Q/DQ into its int8 GEMM.
 Exclusions, each with its reason (recorded in the bundle manifest):
 * attention MatMuls whose two inputs are both activations (Q·Kᵀ, P·V): post-softmax
   probabilities and keys span a range one per-tensor int8 scale cannot hold; on the tiny
@@ -87,7 +91,8 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
             weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
             use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
-                           "QuantizeBias": scheme.quantize_bias, "MatMulConstBOnly": True})
+                           "QuantizeBias": scheme.quantize_bias, "MatMulConstBOnly": True,
+                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]})
     model = graph_io.load(dst)
     files = graph_io.save(model, dst)
     return {"precision": "int8", "scheme": scheme.describe(), "files": files, "component": component,
