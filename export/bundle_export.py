@@ -25,8 +25,16 @@ TARGETS = {
              "int8": "fusion_edge.quantize.onnx_quant:export_quantized_bundle",
              "int4": "fusion_edge.quantize.onnx_quant:export_quantized_bundle"},
     "gguf": {p: "fusion_edge.export.gguf_bundle:export_gguf_bundle" for p in ("fp32", "fp16", "int8", "int4")},
-    "trt": {p: "fusion_edge.quantize.trt_bundle:export_trt_bundle" for p in ("fp16", "int8", "int4")},
+    "trt": {p: "fusion_edge.export.bundle_export:trt_not_available" for p in ("fp16", "int8", "int4")},
 }
+
+
+def trt_not_available(model, out, **kw):
+    raise ExportError(
+        "TensorRT engine bundles are not built by this fusion-edge version yet.",
+        f"export TensorRT-ready graphs instead: fusion-export MODEL --target onnx --precision "
+        f"{kw.get('precision', 'int8')} -o BUNDLE (symmetric Q/DQ for int8, see docs/quantization.md), "
+        "and run them with onnxruntime-gpu on the device")
 
 
 def _progress(iterable, desc: str, enabled: bool):
