@@ -18,8 +18,8 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5, threads: int = 
     if nbytes < (1 << 20) or repeats < 1 or threads < 1:
         raise ValueError("bandwidth probe needs >= 1 MiB, >= 1 repeat and >= 1 thread")
     n = nbytes // 8
-    src = np.ones(n, np.float64)      # touched: pages are really mapped before timing
-    dst = np.zeros(n, np.float64)
+    src = np.ones(n, np.float64)      # both written first: every page is mapped before timing
+    dst = np.full(n, 2.0)
     bounds = np.linspace(0, n, threads + 1).astype(int)
     parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     samples = []

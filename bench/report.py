@@ -1,7 +1,10 @@
 """The benchmark result as plain-text tables: times, decode and memory, ratios."""
 from __future__ import annotations
 
+from .worker import IMAGE_FIGURES, QUESTION_FIGURES
+
 MiB = 1 << 20
+FIGURE_KEYS = IMAGE_FIGURES + QUESTION_FIGURES
 TIME_COLUMNS = (("preprocess_s", "preproc"), ("vision_global_s", "vis global"), ("vision_main_s", "vis main"),
                 ("prefill_s", "prefill"), ("ttft_s", "TTFT new img"), ("followup_ttft_s", "TTFT follow-up"))
 RATIO_COLUMNS = TIME_COLUMNS + (("decode_tokens_per_s", "decode tok/s"), ("peak_rss_bytes", "peak RSS"),
@@ -20,6 +23,13 @@ def _ms(fig: dict | None) -> str:
 
 def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _ratio(b: dict, key: str) -> str:
+    med, best = (b.get("ratios") or {}).get(key), (b.get("ratios_best") or {}).get(key)
+    if med is None:
+        return "-"
+    return f"{med:.2f}" if best is None or key not in FIGURE_KEYS else f"{med:.2f} ({best:.2f})"
 
 
 def pct(v) -> str:
@@ -56,11 +66,10 @@ def format_report(result: dict) -> str:
                      _num(f.get("greedy_agreement"), ".0%")])
     out.append(_table(["backend", "tok/s", "bound tok/s", "of bound", "LLM MiB/tok", "peak RSS MiB",
                        "disk MiB", "load s", "max|dlogit|", "greedy agree"], rows))
-    out += ["", "ratio to the reference in this run (backend / reference, medians; < 1 = less time or memory,"
-                " > 1 tok/s = faster)"]
+    out += ["", "ratio to the reference in this run, backend / reference: medians (best samples); "
+                "< 1 = less time or memory, > 1 tok/s = faster"]
     out.append(_table(["backend"] + [c for _, c in RATIO_COLUMNS],
-                      [[b["name"]] + [_num((b.get("ratios") or {}).get(k), ".2f") for k, _ in RATIO_COLUMNS]
-                       for b in ok]))
+                      [[b["name"]] + [_ratio(b, k) for k, _ in RATIO_COLUMNS] for b in ok]))
     bad = [b for b in result["backends"] if not b["ok"]]
     if bad:
         out += ["", "FAILED:"] + [f"  {b['name']} ({b.get('path')}): {b['error']}" for b in bad]

@@ -31,7 +31,18 @@ QUESTION_FIGURES = ("vision_main_s", "prefill_s", "followup_ttft_s", "decode_tok
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
+    """This process's peak resident memory. Linux: VmHWM of /proc/self/status — NOT
+    ru_maxrss, which a forked child inherits from its parent (the bench process with its
+    bandwidth-probe arrays) as a floor that survives exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024          # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024              # macOS: bytes, others: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 class BundleRunner:

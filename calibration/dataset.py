@@ -98,7 +98,8 @@ def load_folder(folder: Path, questions: str | Path | None = None) -> Calibratio
     qfile = Path(questions) if questions is not None else folder / QUESTIONS_FILE
     if not qfile.is_file():
         raise CalibrationDataError(f"no questions file for the image folder {folder} (looked for {qfile}).",
-                                   f"write one question a line into {folder / QUESTIONS_FILE}, or pass --questions FILE")
+                                   f"write one question a line into {folder / QUESTIONS_FILE}, "
+                                   "or pass --questions FILE")
     skipped: list[Skipped] = []
     qs = _read_questions(qfile, skipped)
     images = []

@@ -26,7 +26,7 @@ import numpy as np
 
 from fusion_edge.runtime.errors import FusionEdgeError
 
-from .dataset import CalibItem, CalibrationDataError, CalibrationSet
+from .dataset import CalibItem, CalibrationDataError
 
 FORMAT = "fusion-edge-calibration"
 FORMAT_VERSION = 1

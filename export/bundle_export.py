@@ -124,7 +124,7 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
     from .verify import gate, verify
     pipe = Pipeline.open(folder, device="cpu")
     figures = verify(pipe, FusionReference(ckpt), steps=steps)
-    passed, reasons = gate(figures, precision)
+    passed, reasons = gate(figures, precision, "onnx")
     figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
     log(format_figures(figures))
     if not passed and not force:

@@ -17,6 +17,7 @@ def add_export_args(p) -> None:
     p.add_argument("--verify-steps", type=int, default=16, help="greedy steps compared end to end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_quant_args(p)
+    add_gguf_args(p)
 
 
 def add_quant_args(p) -> None:
@@ -36,6 +37,16 @@ def add_quant_args(p) -> None:
     g.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
                    help="leave weighted nodes whose name matches REGEX unquantized (repeatable)")
     g.add_argument("--eval-cases", type=int, default=4, help="held-out cases of the quality gate")
+
+
+def add_gguf_args(p) -> None:
+    g = p.add_argument_group("gguf (--target gguf)")
+    g.add_argument("--gguf-quant", choices=["F16", "Q8_0", "Q4_0", "Q4_K_M"], default=None,
+                   help="GGUF weight type instead of the one --precision picks (e.g. Q4_0 for int4)")
+
+
+def gguf_kwargs(args) -> dict:
+    return {"quant": args.gguf_quant} if args.target == "gguf" and getattr(args, "gguf_quant", None) else {}
 
 
 def quant_kwargs(args) -> dict:
@@ -59,7 +70,7 @@ def run_export(args) -> int:
     from .bundle_export import export_bundle
     out = export_bundle(args.model, args.out, args.target, args.precision, args.query_len, args.image_tokens,
                         overwrite=args.overwrite, verify=not args.no_verify, force=args.force,
-                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args))
+                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args), **gguf_kwargs(args))
     print(f"bundle written to {out}")
     return 0
 
@@ -71,13 +82,13 @@ def run_verify(args) -> int:
     from .bundle_export import format_figures
     from .checkpoint import open_checkpoint
     from .reference import FusionReference
-    from .verify import gate, verify
+    from .verify import figures_key, gate, verify
     bundle = Bundle.open(args.bundle)
     ckpt = open_checkpoint(args.model)
     bundle.check_source(ckpt.fingerprint())
     figures = verify(Pipeline.open(args.bundle, device="cpu"), FusionReference(ckpt), steps=args.steps)
-    passed, reasons = gate(figures, bundle.precision)
+    passed, reasons = gate(figures, bundle.precision, bundle.target)
     figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
-    bundle.update_manifest(verification=figures)
+    bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures})
     print(json.dumps(figures, indent=2) if args.json else format_figures(figures))
     return 0 if passed else 1

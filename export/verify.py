@@ -123,12 +123,26 @@ def verify(pipe: Pipeline, ref: FusionReference, cases=None, steps: int = 16) ->
             "greedy_agreement": float(np.mean(agree)), "greedy_prefix_min": int(min(prefix))}
 
 
-def gate(figures: dict, precision: str) -> tuple[bool, list[str]]:
-    """(passed, reasons) against GATES[precision]."""
+def gate(figures: dict, precision: str, target: str = "onnx") -> tuple[bool, list[str]]:
+    """(passed, reasons) of a comparison with the PyTorch reference.
+
+    fp32 bundles of every target and onnx fp16 bundles are held to GATES; other quantized
+    bundles (onnx int8/int4: gated against the fp32 pipeline in quantize/agreement.py;
+    gguf f16/q8_0/q4_k_m) only need finite logits here.
+    """
     reasons = []
-    for key, bound in GATES.get(precision, {}).items():
+    gated = precision == "fp32" or (target == "onnx" and precision == "fp16")
+    for key, bound in (GATES.get(precision, {}) if gated else {}).items():
         value = figures[key]
         ok = value <= bound if key.startswith("max_") else value >= bound
         if not ok:
             reasons.append(f"{key} = {value:.4g} (needs {'≤' if key.startswith('max_') else '≥'} {bound})")
+    if not np.isfinite(figures["max_dlogit"]):
+        reasons.append("logits are not finite")
     return not reasons, reasons
+
+
+def figures_key(target: str, precision: str) -> str:
+    """Where `fusion-edge verify` stores reference figures in the manifest: quantized onnx
+    bundles keep their export-time agreement with the fp32 pipeline under `verification`."""
+    return "reference_comparison" if target == "onnx" and precision in ("int8", "int4") else "verification"

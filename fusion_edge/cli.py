@@ -23,6 +23,9 @@ EPILOGS = {
     "ask": ("examples:\n  fusion-edge ask --model tiny-phi3 --image photo.jpg --question 'What is on the table?'\n"
             "  fusion-edge ask --bundle b --image photo.jpg --question 'Any people?' --json"),
     "export": ("examples:\n  fusion-export tiny-phi3 --target onnx --precision fp32 -o b\n"
+               "  fusion-export tiny-phi3 --target onnx --precision int8 -o q8        (built-in calibration set)\n"
+               "  fusion-export tiny-phi3 --target onnx --precision int8 --calib my_images/ --for trt -o q8trt\n"
+               "  fusion-export tiny-phi3 --target gguf --precision int4 -o g4\n"
                "  fusion-export starriver030515/FUSION-X-Phi3.5-3B --target onnx --precision fp16 -o b16"),
     "verify": "example:\n  fusion-edge verify b --model tiny-phi3",
 }

@@ -45,27 +45,29 @@ def _byte_size(model) -> int | None:
         return None
 
 
+LOW_BIT_TYPES = {2: "uint8", 3: "int8", 21: "uint4", 22: "int4"}   # TensorProto data types
+
+
 def weight_bytes(model) -> dict[str, int]:
-    """Bytes of the graph's initializers by element type name (int4 counted packed)."""
+    """Bytes of the graph's initializers by element type name (4-bit types counted packed)."""
     from onnx import helper
     out: dict[str, int] = {}
     for t in model.graph.initializer:
         n = int(np.prod(t.dims)) if t.dims else 1
-        name = helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type not in (21, 22) else (
-            "uint4" if t.data_type == 21 else "int4")
-        bits = 4 if t.data_type in (21, 22) else 8 * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if t.data_type in (21, 22):
+            name, bits = LOW_BIT_TYPES[t.data_type], 4
+        else:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            name, bits = dtype.name, 8 * dtype.itemsize
         out[name] = out.get(name, 0) + (n * bits + 7) // 8
     return out
-
-
-LOW_BIT_TYPES = {2: "uint8", 3: "int8", 21: "uint4", 22: "int4"}   # TensorProto data types
 
 
 def quantized_weight_count(model) -> int:
     """Weights stored in 8 or 4 bits: DequantizeLinear nodes / MatMulNBits fed by such a constant."""
     low = {t.name for t in model.graph.initializer if t.data_type in LOW_BIT_TYPES}
-    return sum(1 for n in model.graph.node
-               if n.op_type in ("DequantizeLinear", "MatMulNBits") and n.input[{"MatMulNBits": 1}.get(n.op_type, 0)] in low)
+    weight_input = {"DequantizeLinear": 0, "MatMulNBits": 1}       # which input holds the weight
+    return sum(1 for n in model.graph.node if n.op_type in weight_input and n.input[weight_input[n.op_type]] in low)
 
 
 @contextlib.contextmanager

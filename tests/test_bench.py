@@ -71,6 +71,9 @@ def test_ratios_and_bound_come_from_the_same_run(bench_run):
         for key in FIGURES:
             assert b["ratios"][key] == pytest.approx(b["figures"][key]["median"] / ref["figures"][key]["median"],
                                                      rel=1e-12)
+            best = "max" if key == "decode_tokens_per_s" else "min"
+            assert b["ratios_best"][key] == pytest.approx(b["figures"][key][best] / ref["figures"][key][best],
+                                                          rel=1e-12)
         for key in SCALARS:
             assert b["ratios"][key] == pytest.approx(b[key] / ref[key], rel=1e-12)
         bound = bw / b["llm_bytes_per_token"]
@@ -210,3 +213,13 @@ def test_memory_sampler_sees_a_child_allocation(tmp_path):
     assert r["returncode"] == 0 and r["wall_s"] >= 1.0
     assert r["peak_rss_tree_bytes"] > 300 << 20 and r["maxrss_process_bytes"] > 300 << 20
     assert run_sampled([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")["returncode"] == 3
+
+
+def test_worker_peak_rss_is_its_own_not_the_parents():
+    """ru_maxrss of a forked child starts at the parent's RSS; the worker must not report that."""
+    import subprocess
+    ballast = np.ones(400 << 17)      # 400 MiB resident in this (parent) process
+    code = "from fusion_edge.bench.worker import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 0 < int(out) < 300 << 20, int(out) >> 20
+    del ballast

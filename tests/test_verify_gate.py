@@ -1,0 +1,28 @@
+"""The reference-comparison gate by target and precision (export/verify.py)."""
+from __future__ import annotations
+
+from fusion_edge.export.verify import figures_key, gate
+
+GOOD = {"max_dlogit": 1e-5, "greedy_agreement": 1.0, "top1_agreement": 1.0}
+POOR = {"max_dlogit": 3.0, "greedy_agreement": 0.25, "top1_agreement": 0.5}
+
+
+def test_fp32_is_gated_for_every_target():
+    for target in ("onnx", "gguf"):
+        assert gate(GOOD, "fp32", target) == (True, [])
+        ok, reasons = gate(POOR, "fp32", target)
+        assert not ok and any("max_dlogit" in r for r in reasons) and any("greedy" in r for r in reasons)
+
+
+def test_onnx_fp16_gated_on_top1_quantized_gguf_only_finite():
+    assert not gate(POOR, "fp16", "onnx")[0]
+    assert gate(POOR, "fp16", "gguf") == (True, [])
+    assert gate(POOR, "int4", "gguf") == (True, [])
+    assert gate(POOR, "int8", "onnx") == (True, [])
+    ok, reasons = gate({**POOR, "max_dlogit": float("nan")}, "int4", "gguf")
+    assert not ok and reasons == ["logits are not finite"]
+
+
+def test_quantized_onnx_keeps_its_fp32_pipeline_figures():
+    assert figures_key("onnx", "int8") == "reference_comparison"
+    assert figures_key("onnx", "fp32") == figures_key("gguf", "int4") == "verification"
