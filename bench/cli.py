@@ -26,8 +26,11 @@ def add_args(p) -> None:
     p.add_argument("--questions-per-image", type=int, default=2,
                    help="questions per image; all but the first are follow-ups on the cached scene (default 2)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="measured passes over all cases (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured warm-up questions first (default 1)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measured passes over all cases, round robin over the backends, each pass in a fresh "
+                        "worker process (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured warm-up questions at the start of each pass "
+                                                         "(default 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for every backend and the bandwidth probe (default: all cores)")
     p.add_argument("--device", default="cpu", help="bundle device: cpu (default) | auto | cuda")

@@ -47,7 +47,7 @@ def format_report(result: dict) -> str:
            f"threads {result['threads']}  |  memory bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s (copy, best of "
            f"{bw['repeats']})",
            f"{s['cases']} image(s) x {s['questions_per_image']} question(s), {s['max_new_tokens']} new tokens max, "
-           f"{s['repeats']} repeat(s) after {s['warmup']} warm-up(s)  |  load average before/after "
+           f"{s['repeats']} pass(es) round robin, {s['warmup']} warm-up question(s) each  |  load average before/after "
            f"{_num(load.get('load_avg_1min_before'), '.1f')}/{_num(load.get('load_avg_1min'), '.1f')}"
            f" (before > 0.5: other work shared the cores)", ""]
     ok = [b for b in result["backends"] if b["ok"]]

@@ -223,3 +223,18 @@ def test_worker_peak_rss_is_its_own_not_the_parents():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 0 < int(out) < 300 << 20, int(out) >> 20
     del ballast
+
+
+def test_passes_are_pooled_per_backend():
+    from fusion_edge.bench.runner import merge_passes
+    def one(pass_no, rss):
+        return {"ok": True, "backend": {"name": "x"}, "threads": 2, "load_s": 1.0 + pass_no, "peak_rss_bytes": rss,
+                "rss_after_load_bytes": rss - 10, "samples": {"prefill_s": [0.1 * (pass_no + 1)]},
+                "prompt_tokens": [50], "new_tokens": [4], "answers": [{"token_ids": [pass_no]}]}
+    merged = merge_passes([one(0, 100), one(1, 300), one(2, 200)])
+    assert merged["samples"]["prefill_s"] == pytest.approx([0.1, 0.2, 0.3])
+    assert merged["peak_rss_bytes"] == 300 and merged["rss_after_load_bytes"] == 290
+    assert merged["load_s"] == 2.0 and merged["passes"] == 3 and merged["new_tokens"] == [4, 4, 4]
+    assert merged["answers"] == [{"token_ids": [0]}]           # fidelity from the first pass
+    failed = {"ok": False, "error": {"type": "X", "message": "boom"}}
+    assert merge_passes([one(0, 100), failed]) is failed
