@@ -36,6 +36,11 @@ def make_session(path: Path, providers: list[str], threads: int | None = None):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # 23 small sessions run one after another: spinning intra-op threads of idle sessions
+    # steal the cores (measured: decode 7.8 → 41–49 tok/s on 2 cores with spinning off), and
+    # one arena per session inflates RSS (1614 → 1163 MiB) at the same speed.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = False
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
