@@ -119,16 +119,23 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         return writer.commit()
 
 
-def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool, log) -> dict:
+def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool, log,
+                  target: str = "onnx") -> dict:
+    """Figures vs the PyTorch reference, gated by target and precision (export/verify.py)."""
     from .reference import FusionReference
     from .verify import gate, verify
     pipe = Pipeline.open(folder, device="cpu")
-    figures = verify(pipe, FusionReference(ckpt), steps=steps)
-    passed, reasons = gate(figures, precision, "onnx")
+    try:
+        figures = verify(pipe, FusionReference(ckpt), steps=steps)
+    finally:
+        close = getattr(pipe.llm, "close", None)
+        if close:
+            close()
+    passed, reasons = gate(figures, precision, target)
     figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
     log(format_figures(figures))
     if not passed and not force:
-        raise ExportError("the exported bundle does not match the reference closely enough: " + "; ".join(reasons),
+        raise ExportError(f"the exported {target} bundle does not match the reference closely enough: " + "; ".join(reasons),
                           "report this with the figures above; --force keeps the bundle anyway")
     return figures
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
-from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
+from fusion_edge.runtime.pipeline import FUSION_L_TOKENS
 
-from .bundle_export import _progress, format_figures, manifest_for
+from .bundle_export import _progress, manifest_for, verify_folder
 from .checkpoint import Checkpoint, open_checkpoint
 from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
 from .onnx_export import export_graph, graph_specs
@@ -68,7 +68,7 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         log(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
             f"{components['llm']['type_counts']}")
         if verify:
-            figures = verify_gguf_folder(writer.tmp, ckpt, steps, precision, force, log)
+            figures = verify_folder(writer.tmp, ckpt, steps, precision, force, log, target="gguf")
             Bundle(writer.tmp, manifest).update_manifest(verification=figures)
         return writer.commit()
 
@@ -140,23 +140,3 @@ def gguf_build_info() -> dict:
         except metadata.PackageNotFoundError:
             return None
     return {"gguf": version("gguf"), "llama_cpp_python": version("llama_cpp_python")}
-
-
-def verify_gguf_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool, log) -> dict:
-    """Figures vs the PyTorch reference; fp32 must pass the onnx fp32 gate, others stay finite."""
-    from .reference import FusionReference
-    from .verify import gate, verify
-    pipe = Pipeline.open(folder, device="cpu")
-    try:
-        figures = verify(pipe, FusionReference(ckpt), steps=steps)
-    finally:
-        close = getattr(pipe.llm, "close", None)
-        if close:
-            close()
-    passed, reasons = gate(figures, precision, "gguf")
-    figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
-    log(format_figures(figures))
-    if not passed and not force:
-        raise ExportError("the exported gguf bundle does not match the reference closely enough: " + "; ".join(reasons),
-                          "report this with the figures above; --force keeps the bundle anyway")
-    return figures

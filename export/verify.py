@@ -76,14 +76,6 @@ def _reference_segment(ref: FusionReference, comp: dict, feeds: dict) -> np.ndar
     return (llm.logits(x[:, -1]) if comp["final"] else x).numpy()
 
 
-def _graph_output(pipe: Pipeline, name: str, feeds: dict) -> np.ndarray:
-    if name.startswith("vision"):
-        return pipe.vision.vision.run(None, feeds)[0]
-    if name.startswith("align_"):
-        return pipe.vision.aligns[int(name.split("_")[1])].run(None, feeds)[0]
-    return pipe.llm.session(name).run(None, feeds)[0]
-
-
 def verify(pipe: Pipeline, ref: FusionReference, cases=None, steps: int = 16) -> dict:
     cases = cases or builtin_cases()
     per_graph: dict[str, float] = {}
@@ -106,7 +98,7 @@ def verify(pipe: Pipeline, ref: FusionReference, cases=None, steps: int = 16) ->
                 expect = _reference_segment(ref, comp, feeds)
             else:
                 expect = _reference_graph(ref, name, feeds)
-            d = _max_abs(_graph_output(pipe, name, feeds), expect)
+            d = _max_abs(pipe.run_graph(name, feeds), expect)
             per_graph[name] = max(per_graph.get(name, 0.0), d)
         dlogit.append(_max_abs(got.first_logits, want.first_logits))
         top1.append(int(np.argmax(got.first_logits)) == int(np.argmax(want.first_logits)))

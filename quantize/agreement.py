@@ -93,17 +93,9 @@ def teacher_forced(pipe: Pipeline, image, layout, tokens: list[int]) -> list[np.
     return out
 
 
-def _graph_output(pipe: Pipeline, name: str, feeds: dict) -> np.ndarray:
-    if name.startswith("vision"):
-        return pipe.vision.vision.run(None, feeds)[0]
-    if name.startswith("align_"):
-        return pipe.vision.aligns[int(name.split("_")[1])].run(None, feeds)[0]
-    return pipe.llm.session(name).run(None, feeds)[0]
-
-
 def _per_graph(ref: Pipeline, q: Pipeline, calls: list[tuple[str, dict]], out: dict) -> None:
     for name, feeds in calls:
-        a, b = _graph_output(ref, name, feeds), _graph_output(q, name, feeds)
+        a, b = ref.run_graph(name, feeds), q.run_graph(name, feeds)
         d = out.setdefault(name, {"cosine_min": 1.0, "rel_error_max": 0.0})
         d["cosine_min"] = min(d["cosine_min"], cosine(a, b))
         d["rel_error_max"] = max(d["rel_error_max"], rel_error(a, b))

@@ -173,6 +173,14 @@ class Pipeline:
         _, windows = self.pooled(scene, layout.num_latents)
         return Aligner(self.vision, windows, layout, self._record)
 
+    def run_graph(self, name: str, feeds: dict) -> np.ndarray:
+        """Run one ONNX graph of the bundle by component name (verification, calibration)."""
+        if name.startswith("vision"):
+            return self.vision.vision.run(None, feeds)[0]
+        if name.startswith("align_"):
+            return self.vision.aligns[int(name.split("_")[1])].run(None, feeds)[0]
+        return self.llm.session(name).run(None, feeds)[0]
+
     def _record(self, name: str, inputs: dict) -> None:
         if self._recorder is not None:
             self._recorder(name, {k: np.array(v) for k, v in inputs.items()})
