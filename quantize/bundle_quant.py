@@ -15,6 +15,7 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.calibration.reader import GraphFeeds
 from fusion_edge.calibration.record import Recordings
+from fusion_edge.runtime.backends.ort_session import EXACT_QDQ_KEY
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 
@@ -53,7 +54,7 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
         comp = src.components[name]
         report = _quantize_component(src, writer, name, comp, the_plan, rec, opts)
         components[name] = {**comp, "precision": report.pop("precision"), "files": report.pop("files"),
-                            "quantization": report}
+                            EXACT_QDQ_KEY: report.pop(EXACT_QDQ_KEY, False), "quantization": report}
         sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
     if the_plan.flavour == "trt":
         _check_trt(writer, components)

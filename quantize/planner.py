@@ -12,8 +12,10 @@ Hardware facts used (vendor documentation):
   and later). TensorRT's dequantize layer accepts symmetric INT4 only (zero-points 0).
 * FP8: Ada (SM 8.9) and newer; FP4 (NVFP4): Blackwell (SM 10.0) and newer. Orin (SM 8.7)
   and Ampere laptops (SM 8.6) therefore have no FP8/FP4.
-* onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and int8 symmetric
-  per-channel weights is its recommended x86 scheme (quantize_static documentation);
+* onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and uint8 symmetric
+  per-channel weights (U8U8): exact on every x86 kernel. onnxruntime's default U8S8 is
+  exact only with VNNI/AMX; AVX2 and AVX-512 without VNNI saturate pairs of products
+  (vpmaddubsw; quantization docs, "saturation"), see static_int8.py;
   int4 weight-only is the `MatMulNBits` contrib op (`accuracy_level` 4 = int8 compute).
   No FP8/FP4 kernels.
 * onnxruntime CUDA: `MatMulNBits` has a CUDA kernel (int4 weight-only); Q/DQ int8 runs,
@@ -155,7 +157,8 @@ def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choi
         return {name: c for name in COMPONENTS}
     trt, cpu = target == "tensorrt", target == "onnxruntime-cpu"
     act = "uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)"
-    w8a8 = f"Q/DQ W8A8: per-channel int8 symmetric weights, per-tensor {act}"
+    weights = "uint8 (zero-point 128)" if cpu else "int8"
+    w8a8 = f"Q/DQ W8A8: per-channel {weights} symmetric weights, per-tensor {act}"
     if sm is not None and sm < (7, 2):
         notes.append(f"SM {sm[0]}.{sm[1]} has no INT8 tensor cores: int8 runs but fp16 is likely as fast")
     if target == "onnxruntime-cuda":

@@ -1,10 +1,20 @@
 """INT8 W8A8 static Q/DQ quantization of one graph (vision, alignment, LLM segment).
 
 onnxruntime's `quantize_static` with `QuantFormat.QDQ`, MinMax calibration over the
-recorded inputs, per-channel int8 symmetric weights (output-channel axis), and per-tensor
-activations: uint8 asymmetric for the CPU flavour (onnxruntime's recommended x86 scheme),
-int8 symmetric (zero-point 0) for the cuda/trt flavours (what TensorRT accepts). Biases
-stay float for trt (TensorRT takes float biases after a quantized GEMM).
+recorded inputs, per-channel symmetric weights (output-channel axis) and per-tensor
+activations. Two flavours:
+* cpu: uint8 asymmetric activations and uint8 weights (zero-point 128), "U8U8". Every x86
+  kernel computes U8U8 exactly (int32 sums), whatever the CPU. The usual U8S8 (int8
+  weights) is exact only with VNNI/AMX: AVX2 and AVX-512 without VNNI multiply it with
+  vpmaddubsw, which sums pairs of u8×s8 products into int16 with saturation. On the tiny
+  checkpoint that would change 0.1–0.6 % of the pairs and each vision GEMM by 1–11 %
+  (measured by replaying the recorded int8 operands), which matches the int8 bundle that
+  passed its gate (top-1 100 %) on one machine and failed it (66.7 %, vision 10–11 %) on
+  another. U8U8 also measured slightly closer to fp32 (vision rel. error 3.1 % vs 3.3 %).
+* cuda / trt: int8 symmetric activations and weights (zero-point 0), what TensorRT
+  accepts; float biases (TensorRT takes them after a quantized GEMM). On the CPU EP these
+  graphs run their Q/DQ as float (EXACT_QDQ_KEY on the component; see ort_session): the
+  gate then measures TensorRT's exact int32 arithmetic, not a CPU's int8 kernels.
 
 Quantized ops: MatMul/Gemm with a constant weight, and Conv (the patch embedding). Their
 inputs get Q/DQ, their outputs do not (`OpTypesToExcludeOutputQuantization`): re-quantizing
@@ -28,6 +38,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusion_edge.runtime.backends.ort_session import EXACT_QDQ_KEY
+
 from . import graph_io
 
 ATTENTION_REASON = ("activation × activation MatMul (attention scores / context): post-softmax and key ranges "
@@ -41,11 +53,12 @@ class Int8Scheme:
     symmetric_activations: bool
     quantize_bias: bool
     reduce_range: bool = False
+    weight_signed: bool = True     # int8 (True) or uint8 (False) weights
 
     @classmethod
     def for_flavour(cls, flavour: str, reduce_range: bool = False) -> "Int8Scheme":
         if flavour == "cpu":
-            return cls(False, False, True, reduce_range)
+            return cls(False, False, True, reduce_range, weight_signed=False)
         if flavour in ("trt", "cuda"):
             return cls(True, True, False, reduce_range)
         raise ValueError(f"unknown flavour {flavour!r}")
@@ -53,7 +66,8 @@ class Int8Scheme:
     def describe(self) -> str:
         act = ("int8 symmetric" if self.activation_signed and self.symmetric_activations
                else "uint8 asymmetric" if not self.activation_signed else "int8 asymmetric")
-        return (f"W8A8 Q/DQ, per-channel int8 symmetric weights{' (7-bit)' if self.reduce_range else ''}, "
+        weights = "int8" if self.weight_signed else "uint8 (zero-point 128)"
+        return (f"W8A8 Q/DQ, per-channel {weights} symmetric weights{' (7-bit)' if self.reduce_range else ''}, "
                 f"per-tensor {act} activations, MinMax calibration")
 
 
@@ -88,7 +102,7 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
             str(src), str(dst), feeds, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
             per_channel=True, reduce_range=scheme.reduce_range,
             activation_type=QuantType.QInt8 if scheme.activation_signed else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
+            weight_type=QuantType.QInt8 if scheme.weight_signed else QuantType.QUInt8, nodes_to_exclude=sorted(excluded),
             use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                            "QuantizeBias": scheme.quantize_bias, "MatMulConstBOnly": True,
@@ -97,7 +111,8 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
     files = graph_io.save(model, dst)
     return {"precision": "int8", "scheme": scheme.describe(), "files": files, "component": component,
             "quantized_weights": graph_io.quantized_weight_count(model),
-            "excluded": _group(excluded), "calibration_samples": len(feeds)}
+            "excluded": _group(excluded), "calibration_samples": len(feeds),
+            EXACT_QDQ_KEY: scheme.activation_signed}
 
 
 def _group(excluded: dict[str, str]) -> list[dict]:

@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from fusion_edge.calibration.builtin import builtin_pairs
@@ -21,6 +22,9 @@ from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
 STEPS = 6
+# The cpu flavour stores W8A8 weights as uint8 (zero-point 128, exact on every x86 kernel);
+# the cuda/trt flavour as int8.
+ONE_BYTE_WEIGHTS = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ def test_int8_weights_are_a_quarter(q8, fp32):
     q_inits = {t.name: t for t in dst.graph.initializer}
     int8_weights = sum(int(np.prod(q_inits[n.input[0]].dims)) for n in dst.graph.node
                        if n.op_type == "DequantizeLinear" and n.input[0] in q_inits
-                       and q_inits[n.input[0]].data_type == 3)
+                       and q_inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS)
     assert int8_weights == fp32_matmul
     # on disk: the file shrinks by ~3 bytes per weight (tiny graphs: the node structure is a fixed cost)
     saved = (fp32 / "segment_05.onnx").stat().st_size - (out / "segment_05.onnx").stat().st_size
@@ -128,7 +132,8 @@ def _force_scales_wrong(folder, factor: float = 8.0) -> int:
         model = graph_io.load(path)
         inits = {t.name: t for t in model.graph.initializer}
         for node in model.graph.node:
-            if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].data_type == 3:
+            if (node.op_type == "DequantizeLinear" and node.input[0] in inits
+                    and inits[node.input[0]].data_type in ONE_BYTE_WEIGHTS):
                 t = inits[node.input[1]]
                 t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
                 n += 1
@@ -178,3 +183,20 @@ def test_gate_function_thresholds():
     ok, reasons, bounds = agreement.gate(f, "int4", {"top1_agreement": 0.99, "max_dlogit_first": 1.0})
     assert not ok and len(reasons) == 2 and bounds["logit_cosine_mean"] == agreement.GATES["int4"]["logit_cosine_mean"]
     assert agreement.cosine([1, 0], [0, 1]) == 0.0 and agreement.rel_error([2, 0], [1, 0]) == 0.5
+
+
+def test_cpu_int8_weights_are_unsigned_so_every_x86_kernel_is_exact(q8):
+    """The cpu flavour is U8U8: uint8 activations × uint8 weights, which onnxruntime's x86
+    kernels sum exactly. int8 weights (U8S8) saturate pairs of products on CPUs without VNNI
+    (the fresh-machine failure of issue 18), so a single int8 weight here is a regression."""
+    out, _ = q8
+    m = Bundle.open(out).manifest
+    for name in ("vision", "align_00", "segment_00", "segment_10"):
+        model = graph_io.load(out / m["components"][name]["files"][0])
+        inits = {t.name: t for t in model.graph.initializer}
+        weights = [inits[n.input[0]] for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2
+                   and inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS]
+        assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights), name
+        assert not m["components"][name]["exact_qdq_on_cpu"]
+    assert "uint8 (zero-point 128)" in m["components"]["vision"]["quantization"]["scheme"]

@@ -135,3 +135,20 @@ def test_keep_float_leaves_named_nodes_unquantized(fp32, rec, tmp_path):
     down = [n for n in m.graph.node if n.op_type == "MatMul" and "/down/" in n.name]
     assert len(down) == 3 and all(n.input[1] in inits for n in down)          # fp32 weight, no DequantizeLinear
     assert r["quantized_weights"] == 9                                        # qkv, o, gate_up × 3 layers
+
+
+def test_trt_flavour_runs_its_qdq_exactly_on_the_cpu_ep(trt_int4):
+    """int8-activation graphs are marked for float Q/DQ on the CPU EP (TensorRT's exact int32
+    arithmetic, not a CPU's saturating int8 kernels); the session really gets the option."""
+    from fusion_edge.runtime.backends.ort_session import component_session, make_session
+    b = Bundle.open(trt_int4)
+    comp = b.components["vision"]
+    assert comp["precision"] == "int8" and comp["exact_qdq_on_cpu"] is True
+
+    def disable_quant_qdq(sess):
+        try:
+            return sess.get_session_options().get_session_config_entry("session.disable_quant_qdq")
+        except RuntimeError:                  # onnxruntime raises for a key never set
+            return None
+    assert disable_quant_qdq(component_session(b, comp, ["CPUExecutionProvider"])) == "1"
+    assert disable_quant_qdq(make_session(b.file(comp["files"][0]), ["CPUExecutionProvider"])) is None

@@ -9,7 +9,7 @@ from ..bundle import Bundle
 from ..config import FusionConfig
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HostCache
-from .ort_session import make_session
+from .ort_session import component_session
 
 
 CACHE_BLOCK = 256
@@ -21,9 +21,9 @@ class OnnxLLM:
     def __init__(self, bundle: Bundle, providers: list[str], threads: int | None = None):
         self.cfg: FusionConfig = bundle.config
         comp = bundle.components
-        self.embed_sess = make_session(bundle.file(comp["embed"]["files"][0]), providers, threads)
+        self.embed_sess = component_session(bundle, comp["embed"], providers, threads)
         names = sorted(n for n in comp if n.startswith("segment_"))
-        self.segments = [(comp[n], make_session(bundle.file(comp[n]["files"][0]), providers, threads))
+        self.segments = [(comp[n], component_session(bundle, comp[n], providers, threads))
                          for n in names]
         self.on_cuda = providers[0] == "CUDAExecutionProvider"
         self.capacity = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bundle import Bundle
-from .ort_session import make_session
+from .ort_session import component_session
 
 
 class OnnxVision:
@@ -14,8 +14,8 @@ class OnnxVision:
         """align_threads: intra-op threads of the alignment sessions (1 when they run inside
         llama.cpp's eval callback, so they do not fight ggml's own threads)."""
         comp = bundle.components
-        self.vision = make_session(bundle.file(comp["vision"]["files"][0]), providers, threads)
-        self.aligns = [make_session(bundle.file(comp[name]["files"][0]), providers, align_threads or threads)
+        self.vision = component_session(bundle, comp["vision"], providers, threads)
+        self.aligns = [component_session(bundle, comp[name], providers, align_threads or threads)
                        for name in sorted(n for n in comp if n.startswith("align_"))]
         self.calls = {"vision_global": 0, "vision_main": 0, "align": 0}
 

@@ -5,6 +5,9 @@ from pathlib import Path
 
 from ..errors import DeviceError, MissingExtraError
 
+# Component flag written by the quantizer for graphs whose Q/DQ must run exactly on CPU.
+EXACT_QDQ_KEY = "exact_qdq_on_cpu"
+
 
 def import_ort():
     try:
@@ -31,7 +34,17 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
 
 
-def make_session(path: Path, providers: list[str], threads: int | None = None):
+def component_session(bundle, comp: dict, providers: list[str], threads: int | None = None):
+    """The session of one bundle component (its first file), with the options it asks for."""
+    return make_session(bundle.file(comp["files"][0]), providers, threads,
+                        exact_qdq=bool(comp.get(EXACT_QDQ_KEY)))
+
+
+def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False):
+    """exact_qdq: on the CPU EP, run Q/DQ pairs as float arithmetic instead of onnxruntime's
+    integer kernels. For int8-activation graphs (the TensorRT/CUDA flavour): x86 CPUs without
+    VNNI compute int8×int8 with pairwise int16-saturating products (vpmaddubsw), which would
+    make the result depend on the CPU; float Q/DQ gives TensorRT's exact int32 accumulation."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -43,4 +56,6 @@ def make_session(path: Path, providers: list[str], threads: int | None = None):
     opts.enable_cpu_mem_arena = False
     if threads:
         opts.intra_op_num_threads = threads
+    if exact_qdq and providers[0] == "CPUExecutionProvider":
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
