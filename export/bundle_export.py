@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from fusion_edge import __version__
+from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
@@ -45,12 +46,8 @@ def _progress(iterable, desc: str, enabled: bool):
 
 
 def build_info() -> dict:
-    import numpy
-    import onnx
-    import onnxruntime
-    import torch
-    return {"fusion_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__, "opset": OPSET,
+    """fusion-edge, the numerics-relevant library versions (runtime/versions.py), opset, platform."""
+    return {"fusion_edge": __version__, **versions.installed(), "opset": OPSET,
             "python": platform.python_version(), "machine": platform.machine()}
 
 
@@ -132,7 +129,7 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
         if close:
             close()
     passed, reasons = gate(figures, precision, target)
-    figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
+    figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed()})
     log(format_figures(figures))
     if not passed and not force:
         raise ExportError(f"the exported {target} bundle does not match the reference closely enough: " + "; ".join(reasons),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def add_export_args(p) -> None:
@@ -76,6 +77,7 @@ def run_export(args) -> int:
 
 
 def run_verify(args) -> int:
+    from fusion_edge.runtime import versions
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.pipeline import Pipeline
 
@@ -86,9 +88,14 @@ def run_verify(args) -> int:
     bundle = Bundle.open(args.bundle)
     ckpt = open_checkpoint(args.model)
     bundle.check_source(ckpt.fingerprint())
+    changes = versions.drift(bundle.manifest.get("build", {}))
+    if changes:
+        print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
+              "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
     figures = verify(Pipeline.open(args.bundle, device="cpu"), FusionReference(ckpt), steps=args.steps)
     passed, reasons = gate(figures, bundle.precision, bundle.target)
-    figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
+    figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed(),
+                    "version_drift": [list(c) for c in changes]})
     bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures})
     print(json.dumps(figures, indent=2) if args.json else format_figures(figures))
     return 0 if passed else 1

@@ -12,7 +12,6 @@ are reported and must only run and stay finite.
 from __future__ import annotations
 
 import shutil
-from importlib import metadata
 from pathlib import Path
 
 
@@ -63,7 +62,6 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
                                 llm_backend="llama.cpp")
-        manifest["build"].update(gguf_build_info())
         manifest = writer.write_manifest(manifest)
         log(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
             f"{components['llm']['type_counts']}")
@@ -132,11 +130,3 @@ def _k_fallbacks(quant: str, types: dict[str, str]) -> int:
         return 0
     return sum(1 for t in types.values() if t not in ("F32", "F16") and not t.endswith("_K"))
 
-
-def gguf_build_info() -> dict:
-    def version(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-    return {"gguf": version("gguf"), "llama_cpp_python": version("llama_cpp_python")}

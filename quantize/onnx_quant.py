@@ -17,6 +17,7 @@ from fusion_edge.calibration.builtin import builtin_pairs
 from fusion_edge.calibration.dataset import CalibItem, load_calibration_set
 from fusion_edge.calibration.record import Recordings, held_out_cases, record_calibration
 from fusion_edge.calibration.source import fp32_bundle
+from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
@@ -126,7 +127,8 @@ def gate_folder(folder: Path, fp32_path: Path, precision: str, cases: list[tuple
     q = Pipeline.open(folder, device="cpu", threads=threads)
     figures = agreement.measure(ref, q, cases, steps=steps, progress=progress)
     passed, reasons, bounds = agreement.gate(figures, precision, thresholds)
-    figures.update({"passed": passed, "gate": reasons, "thresholds": bounds, "device": "cpu", "forced": False})
+    figures.update({"passed": passed, "gate": reasons, "thresholds": bounds, "device": "cpu", "forced": False,
+                    "versions": versions.installed()})
     log(agreement.format_figures(figures))
     if not passed:
         if not force:

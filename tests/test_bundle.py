@@ -176,3 +176,31 @@ def test_streamed_external_data_matches_inline(tmp_path):
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ort.InferenceSession(str(out / "g.onnx")).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
+
+
+def test_verify_names_the_library_versions_that_changed_since_the_build(onnx_bundle, tiny_checkpoint, tmp_path,
+                                                                       capsys):
+    """A bundle built with another onnxruntime: `verify` says which versions differ and
+    records the installed ones with its figures."""
+    from fusion_edge.runtime import versions
+    dst = tmp_path / "old"
+    shutil.copytree(onnx_bundle("phi3", "so400m"), dst)
+    manifest = json.loads((dst / "fusion_bundle.json").read_text())
+    assert manifest["build"]["onnxruntime"] == versions.installed()["onnxruntime"]     # recorded at export
+    manifest["build"]["onnxruntime"] = "1.0.0"
+    (dst / "fusion_bundle.json").write_text(json.dumps(manifest))
+    from fusion_edge.cli import main
+    assert main(["verify", str(dst), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    now = versions.installed()["onnxruntime"]
+    assert f"installed versions differ from the bundle's build: onnxruntime 1.0.0 → {now}" in out
+    v = Bundle.open(dst).manifest["verification"]
+    assert v["versions"] == versions.installed() and v["version_drift"] == [["onnxruntime", "1.0.0", now]]
+
+
+def test_version_drift_ignores_packages_not_recorded_or_not_installed():
+    from fusion_edge.runtime.versions import drift
+    now = {"onnxruntime": "1.32.0", "onnx": "1.23.2", "torch": None, "llama_cpp_python": "0.3.36"}
+    recorded = {"onnxruntime": "1.31.1", "onnx": "1.23.2", "torch": "2.13.0", "opset": 18}
+    assert drift(recorded, now) == [("onnxruntime", "1.31.1", "1.32.0")]
+    assert drift({}, now) == []
