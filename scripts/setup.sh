@@ -11,7 +11,8 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
   || pip_install torch==2.13.0
 # Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
 # time), camera and bench for the app and the harness, dev for the tests.
-pip_install -e ".[export,gguf,camera,bench,dev]"
+# constraints.txt: the exact versions the suite passed with (see pyproject's dependency policy).
+pip_install -c constraints.txt -e ".[export,gguf,camera,bench,dev]"
 if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi
