@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from .errors import ImageError
 
 MEAN = 0.5
 STD = 0.5
-# Guard against decompression bombs while still taking large camera stills.
-MAX_PIXELS = 16384 * 16384
+# Guard against decompression bombs while still taking large camera stills (a 64 MP phone
+# photo is 9248x6936): Pillow's own warning threshold, checked from the header before
+# decoding. Pillow refuses outright at twice this (DecompressionBombError), also typed here.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+TOO_LARGE_FIX = f"downscale the image to at most {MAX_PIXELS / 1e6:.0f} megapixels (e.g. 9000x9000)"
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,19 @@ def load_image(source) -> Image.Image:
 
 def _open(fp, what: str) -> Image.Image:
     try:
-        with Image.open(fp) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # refused just below
+            img = Image.open(fp)
+        with img:
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(f"{what} is {img.width}x{img.height}, larger than fusion-edge accepts.",
-                                 "downscale the image below 16384x16384")
+                                 TOO_LARGE_FIX)
             img.load()            # decode now so truncated files fail here, not later
             return _to_rgb(img, what)
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} is too large to decode safely ({e}).", TOO_LARGE_FIX) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{what} is not a readable image ({e}).",
                          "use a complete JPEG/PNG/WebP/BMP file; the file may be truncated or corrupt") from None

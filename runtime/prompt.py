@@ -12,6 +12,7 @@ expanded in text order: the first (`<latent_image>`) into the N image-token rows
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,13 @@ class ChatTemplate:
     def render(self, message: str) -> str:
         return (self.system + self.sep + self.user_role + LATENT_BLOCK + message + self.sep
                 + self.assistant_role)
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """The template's `<|...|>` markers: a question holding one would be tokenised as that
+        control token (a forged turn or an early stop), so questions may not."""
+        text = "".join((self.system, self.user_role, self.assistant_role, self.sep, *self.stop_tokens))
+        return tuple(dict.fromkeys(re.findall(r"<\|[^|<>]+\|>", text)))
 
 
 TEMPLATES: dict[str, ChatTemplate] = {
@@ -116,17 +124,27 @@ def instruct_text(message: str) -> str:
 
 
 def render_prompt(template: str | ChatTemplate, question: str) -> str:
-    _check_question(question)
-    return get_template(template).render(user_message(question))
+    tpl = get_template(template)
+    _check_question(question, tpl)
+    return tpl.render(user_message(question))
 
 
-def _check_question(question: str) -> None:
+def _check_question(question: str, template: ChatTemplate) -> None:
     if not isinstance(question, str):
         raise PromptError(f"the question must be text, got {type(question).__name__}.",
                           "pass the question as a str")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptError(f"the question is not valid Unicode text (a lone surrogate at character {e.start}).",
+                          "send UTF-8 text; decode received bytes with errors='replace'") from None
     if not question.strip():
         raise PromptError("the question is empty.", "ask a question about the image, e.g. "
                           "\"What is on the table?\"")
+    for token in template.control_tokens:
+        if token in question:
+            raise PromptError(f"the question contains the chat-template control token {token!r}.",
+                              f"remove {token!r} from the question (it would be read as a turn marker)")
     for reserved in RESERVED:
         if reserved in question:
             raise PromptError(f"the question contains the reserved string {reserved!r}.",
@@ -166,7 +184,7 @@ def build_prompt(tokenizer, template: str | ChatTemplate, question: str, num_ima
                  num_latents: int, max_length: int | None = None) -> PromptLayout:
     """Render, tokenise and expand one question (FUSION_SPEC §3). Raises PromptError."""
     tpl = get_template(template)
-    _check_question(question)
+    _check_question(question, tpl)
     if num_image_tokens < 1 or num_latents < 1:
         raise PromptError(f"need at least one image token and one latent, got "
                           f"{num_image_tokens} and {num_latents}.",
