@@ -82,6 +82,10 @@ class MissingExtraError(FusionEdgeError):
         self.extra = extra
 
 
+class OptionError(FusionEdgeError):
+    """A generation option is out of range (temperature, top_p, top_k, token counts)."""
+
+
 class BackendError(FusionEdgeError):
     """A backend failed while running a graph or could not be set up."""
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import OptionError
+
 
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
-        if temperature < 0 or not (0 < top_p <= 1) or top_k < 0:
-            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        bad = [f"{name} {value}" for name, value, ok in (
+            ("temperature", temperature, temperature >= 0), ("top_p", top_p, 0 < top_p <= 1), ("top_k", top_k, top_k >= 0))
+            if not ok or value != value]                     # value != value: NaN
+        if bad:
+            raise OptionError(f"sampling option out of range: {', '.join(bad)}.",
+                              "use temperature >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0 (0 = off)")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.rng = np.random.default_rng(seed)
 

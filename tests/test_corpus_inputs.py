@@ -175,3 +175,22 @@ def test_question_at_the_length_limit_answers_and_one_over_is_refused(images, bu
         pipe.ask(scene, over, max_new_tokens=2)
     rc = main(["ask", "--bundle", str(bundle), "--image", str(images["wide"]), "--question", over, "--json"])
     assert_clean_failure(rc, capsys.readouterr().err)
+
+
+# ---- generation options ----------------------------------------------------------------------
+OPTION_CASES = [
+    ("negative temperature", ["--temperature", "-1"]),
+    ("NaN temperature", ["--temperature", "nan"]),
+    ("top_p zero", ["--temperature", "0.7", "--top-p", "0"]),
+    ("top_p above one", ["--temperature", "0.7", "--top-p", "1.5"]),
+    ("negative top_k", ["--temperature", "0.7", "--top-k", "-3"]),
+]
+
+
+@pytest.mark.parametrize("name,args", OPTION_CASES, ids=[c[0] for c in OPTION_CASES])
+def test_sampling_option_out_of_range_is_a_clean_error(name, args, images, bundle, capsys):
+    rc = bounded(lambda: main(["ask", "--bundle", str(bundle), "--image", str(images["wide"]), "--question",
+                               question_corpus.QUESTION, "--max-new-tokens", "2", *args]))
+    err = capsys.readouterr().err
+    assert_clean_failure(rc, err)
+    assert "sampling option out of range" in err
