@@ -71,12 +71,22 @@ def _parser() -> argparse.ArgumentParser:
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
     add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
     for name, module, help_ in PLUGIN_COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue   # the command's package is not part of this build
-        mod.add_args(cmd(name, help_))
+        mod = _plugin(module)
+        if mod is not None:
+            mod.add_args(cmd(name, help_))
     return p
+
+
+def _plugin(module: str):
+    """The command module, or None when its package is not part of this build. Any other
+    import failure is a bug in the command and is raised, never hidden (a command's optional
+    dependencies are imported when it runs, with a MissingExtraError naming the extra)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            return None
+        raise
 
 
 def main(argv=None) -> int:

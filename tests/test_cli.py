@@ -60,3 +60,28 @@ def test_make_tiny_cli(tmp_path, capsys):
     assert cfg["query_len"] == "4,16,36,64,144" and cfg["window_size"] == 3
     total = sum(f.stat().st_size for f in (tmp_path / "t").rglob("*") if f.is_file())
     assert total < 16 * 2 ** 20          # a few MB
+
+
+def test_every_plugin_command_is_registered(capsys):
+    from fusion_edge.cli import PLUGIN_COMMANDS
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name, _, _ in PLUGIN_COMMANDS)
+
+
+def test_a_plugin_with_a_broken_import_is_an_error_not_a_missing_command(tmp_path, monkeypatch):
+    """A command package absent from the build is skipped; a command module whose own import
+    fails (a bug) raises instead of silently dropping the command."""
+    import sys
+
+    import fusion_edge.cli as cli
+    (tmp_path / "fe_broken_plugin.py").write_text("import fe_no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("absent", "fe_not_in_this_build.cli", "absent")])
+    assert cli._plugin("fe_not_in_this_build.cli") is None
+    cli._parser()                                               # the absent command is just left out
+    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("broken", "fe_broken_plugin", "broken")])
+    with pytest.raises(ModuleNotFoundError, match="fe_no_such_dependency_xyz"):
+        cli._parser()
+    sys.modules.pop("fe_broken_plugin", None)
