@@ -126,3 +126,31 @@ def test_cuda_request_without_cuda_is_a_clear_error(onnx_bundle):
     from fusion_edge.runtime.errors import DeviceError
     with pytest.raises(DeviceError, match="onnxruntime-gpu"):
         Pipeline.open(onnx_bundle("phi3", "so400m"), device="cuda")
+
+
+def test_graph_export_passes_on_unreviewed_warnings_only(tiny_checkpoint, tmp_path):
+    """Exporting a real graph leaks no warning (only reviewed ones are silenced), and a
+    warning that nobody reviewed — e.g. a TracerWarning about a baked-in shape — reaches the user."""
+    import warnings
+
+    import torch
+
+    from fusion_edge.export.checkpoint import open_checkpoint
+    from fusion_edge.export.onnx_export import export_graph, graph_specs, traced_quietly
+    ckpt = open_checkpoint(str(tiny_checkpoint("phi3", "so400m")))
+    spec = next(s for s in graph_specs(ckpt) if s["name"] == "vision")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_graph(ckpt, spec, tmp_path / "vision.onnx")
+    assert [str(w.message) for w in caught] == []
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if bool(x.sum() > 0) else x           # a python bool of a tensor: baked in
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced_quietly(lambda: torch.onnx.export(DataDependent(), (torch.ones(2),), str(tmp_path / "d.onnx"),
+                                                 dynamo=False))
+    assert any("TracerWarning" == w.category.__name__ for w in caught)
+    assert not any("legacy TorchScript-based" in str(w.message) for w in caught)
