@@ -131,7 +131,7 @@ def export_graph(ckpt: Checkpoint, spec: dict, out_path: Path, precision: str = 
             traced_quietly(lambda: torch.onnx.export(
                 module, args, str(traced), dynamo=False, opset_version=OPSET, input_names=list(spec["inputs"]),
                 output_names=list(spec["outputs"]), dynamic_axes=dyn, do_constant_folding=True))
-        del module
+        module = None                       # free its weights before the graph is re-read
         files = _finalize(traced, out_path, precision)
     rec = {"name": spec["name"], "backend": "onnxruntime", "precision": precision, "files": files,
            "inputs": list(spec["inputs"]), "outputs": list(spec["outputs"])}
