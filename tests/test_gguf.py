@@ -157,11 +157,12 @@ def test_phi3_prompts_differ_only_at_special_token_boundaries(gguf_pipe):
 
 # ---- parity with the reference --------------------------------------------------------------
 def test_fp32_gguf_phi3_passes_verification_like_onnx(gguf_pipe, reference, images):
-    """export/verify.py on the gguf pipeline: end to end, and the alignment graphs checked on the
-    inputs recorded inside llama.cpp's callback."""
+    """export/verify.py on the gguf pipeline: two questions on one image (fresh prefills on a
+    reused context), the alignment graphs checked from the inputs recorded inside the callback."""
     from fusion_edge.export.verify import gate, verify
     pipe = gguf_pipe("phi3", "so400m")
-    f = verify(pipe, reference("phi3", "so400m"), cases=[(images["wide"], QUESTIONS[1])], steps=16)
+    cases = [(images["wide"], q) for q in QUESTIONS[:2]]
+    f = verify(pipe, reference("phi3", "so400m"), cases=cases, steps=16)
     print(f"phi3 gguf fp32 vs reference: max|Δlogit| {f['max_dlogit']:.3g}, greedy {f['greedy_agreement']:.0%}")
     assert f["max_dlogit"] <= 1e-3 and f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] >= 1
     assert gate(f, "fp32") == (True, [])
@@ -179,8 +180,8 @@ def test_fp32_gguf_llama3_answers_exactly_like_the_reference(gguf_pipe, referenc
     assert d <= 1e-3 and got.token_ids == want.token_ids and len(got.token_ids) >= 1
 
 
-def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, images):
-    pipe = gguf_pipe("phi3", "so400m")
+def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, reference, images):
+    pipe, ref = gguf_pipe("phi3", "so400m"), reference("phi3", "so400m")
     scene = pipe.look(images["tall"])
     before = pipe.vision.calls["align"]
     pipe.ask(scene, QUESTIONS[0], max_new_tokens=4)
@@ -193,9 +194,16 @@ def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, images):
         pipe.ask(scene, QUESTIONS[0], max_new_tokens=1)
     finally:
         pipe.interactions_enabled = True
-    d = float(np.max(np.abs(on - pipe.last_result.first_logits)))
+    off = pipe.last_result.first_logits
+    d = float(np.max(np.abs(on - off)))
     print(f"alignment off changes the first logits by {d:.3g}")
     assert d > 1e-2
+    ref.interactions_enabled = False        # and the switched-off run is the reference without them
+    try:
+        want = ref.answer(images["tall"], QUESTIONS[0], max_new_tokens=1)
+    finally:
+        ref.interactions_enabled = True
+    assert float(np.max(np.abs(off - want.first_logits))) <= 1e-3
 
 
 def test_embed_rows_are_the_gguf_token_embeddings(gguf_pipe, tiny_checkpoint):
@@ -207,7 +215,7 @@ def test_embed_rows_are_the_gguf_token_embeddings(gguf_pipe, tiny_checkpoint):
 
 
 # ---- quantized bundles ----------------------------------------------------------------------
-@pytest.mark.parametrize("precision,quant", [("int8", "Q8_0")])
+@pytest.mark.parametrize("precision,quant", [("int8", "Q8_0"), ("fp16", "F16")])
 def test_quantized_gguf_bundles_load_and_answer(precision, quant, gguf_bundle, gguf_pipe, images):
     import gguf
     fp32 = gguf_bundle("phi3", "so400m", "fp32")
@@ -238,9 +246,10 @@ def test_cli_exports_an_int4_gguf_bundle_and_answers(tiny_checkpoint, images, wo
     out = work_dir / "gguf" / "cli-int4"
     exe = [sys.executable, "-c", "import sys; from fusion_edge.cli import main; sys.exit(main())"]
     r = subprocess.run(exe + ["export", str(ckpt), "--target", "gguf", "--precision", "int4", "-o", str(out),
-                              "--quiet", "--no-verify"], capture_output=True, text=True, timeout=300)
+                              "--quiet", "--verify-steps", "4"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     manifest = json.loads((out / "fusion_bundle.json").read_text())
+    assert manifest["verification"]["passed"] and np.isfinite(manifest["verification"]["max_dlogit"])
     comp = manifest["components"]["llm"]
     assert manifest["target"] == "gguf" and comp["quant"] == "Q4_K_M"
     # width 64 rows are not multiples of 256: every quantized tensor fell back, and it is recorded
