@@ -12,7 +12,16 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 # Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
 # time), camera and bench for the app and the harness, dev for the tests.
 # constraints.txt: the exact versions the suite passed with (see pyproject's dependency policy).
+# llama-cpp-python is built from source with this CPU's features but without Intel AMX
+# (scripts/llama_cmake_args.sh says why).
+export CMAKE_ARGS="${CMAKE_ARGS:-$(bash scripts/llama_cmake_args.sh)}"
 pip_install -c constraints.txt -e ".[export,gguf,camera,bench,dev]"
+# A llama-cpp-python built earlier with AMX (pip's wheel cache, an older setup) is rebuilt.
+if "$PY" -c "import sys, llama_cpp; sys.exit(0 if b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info() else 1)" \
+    2>/dev/null; then
+  echo "rebuilding llama-cpp-python without AMX (a ~6 min source build)"
+  pip_install -c constraints.txt --force-reinstall --no-deps --no-cache-dir llama-cpp-python
+fi
 if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi
