@@ -135,7 +135,8 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
     figures.update({"passed": passed, "gate": reasons, "device": "cpu"})
     log(format_figures(figures))
     if not passed and not force:
-        raise ExportError(f"the exported {target} bundle does not match the reference closely enough: " + "; ".join(reasons),
+        raise ExportError(f"the exported {target} bundle does not match the reference closely enough: "
+                          + "; ".join(reasons),
                           "report this with the figures above; --force keeps the bundle anyway")
     return figures
 

@@ -150,8 +150,3 @@ def sampler_entries(cfg: FusionConfig) -> list[WeightEntry]:
 def all_entries(cfg: FusionConfig) -> list[WeightEntry]:
     return tower_entries(cfg) + projector_entries(cfg) + sampler_entries(cfg) + llm_entries(cfg)
 
-
-# Tensors a released checkpoint carries that inference does not use (kept by the
-# reference's state dict): the tower's post-layernorm, and the dropped last layer when a
-# checkpoint keeps it.
-IGNORED_PREFIXES = (TOWER + "post_layernorm.", TOWER + "head.")
