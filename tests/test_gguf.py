@@ -159,7 +159,8 @@ def test_phi3_prompts_differ_only_at_special_token_boundaries(gguf_pipe):
 def test_fp32_gguf_phi3_passes_verification_like_onnx(gguf_pipe, reference, images):
     """export/verify.py on the gguf pipeline: end to end, and the alignment graphs checked on the
     inputs recorded inside llama.cpp's callback."""
-    from fusion_edge.export.verify import gate, verify
+    from fusion_edge.export.verify import verify
+    from fusion_edge.runtime.fidelity import gate_reference as gate
     pipe = gguf_pipe("phi3", "so400m")
     f = verify(pipe, reference("phi3", "so400m"), cases=[(images["wide"], QUESTIONS[1])], steps=16)
     print(f"phi3 gguf fp32 vs reference: max|Δlogit| {f['max_dlogit']:.3g}, greedy {f['greedy_agreement']:.0%}")
