@@ -64,7 +64,7 @@ def torch_llm_bytes_per_token(llm) -> int:
     bytes read per token, one embedding row unless the table is also lm_head."""
     seen, total = set(), 0
     embed = llm.embed.weight
-    for name, p in llm.named_parameters():
+    for p in llm.parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))

@@ -1,16 +1,15 @@
-"""Calibration end to end: data set → fp32 pipeline → recording folder.
+"""Calibration end to end, the one entry point: data set → fp32 pipeline → recording folder.
 
-`calibrate(model_or_bundle, data, out)` is what `fusion-edge calibrate` and the quantized
+`calibrate_bundle(fp32_bundle, out, data)` is what `fusion-edge calibrate` and the quantized
 export run: load and check the data set (reporting every skipped entry), hold out the
-last pairs for the quality gate, run the fp32 pipeline over the rest and record.
+last pairs for the quality gate (the built-in set: its own `eval` split), run the fp32
+pipeline over the rest and record; the held-out pairs are listed in the recording.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from .dataset import builtin_set, load_calibration_set
 from .record import Recordings, record_calibration
-from .source import fp32_bundle, source_info
+from .source import source_info
 
 DEFAULT_SAMPLES = 32
 DEFAULT_HOLDOUT = 4
@@ -42,9 +41,3 @@ def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int =
     log(f"recorded {m['samples']} samples over {m['images']} images, {m['bytes'] / (1 << 20):.1f} MB, in {out}")
     return rec
 
-
-def calibrate(model: str, out, data=None, questions=None, query_len: int | None = None,
-              image_tokens: int | None = None, progress: bool = True, log=print, **kw) -> Recordings:
-    """`calibrate_bundle` for a checkpoint (via a temporary fp32 export) or an fp32 bundle."""
-    with fp32_bundle(model, query_len, image_tokens, progress, log) as bundle_path:
-        return calibrate_bundle(bundle_path, Path(out), data, questions, progress=progress, log=log, **kw)

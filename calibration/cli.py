@@ -1,4 +1,5 @@
-"""`fusion-edge calibrate MODEL_OR_BUNDLE --data DIR_OR_JSONL -o calib/`."""
+"""Arguments of `fusion-edge calibrate MODEL_OR_BUNDLE --data DIR_OR_JSONL -o calib/` (it runs
+from fusion_edge/targets.py `run_calibrate`, which exports a checkpoint to fp32 first)."""
 from __future__ import annotations
 
 from .calibrate import DEFAULT_HOLDOUT, DEFAULT_MAX_MB, DEFAULT_SAMPLES
@@ -34,11 +35,3 @@ def add_args(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing recording folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-
-def run(args) -> int:
-    from .calibrate import calibrate
-    calibrate(args.model, args.out, data=args.data, questions=args.questions, query_len=args.query_len,
-              image_tokens=args.image_tokens, progress=not args.quiet, samples=args.samples,
-              holdout=args.holdout, max_mb=args.max_mb, dtype=args.dtype, overwrite=args.overwrite,
-              threads=args.threads)
-    return 0

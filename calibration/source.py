@@ -1,9 +1,8 @@
-"""The fp32 pipeline that calibration and the quality gate run: an fp32 ONNX bundle given
-as such, or one exported from a checkpoint into a temporary folder (removed afterwards)."""
+"""The fp32 pipeline that calibration and the quality gate run: an fp32 ONNX bundle. A
+checkpoint is exported to one first by the caller (fusion_edge/targets.py `fp32_source`):
+calibration depends on the runtime only."""
 from __future__ import annotations
 
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from fusion_edge.runtime.bundle import MANIFEST, Bundle
@@ -15,29 +14,19 @@ def is_bundle(path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-@contextmanager
-def fp32_bundle(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print):
-    """Yield the path of an fp32 ONNX bundle of `model` (a checkpoint or an fp32 bundle)."""
-    if is_bundle(model):
-        bundle = Bundle.open(model)
-        if bundle.target != "onnx" or bundle.precision != "fp32":
-            raise CalibrationDataError(
-                f"{model} is a {bundle.target}/{bundle.precision} bundle; calibration runs the fp32 ONNX pipeline.",
-                "pass the checkpoint, or an fp32 bundle (fusion-export MODEL --target onnx --precision fp32 -o B)")
-        for key, want in (("query_len", query_len), ("image_tokens", image_tokens)):
-            if want is not None and int(bundle.options[key]) != int(want):
-                raise CalibrationDataError(f"the fp32 bundle {model} was exported with {key} "
-                                           f"{bundle.options[key]}, {want} was asked for.",
-                                           "pass the checkpoint instead, or drop the option")
-        yield Path(model)
-        return
-    from fusion_edge.export.bundle_export import export_bundle
-    with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
-        log(f"exporting a temporary fp32 ONNX bundle of {model} …")
-        out = export_bundle(model, Path(tmp) / "fp32", "onnx", "fp32", query_len, image_tokens,
-                            verify=False, progress=progress, log=log)
-        yield out
+def check_fp32_bundle(path, query_len: int | None = None, image_tokens: int | None = None) -> Path:
+    """`path` if it is an fp32 ONNX bundle exported with these options, else a CalibrationDataError."""
+    bundle = Bundle.open(path)
+    if bundle.target != "onnx" or bundle.precision != "fp32":
+        raise CalibrationDataError(
+            f"{path} is a {bundle.target}/{bundle.precision} bundle; calibration runs the fp32 ONNX pipeline.",
+            "pass the checkpoint, or an fp32 bundle (fusion-export MODEL --target onnx --precision fp32 -o B)")
+    for key, want in (("query_len", query_len), ("image_tokens", image_tokens)):
+        if want is not None and int(bundle.options[key]) != int(want):
+            raise CalibrationDataError(f"the fp32 bundle {path} was exported with {key} "
+                                       f"{bundle.options[key]}, {want} was asked for.",
+                                       "pass the checkpoint instead, or drop the option")
+    return Path(path)
 
 
 def source_info(bundle_path) -> dict:

@@ -19,7 +19,7 @@ from fusion_edge.runtime.errors import (CheckpointError, CorruptCheckpointError,
                                         HubUnavailableError, MissingWeightError, WeightShapeError)
 
 from .safetensors_io import SafetensorsFile
-from .weight_map import IGNORED_PREFIXES, TOWER, WeightEntry, all_entries
+from .weight_map import TOWER, WeightEntry, all_entries
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
 
@@ -30,7 +30,6 @@ class Checkpoint:
     config: FusionConfig
     files: dict[str, SafetensorsFile]          # checkpoint key → file holding it
     entries: list[WeightEntry] = field(default_factory=list)
-    unused_keys: list[str] = field(default_factory=list)
 
     def tensor(self, key: str) -> np.ndarray:
         return self.files[key].get(key)
@@ -147,9 +146,7 @@ def open_checkpoint(model: str | os.PathLike, revision: str | None = None) -> Ch
     files = _index_files(folder)
     entries = all_entries(config)
     _validate(entries, files, config)
-    used = {k for e in entries for k in e.sources}
-    unused = sorted(k for k in files if k not in used)
-    return Checkpoint(folder, config, files, entries, unused)
+    return Checkpoint(folder, config, files, entries)
 
 
 def _validate(entries: list[WeightEntry], files: dict[str, SafetensorsFile], config: FusionConfig) -> None:
@@ -180,6 +177,3 @@ def _shape_hint(key: str, config: FusionConfig) -> str:
                 "at a folder holding its config.json")
     return "config.json and the weights disagree; use the config.json that came with these weights"
 
-
-def is_ignored(key: str) -> bool:
-    return key.startswith(IGNORED_PREFIXES)

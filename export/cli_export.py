@@ -1,4 +1,5 @@
-"""Arguments and handlers of `fusion-edge export` / `fusion-export` and `fusion-edge verify`."""
+"""Arguments of `fusion-edge export` / `fusion-export` (run by fusion_edge/targets.py
+`run_export`) and the `fusion-edge verify` handler."""
 from __future__ import annotations
 
 import json
@@ -67,24 +68,16 @@ def add_verify_args(p) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
-def run_export(args) -> int:
-    from .bundle_export import export_bundle
-    out = export_bundle(args.model, args.out, args.target, args.precision, args.query_len, args.image_tokens,
-                        overwrite=args.overwrite, verify=not args.no_verify, force=args.force,
-                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args), **gguf_kwargs(args))
-    print(f"bundle written to {out}")
-    return 0
-
-
 def run_verify(args) -> int:
     from fusion_edge.runtime import versions
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.pipeline import Pipeline
 
-    from .bundle_export import format_figures
+    from fusion_edge.runtime.fidelity import figures_key, format_reference, gate_reference
+
     from .checkpoint import open_checkpoint
     from .reference import FusionReference
-    from .verify import figures_key, gate, verify
+    from .verify import verify
     bundle = Bundle.open(args.bundle)
     ckpt = open_checkpoint(args.model)
     bundle.check_source(ckpt.fingerprint())
@@ -93,9 +86,9 @@ def run_verify(args) -> int:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
               "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
     figures = verify(Pipeline.open(args.bundle, device="cpu"), FusionReference(ckpt), steps=args.steps)
-    passed, reasons = gate(figures, bundle.precision, bundle.target)
+    passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
     figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed(),
                     "version_drift": [list(c) for c in changes]})
     bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures})
-    print(json.dumps(figures, indent=2) if args.json else format_figures(figures))
+    print(json.dumps(figures, indent=2) if args.json else format_reference(figures))
     return 0 if passed else 1

@@ -14,12 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-
-from fusion_edge.runtime.bundle import Bundle, BundleWriter
+from fusion_edge.runtime.bundle import Bundle, BundleWriter, write_bundle
 from fusion_edge.runtime.errors import ExportError
-from fusion_edge.runtime.pipeline import FUSION_L_TOKENS
 
-from .bundle_export import _progress, manifest_for, verify_folder
+from .bundle_export import _progress, export_options, manifest_for, verify_folder
 from .checkpoint import Checkpoint, open_checkpoint
 from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
 from .onnx_export import export_graph, graph_specs
@@ -47,9 +45,10 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
     if vision_precision not in ("fp32", "fp16"):
         raise ExportError(f"vision_precision '{vision_precision}' is not offered.", "use fp32 or fp16")
     ckpt = open_checkpoint(model)
-    q, n_img = _options(ckpt, query_len, image_tokens)
+    q, n_img = export_options(ckpt, query_len, image_tokens)
     tokenizer = ckpt.tokenizer()
-    with BundleWriter(out, overwrite) as writer:
+
+    def fill(writer: BundleWriter) -> dict:
         if onnx_from:
             components = copy_onnx_parts(onnx_from, ckpt, writer, vision_precision)
         else:
@@ -62,22 +61,13 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
                                 llm_backend="llama.cpp")
-        manifest = writer.write_manifest(manifest)
         log(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
             f"{components['llm']['type_counts']}")
-        if verify:
-            figures = verify_folder(writer.tmp, ckpt, steps, precision, force, log, target="gguf")
-            Bundle(writer.tmp, manifest).update_manifest(verification=figures)
-        return writer.commit()
+        return manifest
 
-
-def _options(ckpt: Checkpoint, query_len: int | None, image_tokens: int | None) -> tuple[int, int]:
-    cfg = ckpt.config
-    q = cfg.check_query_len(query_len or cfg.default_query_len)
-    if image_tokens not in (None, cfg.tower.num_patches, FUSION_L_TOKENS):
-        raise ExportError(f"--image-tokens {image_tokens} is not supported.",
-                          f"use {FUSION_L_TOKENS} (FUSION-L) or leave it out ({cfg.tower.num_patches})")
-    return q, image_tokens or cfg.tower.num_patches
+    def check(folder: Path) -> dict:
+        return verify_folder(folder, ckpt, steps, precision, force, log, target="gguf")
+    return write_bundle(out, fill, check if verify else None, overwrite)
 
 
 def copy_onnx_parts(source: str | Path, ckpt: Checkpoint, writer: BundleWriter, precision: str) -> dict:

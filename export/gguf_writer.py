@@ -32,12 +32,10 @@ from fusion_edge.runtime.errors import ExportError, MissingExtraError
 
 from .checkpoint import Checkpoint
 
-# bundle precision → (llama.cpp ftype name, llama_ftype value); fp32 is written, not quantized
-QUANT_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
+# quant type name → its `gguf.LlamaFileType` member (llama_ftype); fp32 is written, not quantized
+QUANT_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q4_0": "MOSTLY_Q4_0", "Q8_0": "MOSTLY_Q8_0",
+               "Q4_K_M": "MOSTLY_Q4_K_M"}
 PRECISION_QUANT = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_K_M"}
-
-# llama.cpp token types (llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def import_gguf():
@@ -46,6 +44,11 @@ def import_gguf():
     except ImportError:
         raise MissingExtraError("gguf", "gguf", "Writing a GGUF model") from None
     return gguf
+
+
+def file_type(quant: str):
+    """The `gguf.LlamaFileType` of a quant type name."""
+    return import_gguf().LlamaFileType[QUANT_TYPES[quant]]
 
 
 # ---- tensors -------------------------------------------------------------------------------
@@ -66,31 +69,29 @@ def _permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 def llm_tensor_plan(ckpt: Checkpoint) -> list[TensorPlan]:
     """Every GGUF tensor of the LLM, in file order, each with its checkpoint reader."""
     c = ckpt.config.llm
-    arch = c.arch.gguf_arch
+    arch = c.arch
     entries = {e.name: e for e in ckpt.entries}
     H, F, hd = c.hidden_size, c.intermediate_size, c.head_dim
     f32 = lambda key: (lambda: np.ascontiguousarray(ckpt.tensor(key), dtype=np.float32))
     src = lambda name: entries[name].sources
     plan = [TensorPlan("token_embd.weight", (c.vocab_size, H), f32(src("llm.embed.weight")[0]))]
-    plan += _rope_tensors(c, arch)
+    plan += _rope_tensors(c)
     for i in range(c.num_layers):
         p, b = f"llm.layers.{i}.", f"blk.{i}."
         plan.append(TensorPlan(b + "attn_norm.weight", (H,), f32(src(p + "attn_norm.weight")[0])))
-        if arch == "phi3":
+        if arch.fused_qkv:
             nq = (c.num_heads + 2 * c.num_kv_heads) * hd
             plan.append(TensorPlan(b + "attn_qkv.weight", (nq, H), f32(src(p + "qkv.weight")[0])))
         else:
             q_key, k_key, v_key = src(p + "qkv.weight")
-            plan += [
-                TensorPlan(b + "attn_q.weight", (c.num_heads * hd, H),
-                           lambda k=q_key: _permute_rope(f32(k)(), c.num_heads)),
-                TensorPlan(b + "attn_k.weight", (c.num_kv_heads * hd, H),
-                           lambda k=k_key: _permute_rope(f32(k)(), c.num_kv_heads)),
-                TensorPlan(b + "attn_v.weight", (c.num_kv_heads * hd, H), f32(v_key))]
+            q, k = _rope_rows(f32(q_key), c.num_heads, arch), _rope_rows(f32(k_key), c.num_kv_heads, arch)
+            plan += [TensorPlan(b + "attn_q.weight", (c.num_heads * hd, H), q),
+                     TensorPlan(b + "attn_k.weight", (c.num_kv_heads * hd, H), k),
+                     TensorPlan(b + "attn_v.weight", (c.num_kv_heads * hd, H), f32(v_key))]
         plan.append(TensorPlan(b + "attn_output.weight", (H, c.num_heads * hd), f32(src(p + "o.weight")[0])))
         plan.append(TensorPlan(b + "ffn_norm.weight", (H,), f32(src(p + "ffn_norm.weight")[0])))
         gate_up = src(p + "gate_up.weight")
-        if arch == "phi3":   # one fused tensor, gate rows first: llama.cpp's fused SwiGLU order
+        if arch.fused_gate_up:   # one fused tensor, gate rows first: llama.cpp's fused SwiGLU order
             plan.append(TensorPlan(b + "ffn_up.weight", (2 * F, H), f32(gate_up[0])))
         else:
             plan += [TensorPlan(b + "ffn_gate.weight", (F, H), f32(gate_up[0])),
@@ -102,11 +103,20 @@ def llm_tensor_plan(ckpt: Checkpoint) -> list[TensorPlan]:
     return plan
 
 
-def _rope_tensors(c, arch: str) -> list[TensorPlan]:
+def _rope_rows(read: Callable[[], np.ndarray], n_head: int, arch) -> Callable[[], np.ndarray]:
+    """The reader of a split Q or K projection, permuted where llama.cpp's rope interleaves."""
+    return (lambda: _permute_rope(read(), n_head)) if arch.gguf_permute_qk else read
+
+
+def _rope_tensors(c) -> list[TensorPlan]:
     s = c.rope_scaling or {}
-    kind = s.get("rope_type", s.get("type"))
+    try:
+        kind = rope.rope_kind(c)
+    except NotImplementedError:
+        raise ExportError(f"rope scaling '{s.get('rope_type', s.get('type'))}' has no GGUF mapping in fusion-edge.",
+                          "export with --target onnx") from None
     half = c.head_dim // 2
-    if kind in ("longrope", "su"):
+    if kind == "longrope":
         return [TensorPlan("rope_factors_long.weight", (half,),
                            lambda: np.asarray(s["long_factor"], np.float32)),
                 TensorPlan("rope_factors_short.weight", (half,),
@@ -117,9 +127,6 @@ def _rope_tensors(c, arch: str) -> list[TensorPlan]:
             smoothed, _ = rope.inv_freq(c, 1)
             return (base / smoothed).astype(np.float32)
         return [TensorPlan("rope_freqs.weight", (half,), factors)]
-    if kind not in (None, "default"):
-        raise ExportError(f"rope scaling '{kind}' has no GGUF mapping in fusion-edge.",
-                          "export with --target onnx")
     return []
 
 
@@ -142,12 +149,12 @@ def _hparams(w, ckpt: Checkpoint, n_vocab: int) -> None:
     w.add_rope_dimension_count(c.head_dim)
     w.add_vocab_size(n_vocab)
     s = c.rope_scaling or {}
-    if s.get("rope_type", s.get("type")) in ("longrope", "su"):
+    if rope.rope_kind(c) == "longrope":
         orig = c.original_max_position_embeddings or s["original_max_position_embeddings"]
         _, attn = rope.inv_freq(c, 1)         # the cos/sin scale: llama.cpp's attn_factor
         w.add_rope_scaling_orig_ctx_len(orig)
         w.add_rope_scaling_attn_factors(attn)
-    if c.arch.gguf_arch == "llama" and c.head_dim != c.hidden_size // c.num_heads:
+    if c.head_dim != c.hidden_size // c.num_heads:
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
 
@@ -187,7 +194,7 @@ def build_vocab(ckpt: Checkpoint, tokenizer, n_vocab: int) -> Vocab:
     for i in range(len(vocab.tokens), n_vocab):   # rows the embedding has and the tokenizer never emits
         vocab.tokens.append(f"[PAD{i}]")
         vocab.scores.append(-1000.0)
-        vocab.types.append(UNUSED)
+        vocab.types.append(import_gguf().TokenType.UNUSED)
     return vocab
 
 
@@ -202,12 +209,13 @@ def _spm_vocab(folder: Path, state: dict, added: dict) -> Vocab:
         types = [int(t) for _, _, t in spm.pieces]
         add_prefix = spm.add_dummy_prefix
     else:   # tokenizer.json only: SentencePiece BPE pieces are ranked by id (score = -rank)
+        T = import_gguf().TokenType
         by_id = sorted(state["model"]["vocab"].items(), key=lambda kv: kv[1])
         tokens = [p for p, _ in by_id]
         unk = state["model"].get("unk_token")
-        types = [UNKNOWN if p == unk else BYTE if (p.startswith("<0x") and len(p) == 6) else NORMAL
+        types = [T.UNKNOWN if p == unk else T.BYTE if (p.startswith("<0x") and len(p) == 6) else T.NORMAL
                  for p in tokens]
-        scores = [-float(i) if t == NORMAL else 0.0 for i, t in enumerate(types)]
+        scores = [-float(i) if t == T.NORMAL else 0.0 for i, t in enumerate(types)]
     _place_added(tokens, scores, types, added)
     return Vocab("llama", "default", tokens, scores, types, add_space_prefix=add_prefix)
 
@@ -216,7 +224,7 @@ def _bpe_vocab(state: dict, added: dict) -> Vocab:
     model = state["model"]
     by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     tokens = [p for p, _ in by_id]
-    types = [NORMAL] * len(tokens)
+    types = [import_gguf().TokenType.NORMAL] * len(tokens)
     scores = [0.0] * len(tokens)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     _place_added(tokens, scores, types, added)
@@ -224,14 +232,15 @@ def _bpe_vocab(state: dict, added: dict) -> Vocab:
 
 
 def _place_added(tokens: list, scores: list, types: list, added: dict) -> None:
+    T = import_gguf().TokenType
     for i in sorted(added):
         while len(tokens) <= i:            # holes between added ids: unused rows
             tokens.append(f"[PAD{len(tokens)}]")
             scores.append(-1000.0)
-            types.append(UNUSED)
+            types.append(T.UNUSED)
         tokens[i] = added[i]["content"]
-        types[i] = CONTROL if added[i].get("special") else USER_DEFINED
-        scores[i] = 0.0 if types[i] == CONTROL else -1000.0
+        types[i] = T.CONTROL if added[i].get("special") else T.USER_DEFINED
+        scores[i] = 0.0 if types[i] == T.CONTROL else -1000.0
 
 
 def _tokenizer_meta(w, vocab: Vocab, tokenizer, template: str) -> None:
@@ -268,7 +277,7 @@ def write_gguf(ckpt: Checkpoint, path: str | Path, tokenizer=None, progress: boo
     w = gguf.GGUFWriter(str(path), c.arch.gguf_arch)
     # llama.cpp keys Phi-3 special-token stripping (rstrip after chat tokens) on this name
     w.add_name(f"fusion-{c.arch.gguf_arch}")
-    w.add_file_type(QUANT_TYPES["F32"])
+    w.add_file_type(file_type("F32"))
     _hparams(w, ckpt, c.vocab_size)
     _tokenizer_meta(w, build_vocab(ckpt, tokenizer, c.vocab_size), tokenizer, cfg.template)
     for t in plan:
@@ -306,7 +315,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, threads: int = 0
     from fusion_edge.runtime.backends.llamacpp_llm import import_llama_cpp
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
+    params.ftype = int(file_type(quant))
     params.nthread = int(threads)
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not Path(dst).is_file():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_edge.runtime.config import FusionConfig, TowerConfig
+from fusion_edge.runtime.config import TowerConfig
 
 
 class EncoderLayer(nn.Module):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusion_edge.runtime.config import FusionConfig
 from fusion_edge.runtime.prompt import IMAGE_SLOT, LATENT_SLOT, PromptLayout, build_prompt, stop_token_ids
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.sampling import Sampler

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_edge.runtime.arch import by_tiny_name
 from fusion_edge.runtime.config import LLM_PRESETS, TOWER_NAMES, TOWER_PRESETS, parse_fusion_config
 
 from .safetensors_io import f32_to_bf16, save_file
@@ -49,7 +50,6 @@ SIZES = {
     # real token counts, widths small enough for a CPU benchmark of seconds
     "bench": TinySize(256, 8, 2, 768, 32, 128, 4, 512),
 }
-LLM_FLAVORS = {"phi3": "fusion_phi", "llama3": "fusion_llama"}
 TOWERS = ("so400m", "siglip2")
 # Measured on the tiny phi3/llama3 checkpoints (6 cases x 24 greedy steps = 144 steps each):
 # top-1 margin median 3.3 / 3.4 logits, 10th percentile 0.53 / 0.63, min 0.056 / 0.004;
@@ -65,8 +65,7 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
                          size: TinySize | None = None) -> Path:
     """`size` (optional) replaces the preset's dimensions, e.g. `preset_size(...)`; the
     weights are then generated and written one tensor at a time, never all in RAM."""
-    if llm not in LLM_FLAVORS:
-        raise ValueError(f"--llm must be one of {sorted(LLM_FLAVORS)}")
+    by_tiny_name(llm)
     if tower not in TOWERS:
         raise ValueError(f"--tower must be one of {TOWERS}")
     if preset not in SIZES:
@@ -106,23 +105,7 @@ def _llm_config(llm: str, s: TinySize, tok: dict, max_length: int) -> dict:
             "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
             "bos_token_id": tok["bos_token_id"], "eos_token_id": tok["eos_token_id"],
             "pad_token_id": tok.get("pad_token_id"), "transformers_version": "4.44.2"}
-    if llm == "phi3":
-        rng = np.random.default_rng(1234)
-        return base | {
-            "architectures": ["FusionPhi3ForCausalLM"], "model_type": "fusion_phi",
-            "num_key_value_heads": s.heads, "rope_theta": 10000.0,
-            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
-            "sliding_window": 262144, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
-            "rope_scaling": {"type": "longrope",
-                             "short_factor": np.round(1 + 0.5 * rng.random(hd // 2), 4).tolist(),
-                             "long_factor": np.round(np.linspace(1.0, 30.0, hd // 2), 4).tolist()}}
-    return base | {
-        "architectures": ["FusionLlamaForCausalLM"], "model_type": "fusion_llama",
-        "num_key_value_heads": s.kv_heads_llama, "head_dim": hd, "rope_theta": 500000.0,
-        "max_position_embeddings": 131072, "mlp_bias": False, "attention_bias": False,
-        "pretraining_tp": 1,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    return base | by_tiny_name(llm).tiny_config(s.heads, s.kv_heads_llama, hd)
 
 
 def _fusion_fields(tower_dir: str, s: TinySize, query_len: str) -> dict:

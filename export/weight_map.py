@@ -1,4 +1,4 @@
-"""Checkpoint key → reference-model parameter mapping: one table per architecture.
+"""Checkpoint key → reference-model parameter mapping (decoder key layout from runtime/arch.py).
 
 Each `WeightEntry` says which checkpoint tensors (concatenated on dim 0) make one
 canonical parameter of the reference model, and the shapes the config implies. The tiny
@@ -29,43 +29,33 @@ def _e(name, *pairs) -> WeightEntry:
     return WeightEntry(name, tuple(k for k, _ in pairs), tuple(tuple(s) for _, s in pairs))
 
 
-# ---- LLM decoder layer tables: canonical name → [(checkpoint key pattern, shape fn)] ----
-def _phi3_layer(i: int, c) -> list[WeightEntry]:
-    p = f"model.layers.{i}."
+# ---- LLM decoder layers: the checkpoint keys come from the architecture registry ----------
+def _rows(keys: tuple[str, ...], parts: tuple[int, ...]) -> tuple[int, ...]:
+    """Row counts of each stored tensor: one fused tensor holds all parts, else one per part."""
+    assert len(keys) in (1, len(parts)), (keys, parts)
+    return (sum(parts),) if len(keys) == 1 else parts
+
+
+def _decoder_layer(i: int, c) -> list[WeightEntry]:
+    arch, p = c.arch, f"model.layers.{i}."
     H, hd, nq, nkv, F = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
+    qkv = zip(arch.qkv, _rows(arch.qkv, (nq * hd, nkv * hd, nkv * hd)))
+    gate_up = zip(arch.gate_up, _rows(arch.gate_up, (F, F)))
     return [
         _e(f"llm.layers.{i}.attn_norm.weight", (p + "input_layernorm.weight", (H,))),
-        _e(f"llm.layers.{i}.qkv.weight", (p + "self_attn.qkv_proj.weight", ((nq + 2 * nkv) * hd, H))),
+        _e(f"llm.layers.{i}.qkv.weight", *[(p + k, (n, H)) for k, n in qkv]),
         _e(f"llm.layers.{i}.o.weight", (p + "self_attn.o_proj.weight", (H, nq * hd))),
         _e(f"llm.layers.{i}.ffn_norm.weight", (p + "post_attention_layernorm.weight", (H,))),
-        _e(f"llm.layers.{i}.gate_up.weight", (p + "mlp.gate_up_proj.weight", (2 * F, H))),
+        _e(f"llm.layers.{i}.gate_up.weight", *[(p + k, (n, H)) for k, n in gate_up]),
         _e(f"llm.layers.{i}.down.weight", (p + "mlp.down_proj.weight", (H, F))),
     ]
-
-
-def _llama_layer(i: int, c) -> list[WeightEntry]:
-    p = f"model.layers.{i}."
-    H, hd, nq, nkv, F = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
-    return [
-        _e(f"llm.layers.{i}.attn_norm.weight", (p + "input_layernorm.weight", (H,))),
-        _e(f"llm.layers.{i}.qkv.weight", (p + "self_attn.q_proj.weight", (nq * hd, H)),
-           (p + "self_attn.k_proj.weight", (nkv * hd, H)), (p + "self_attn.v_proj.weight", (nkv * hd, H))),
-        _e(f"llm.layers.{i}.o.weight", (p + "self_attn.o_proj.weight", (H, nq * hd))),
-        _e(f"llm.layers.{i}.ffn_norm.weight", (p + "post_attention_layernorm.weight", (H,))),
-        _e(f"llm.layers.{i}.gate_up.weight", (p + "mlp.gate_proj.weight", (F, H)), (p + "mlp.up_proj.weight", (F, H))),
-        _e(f"llm.layers.{i}.down.weight", (p + "mlp.down_proj.weight", (H, F))),
-    ]
-
-
-LLM_LAYER_TABLES = {"fusion_phi": _phi3_layer, "fusion_llama": _llama_layer}
 
 
 def llm_entries(cfg: FusionConfig) -> list[WeightEntry]:
     c = cfg.llm
     out = [_e("llm.embed.weight", ("model.embed_tokens.weight", (c.vocab_size, c.hidden_size)))]
-    layer_table = LLM_LAYER_TABLES[c.model_type]
     for i in range(c.num_layers):
-        out += layer_table(i, c)
+        out += _decoder_layer(i, c)
     out.append(_e("llm.norm.weight", ("model.norm.weight", (c.hidden_size,))))
     if not c.tie_word_embeddings:
         out.append(_e("llm.lm_head.weight", ("lm_head.weight", (c.vocab_size, c.hidden_size))))
@@ -150,8 +140,3 @@ def sampler_entries(cfg: FusionConfig) -> list[WeightEntry]:
 def all_entries(cfg: FusionConfig) -> list[WeightEntry]:
     return tower_entries(cfg) + projector_entries(cfg) + sampler_entries(cfg) + llm_entries(cfg)
 
-
-# Tensors a released checkpoint carries that inference does not use (kept by the
-# reference's state dict): the tower's post-layernorm, and the dropped last layer when a
-# checkpoint keeps it.
-IGNORED_PREFIXES = (TOWER + "post_layernorm.", TOWER + "head.")

@@ -9,13 +9,19 @@ import argparse
 import importlib
 import sys
 
+from fusion_edge.runtime.arch import tiny_names
 from fusion_edge.runtime.errors import FusionEdgeError
 
-# Commands whose code lives in their own package: module exposes add_args(parser), run(args).
+# Commands whose code lives in their own package: (name, module with add_args(parser),
+# "module:function" that runs it, help). calibrate runs from targets.py, which composes
+# calibration with the fp32 export.
 PLUGIN_COMMANDS = [
-    ("bench", "fusion_edge.bench.cli", "benchmark every backend against the PyTorch reference"),
-    ("calibrate", "fusion_edge.calibration.cli", "record graph inputs over a calibration set"),
-    ("camera", "fusion_edge.apps.camera_qa.cli", "live camera question answering in the browser"),
+    ("bench", "fusion_edge.bench.cli", "fusion_edge.bench.cli:run",
+     "benchmark every backend against the PyTorch reference"),
+    ("calibrate", "fusion_edge.calibration.cli", "fusion_edge.targets:run_calibrate",
+     "record graph inputs over a calibration set"),
+    ("camera", "fusion_edge.apps.camera_qa.cli", "fusion_edge.apps.camera_qa.cli:run",
+     "live camera question answering in the browser"),
 ]
 
 EPILOGS = {
@@ -42,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = cmd("make-tiny", "write a tiny random FUSION checkpoint in the released on-disk format")
     t.add_argument("out")
-    t.add_argument("--llm", choices=["phi3", "llama3"], default="phi3")
+    t.add_argument("--llm", choices=tiny_names(), default="phi3")
     t.add_argument("--tower", choices=["so400m", "siglip2"], default="so400m")
     t.add_argument("--preset", choices=["tiny", "bench"], default="tiny")
     t.add_argument("--query-len", default="4,16,36,64,144", help="comma list of trained latent counts")
@@ -70,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     from fusion_edge.export.cli_export import add_export_args, add_verify_args
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
     add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
-    for name, module, help_ in PLUGIN_COMMANDS:
+    for name, module, _, help_ in PLUGIN_COMMANDS:
         mod = _plugin(module)
         if mod is not None:
             mod.add_args(cmd(name, help_))
@@ -116,14 +122,15 @@ def _dispatch(args) -> int:
         from fusion_edge.ask import run_ask
         return run_ask(args)
     if args.command == "export":
-        from fusion_edge.export.cli_export import run_export
+        from fusion_edge.targets import run_export
         return run_export(args)
     if args.command == "verify":
         from fusion_edge.export.cli_export import run_verify
         return run_verify(args)
-    for name, module, _ in PLUGIN_COMMANDS:
+    for name, _, runner, _ in PLUGIN_COMMANDS:
         if args.command == name:
-            return importlib.import_module(module).run(args)
+            module, func = runner.split(":")
+            return getattr(importlib.import_module(module), func)(args)
     raise AssertionError(args.command)
 
 

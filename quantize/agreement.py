@@ -11,54 +11,29 @@ On held-out (image, question) cases, never seen in calibration:
   and main, each alignment layer, each segment's prefill), fp32 graph vs quantized graph:
   minimum cosine and maximum relative error ‖q − f‖ / ‖f‖; the embedding table over the
   whole vocabulary.
-`gate` compares the figures with GATES (or given thresholds); see docs/quantization.md.
+Figures, gate and formatting are runtime/fidelity.py's (`gate`, `format_figures` here name
+its fp32-pipeline ones); see docs/quantization.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from fusion_edge.runtime.pipeline import Aligner, Pipeline
+from fusion_edge.runtime.fidelity import GATES as ALL_GATES
+from fusion_edge.runtime.fidelity import Recorder, cosine, rel_error
+from fusion_edge.runtime.fidelity import format_fp32_pipeline as format_figures
+from fusion_edge.runtime.fidelity import gate_fp32_pipeline as gate
+from fusion_edge.runtime.pipeline import Pipeline
 from fusion_edge.runtime.prompt import build_prompt
 
-# Defaults: what a bundle must reach to be written without --force (token-weighted over
-# all compared steps of all cases). Measured (docs/quantization.md): int8 top-1 97–100 %,
-# cosine ≥ 0.9997; int4 83–89 %, cosine ≈ 0.997 (tiny and bench checkpoints); weight
-# scales forced 8× wrong: far below both. Top-1 over few tokens is coarse, so the smooth
-# cosine carries the tighter bound.
-GATES = {
-    "int8": {"top1_agreement": 0.90, "logit_cosine_mean": 0.995},
-    "int4": {"top1_agreement": 0.80, "logit_cosine_mean": 0.99},
-}
+# the gate of this comparison (runtime/fidelity.py), by precision
+GATES = ALL_GATES["fp32_pipeline"]
+__all__ = ["GATES", "cosine", "embed_figures", "format_figures", "gate", "measure", "rel_error"]
 EMBED_CHUNK = 4096
 
 
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return float(a @ b / (na * nb)) if na and nb else float(na == nb)
-
-
-def rel_error(ref, got) -> float:
-    ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
-    n = np.linalg.norm(ref)
-    return float(np.linalg.norm(got - ref) / n) if n else float(np.linalg.norm(got))
-
-
-class _Calls:
-    def __init__(self):
-        self.items: list[tuple[str, dict]] = []
-
-    def __call__(self, name, inputs):
-        self.items.append((name, inputs))
-
-
 def _prefill(pipe: Pipeline, scene, layout, extra: int) -> np.ndarray:
-    """The pipeline's prefill, as `Pipeline.ask` runs it, → first-step logits (V,)."""
-    record = pipe.recorder or (lambda *_: None)
-    pipe.llm.reserve(layout.seq_len + extra + 1)
-    embeds = pipe.prompt_embeds(scene, layout)
-    aligner = Aligner(pipe.vision, pipe.pooled(scene, layout.num_latents)[1], layout, record)
-    return np.array(pipe.llm.prefill(embeds, aligner, layout), dtype=np.float32)
+    """The pipeline's own prefill (room for `extra` + 1 more tokens) → first-step logits (V,)."""
+    return np.array(pipe.prefill(scene, layout, extra + 1), dtype=np.float32)
 
 
 def _layout(pipe: Pipeline, question: str):
@@ -120,7 +95,7 @@ def measure(ref: Pipeline, q: Pipeline, cases, steps: int = 16, per_graph_cases:
     agree, cos, dfirst, prefix, full = [], [], [], [], []
     for n, (image, question) in enumerate(tqdm(cases, desc="gate: fp32 vs quantized", unit="case",
                                                disable=not progress, leave=False)):
-        calls = _Calls() if n < per_graph_cases else None
+        calls = Recorder() if n < per_graph_cases else None
         layout, tokens, ref_logits = fp32_answer(ref, image, question, steps, calls)
         q_logits = teacher_forced(q, image, layout, tokens)
         hits = [int(np.argmax(lq)) == t or (int(np.argmax(lq)) in q.stop_ids and t in ref.stop_ids)
@@ -138,30 +113,3 @@ def measure(ref: Pipeline, q: Pipeline, cases, steps: int = 16, per_graph_cases:
             "logit_cosine_min": float(np.min(cos)), "max_dlogit_first": float(np.max(dfirst)),
             "greedy_token_match": float(np.mean(prefix)), "greedy_exact": float(np.mean(full)),
             "per_graph": per_graph, "reference": "fp32 ONNX pipeline (teacher-forced)"}
-
-
-def gate(figures: dict, precision: str, thresholds: dict | None = None) -> tuple[bool, list[str], dict]:
-    """(passed, reasons, thresholds used)."""
-    bounds = dict(GATES.get(precision, {}))
-    bounds.update(thresholds or {})
-    reasons = []
-    for key, bound in bounds.items():
-        value = figures[key]
-        ok = value <= bound if key.startswith("max_") else value >= bound
-        if not ok:
-            reasons.append(f"{key} = {value:.4g} (needs {'≤' if key.startswith('max_') else '≥'} {bound})")
-    return not reasons, reasons, bounds
-
-
-def format_figures(f: dict) -> str:
-    lines = [f"agreement with the fp32 pipeline on {f['cases']} held-out cases ({f['tokens_compared']} "
-             f"teacher-forced steps):"]
-    for name, d in sorted(f["per_graph"].items()):
-        lines.append(f"  {name:<14} cosine ≥ {d['cosine_min']:.5f}   rel. error ≤ {d['rel_error_max']:.2%}")
-    lines.append(f"  end to end: top-1 agreement {f['top1_agreement']:.1%}, logit cosine mean "
-                 f"{f['logit_cosine_mean']:.5f} (min {f['logit_cosine_min']:.5f}), first-step max |Δlogit| "
-                 f"{f['max_dlogit_first']:.3g}, greedy-token match {f['greedy_token_match']:.1%} "
-                 f"(identical answers {f['greedy_exact']:.0%})")
-    if "passed" in f:
-        lines.append("  gate: " + ("passed" if f["passed"] else "FAILED: " + "; ".join(f["gate"])))
-    return "\n".join(lines)

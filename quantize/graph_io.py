@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto
 
 EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -45,7 +46,9 @@ def _byte_size(model) -> int | None:
         return None
 
 
-LOW_BIT_TYPES = {2: "uint8", 3: "int8", 21: "uint4", 22: "int4"}   # TensorProto data types
+LOW_BIT_TYPES = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT4: "uint4",
+                 TensorProto.INT4: "int4"}
+FOUR_BIT_TYPES = (TensorProto.UINT4, TensorProto.INT4)
 
 
 def weight_bytes(model) -> dict[str, int]:
@@ -54,7 +57,7 @@ def weight_bytes(model) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in model.graph.initializer:
         n = int(np.prod(t.dims)) if t.dims else 1
-        if t.data_type in (21, 22):
+        if t.data_type in FOUR_BIT_TYPES:
             name, bits = LOW_BIT_TYPES[t.data_type], 4
         else:
             dtype = helper.tensor_dtype_to_np_dtype(t.data_type)

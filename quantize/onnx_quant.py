@@ -1,12 +1,12 @@
 """`fusion-export MODEL --target onnx --precision int8|int4`: quantized ONNX bundles.
 
-Steps: fp32 bundle (the one given, or a temporary export of the checkpoint) → precision
+Steps: fp32 bundle (given, or exported from the checkpoint by fusion_edge/targets.py) → precision
 plan for the hardware (`--for cpu|cuda|trt`, `--sm`) → calibration recording (the one
 given with `--calib DIR`, or recorded now from `--calib DATA` or the built-in set) →
-quantize every graph into a BundleWriter (vision + alignment: int8 W8A8 Q/DQ; embed: int8
-rows; LLM segments: int8 W8A8 or int4 weight-only) → manifest → agreement with the fp32
-pipeline on held-out cases → gate → rename into place. A failed gate (without --force)
-or any error leaves no bundle.
+quantize every graph in the export sequence (runtime/bundle.py write_bundle; vision +
+alignment: int8 W8A8 Q/DQ; embed: int8 rows; LLM segments: int8 W8A8 or int4 weight-only)
+→ manifest → agreement with the fp32 pipeline on held-out cases → gate → rename into place.
+A failed gate (without --force) or any error leaves no bundle.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 
 from fusion_edge.calibration.builtin import builtin_pairs
-from fusion_edge.calibration.dataset import CalibItem, load_calibration_set
-from fusion_edge.calibration.record import Recordings, held_out_cases, record_calibration
-from fusion_edge.calibration.source import fp32_bundle
+from fusion_edge.calibration.calibrate import calibrate_bundle
+from fusion_edge.calibration.record import Recordings, held_out_cases
+from fusion_edge.calibration.source import check_fp32_bundle
 from fusion_edge.runtime import versions
-from fusion_edge.runtime.bundle import Bundle, BundleWriter
+from fusion_edge.runtime.bundle import Bundle, write_bundle
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
@@ -31,14 +31,15 @@ DEFAULT_CALIB_SAMPLES = 32
 DEFAULT_EVAL_CASES = 4
 
 
-def export_quantized_bundle(model: str, out, target: str = "onnx", precision: str = "int8",
+def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precision: str = "int8",
                             query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                             verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
                             log=print, *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
                             accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
                             thresholds: dict | None = None, threads: int | None = None, **extra) -> Path:
-    """Checkpoint (or fp32 ONNX bundle) → quantized, gated ONNX bundle at `out`."""
+    """fp32 ONNX bundle → quantized, gated ONNX bundle at `out` (a checkpoint is exported to
+    fp32 first by fusion_edge/targets.py)."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
@@ -49,8 +50,8 @@ def export_quantized_bundle(model: str, out, target: str = "onnx", precision: st
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
     the_plan = plan(FLAVOURS[flavour], precision, sm)
     log(the_plan.explain())
-    with fp32_bundle(model, query_len, image_tokens, progress, log) as src, \
-            tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
+    src = check_fp32_bundle(fp32, query_len, image_tokens)
+    with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
         rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
                                          eval_cases, threads, progress, log)
         opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
@@ -62,28 +63,15 @@ def export_quantized_bundle(model: str, out, target: str = "onnx", precision: st
 # ---- calibration ---------------------------------------------------------------------------
 def prepare_calibration(src: Path, calib, tmp: Path, samples: int, questions, eval_cases: int,
                         threads: int | None, progress: bool, log) -> tuple[Recordings, list[tuple]]:
-    """(recordings, held-out (image, question) cases) from a recording folder, a data set
-    or (None) the built-in set, whose held-out cases are the built-in `eval` split."""
+    """(recordings, held-out (image, question) cases) from a recording folder, or recorded now
+    (calibration's one entry point) from a data set or (None) the built-in set."""
     if calib is not None and Recordings.is_recording(calib):
         rec = Recordings.open(calib)
         log(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
-        return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases, log)
-    if calib is None:
-        log("notice: no --calib given; calibrating on the built-in generated scenes and camera questions "
-            "(calibrate on your own images and questions for a better int8 bundle)")
-    dataset = load_calibration_set(calib, questions)
-    log(dataset.summary())
-    if calib is None:
-        items, held = dataset.items, [CalibItem(k, img, q) for k, img, q in builtin_pairs("eval", eval_cases)]
     else:
-        items, held = dataset.split(eval_cases)
-    pipe = Pipeline.open(src, device="cpu", threads=threads)
-    rec = record_calibration(pipe, items, tmp, samples=samples, source=_source(src),
-                             dataset={"kind": dataset.kind, "source": dataset.source, "pairs": len(dataset),
-                                      "skipped": len(dataset.skipped)},
-                             held_out=held, progress=progress, log=log)
-    cases = [(i.image, i.question) for i in held]
-    return rec, cases or _held_out_cases([], eval_cases, log)
+        rec = calibrate_bundle(src, tmp, calib, questions, samples=samples, holdout=eval_cases, threads=threads,
+                               progress=progress, log=log)
+    return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases, log)
 
 
 def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
@@ -96,11 +84,6 @@ def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
     return cases[:n]
 
 
-def _source(bundle_path: Path) -> dict:
-    m = Bundle.open(bundle_path, check_hashes=False).manifest["source"]
-    return {"model": m.get("model"), "fingerprint": m["fingerprint"]}
-
-
 # ---- quantization ----------------------------------------------------------------------------
 def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple],
                     opts: QuantOptions = QuantOptions(), *, verify: bool = True, force: bool = False,
@@ -109,14 +92,12 @@ def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[
     """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
     src = Bundle.open(src_path)
     rec.check_source(src.manifest["source"]["fingerprint"])
-    with BundleWriter(out, overwrite) as writer:
-        manifest = write_quantized(src, writer, the_plan, rec, opts, progress, log)
-        manifest = writer.write_manifest(manifest)
-        if verify:
-            figures = gate_folder(writer.tmp, src.path, the_plan.precision, cases, steps, thresholds, force,
-                                  threads, progress, log)
-            Bundle(writer.tmp, manifest).update_manifest(verification=figures)
-        return writer.commit()
+
+    def gate(folder: Path) -> dict:
+        return gate_folder(folder, src.path, the_plan.precision, cases, steps, thresholds, force, threads,
+                           progress, log)
+    return write_bundle(out, lambda writer: write_quantized(src, writer, the_plan, rec, opts, progress, log),
+                        gate if verify else None, overwrite)
 
 
 # ---- the gate ----------------------------------------------------------------------------------

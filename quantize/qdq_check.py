@@ -14,12 +14,13 @@ Checked with onnx alone (no TensorRT needed), per TensorRT's explicit-quantizati
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto
 
 FORBIDDEN = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearSoftmax",
              "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
              "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul", "MatMulNBits", "QAttention", "QGemm"}
-INT8, INT4, UINT8, UINT4, INT32 = 3, 22, 2, 21, 6
+INT8, INT4, INT32 = TensorProto.INT8, TensorProto.INT4, TensorProto.INT32
 
 
 def _opset(model) -> int:

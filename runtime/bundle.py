@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import FusionConfig
 from .errors import BundleError, BundleFileError, BundleMismatchError, BundleVersionError
@@ -32,10 +34,133 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# ---- the manifest schema (format version 1) ------------------------------------------------
+# Both classes keep the JSON record they were read from and read as it (`comp["files"]`),
+# so a field a target adds (GGUF quant type, quantization report) survives a round trip.
+@dataclass(frozen=True)
+class Component(Mapping):
+    """One part of a bundle: a graph or a GGUF, the engine family that runs it, its files."""
+    name: str
+    backend: str                      # onnxruntime | llama.cpp: the engine family
+    precision: str
+    files: tuple[str, ...]            # the first is what the engine opens
+    record: dict = field(repr=False, compare=False)
+
+    REQUIRED = ("backend", "precision", "files")
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping) -> "Component":
+        missing = [k for k in cls.REQUIRED if k not in d]
+        if missing or not d.get("files"):
+            raise BundleVersionError(f"bundle component '{name}' lacks {', '.join(missing) or 'files'} "
+                                     "(a manifest from another fusion-edge version).", REEXPORT)
+        return cls(name, d["backend"], d["precision"], tuple(d["files"]), {"name": name, **d})
+
+    def to_dict(self) -> dict:
+        return dict(self.record)
+
+    @property
+    def file(self) -> str:
+        return self.files[0]
+
+    # segment_* components: decoder layers [a, b), whether it ends in the logits, and the
+    # interaction layer that runs on its output (None: none)
+    @property
+    def layers(self) -> tuple[int, int]:
+        a, b = self.record["layers"]
+        return int(a), int(b)
+
+    @property
+    def final(self) -> bool:
+        return bool(self.record.get("final", False))
+
+    @property
+    def align_after(self) -> int | None:
+        return self.record.get("align_after")
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.record.get("inputs", []))
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.record.get("outputs", []))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+
+@dataclass(frozen=True)
+class Manifest(Mapping):
+    """`fusion_bundle.json`: what was exported (target, precision, source checkpoint), the
+    FUSION facts, the components, every file's sha256 and size, build info and figures."""
+    target: str
+    precision: str
+    llm_backend: str
+    components: dict[str, Component]
+    files: dict[str, dict]            # relative path → {"sha256", "bytes"}
+    data: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = MANIFEST) -> "Manifest":
+        """Check format and version first: an old or foreign manifest is refused by name."""
+        if d.get("format") != FORMAT:
+            raise BundleVersionError(f"{where} is not a fusion-edge bundle manifest.", REEXPORT)
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleVersionError(
+                f"{where} has format version {version}; this fusion-edge reads version {FORMAT_VERSION}.",
+                REEXPORT if (isinstance(version, int) and version < FORMAT_VERSION)
+                else "upgrade fusion-edge (pip install -U fusion-edge) or " + REEXPORT)
+        missing = [k for k in ("target", "precision", "source", "fusion", "options", "components", "files")
+                   if k not in d]
+        if missing:
+            raise BundleVersionError(f"{where} lacks {', '.join(missing)}.", REEXPORT)
+        comps = {n: Component.from_dict(n, c) for n, c in d["components"].items()}
+        return cls(d["target"], d["precision"], d.get("llm_backend", "onnxruntime"), comps, dict(d["files"]),
+                   dict(d))
+
+    def to_dict(self) -> dict:
+        return {**self.data, "components": {n: c.to_dict() for n, c in self.components.items()}}
+
+    def updated(self, **fields) -> "Manifest":
+        return Manifest.from_dict({**self.to_dict(), **fields})
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def new_manifest(fields: Mapping, files: dict[str, dict]) -> Manifest:
+    """The manifest of a freshly written bundle: format header, creation time, `fields`
+    (target, precision, source, fusion, options, prompt, components, build), files."""
+    plain = {k: (v.to_dict() if isinstance(v, (Manifest, Component)) else v) for k, v in fields.items()}
+    plain["components"] = {n: (c.to_dict() if isinstance(c, Component) else dict(c))
+                           for n, c in plain.get("components", {}).items()}
+    return Manifest.from_dict({"format": FORMAT, "format_version": FORMAT_VERSION,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **plain,
+                               "files": files})
+
+
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
+
+    def __post_init__(self):
+        if not isinstance(self.manifest, Manifest):
+            self.manifest = Manifest.from_dict(self.manifest, str(Path(self.path) / MANIFEST))
 
     # ---- facts --------------------------------------------------------------------------
     @property
@@ -44,19 +169,29 @@ class Bundle:
 
     @property
     def target(self) -> str:
-        return self.manifest["target"]
+        return self.manifest.target
 
     @property
     def precision(self) -> str:
-        return self.manifest["precision"]
+        return self.manifest.precision
 
     @property
     def options(self) -> dict:
         return self.manifest["options"]
 
     @property
-    def components(self) -> dict:
-        return self.manifest["components"]
+    def components(self) -> dict[str, Component]:
+        return self.manifest.components
+
+    def component(self, name: str) -> Component:
+        try:
+            return self.manifest.components[name]
+        except KeyError:
+            raise BundleFileError(f"bundle {self.path} has no '{name}' component.", REEXPORT) from None
+
+    def component_names(self, prefix: str) -> list[str]:
+        """Sorted names of the components starting with `prefix` (align_, segment_)."""
+        return sorted(n for n in self.manifest.components if n.startswith(prefix))
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -73,23 +208,17 @@ class Bundle:
             raise BundleFileError(f"{path} has no {MANIFEST}: it is not a bundle, or an incomplete copy.",
                                   "copy the whole bundle folder, or " + REEXPORT)
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            data = json.loads(mpath.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleFileError(f"{mpath} is not valid JSON ({e}).", "restore it, or " + REEXPORT) from None
-        if manifest.get("format") != FORMAT:
+        if not isinstance(data, dict):
             raise BundleVersionError(f"{mpath} is not a fusion-edge bundle manifest.", REEXPORT)
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleVersionError(
-                f"bundle {path} has format version {version}; this fusion-edge reads version {FORMAT_VERSION}.",
-                REEXPORT if (isinstance(version, int) and version < FORMAT_VERSION)
-                else "upgrade fusion-edge (pip install -U fusion-edge) or " + REEXPORT)
-        bundle = cls(path, manifest)
+        bundle = cls(path, Manifest.from_dict(data, f"bundle {path}"))
         bundle.check_files(check_hashes)
         return bundle
 
     def check_files(self, check_hashes: bool = True) -> None:
-        for name, info in self.manifest["files"].items():
+        for name, info in self.manifest.files.items():
             f = self.path / name
             if not f.is_file():
                 raise BundleFileError(f"bundle file {name} is missing from {self.path}.",
@@ -112,8 +241,8 @@ class Bundle:
 
     def update_manifest(self, **fields) -> None:
         """Rewrite the manifest with updated top-level fields (e.g. fresh verification figures)."""
-        self.manifest.update(fields)
-        _write_json_atomic(self.path / MANIFEST, self.manifest)
+        self.manifest = self.manifest.updated(**fields)
+        _write_json_atomic(self.path / MANIFEST, self.manifest.to_dict())
 
 
 class BundleWriter:
@@ -142,7 +271,7 @@ class BundleWriter:
         self.write_manifest(manifest)
         return self.commit()
 
-    def write_manifest(self, manifest: dict) -> dict:
+    def write_manifest(self, manifest: Mapping) -> Manifest:
         """Hash every file and write the manifest inside the temporary folder (not yet visible)."""
         files = {}
         for f in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
@@ -150,10 +279,9 @@ class BundleWriter:
             if rel == MANIFEST or rel.endswith(".tmp"):
                 continue
             files[rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest, "files": files}
-        _write_json_atomic(self.tmp / MANIFEST, manifest)
-        return manifest
+        written = new_manifest(manifest, files)
+        _write_json_atomic(self.tmp / MANIFEST, written.to_dict())
+        return written
 
     def commit(self) -> Path:
         """Rename the complete temporary folder into place."""
@@ -178,6 +306,19 @@ class BundleWriter:
         if exc_type is not None:
             self.abort()
         return False
+
+
+def write_bundle(out: str | os.PathLike, fill: Callable[[BundleWriter], Mapping],
+                 verify: Callable[[Path], dict] | None = None, overwrite: bool = False) -> Path:
+    """The export sequence every target plugs into: a BundleWriter → `fill(writer)` writes the
+    target's files and returns the manifest fields (components included) → manifest with
+    every file's hash → `verify(folder)` (None: skipped) raises below its gate or returns the
+    figures, stored as `verification` → rename into place. Any error leaves no bundle."""
+    with BundleWriter(out, overwrite) as writer:
+        manifest = writer.write_manifest(fill(writer))
+        if verify is not None:
+            Bundle(writer.tmp, manifest).update_manifest(verification=verify(writer.tmp))
+        return writer.commit()
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -1,7 +1,7 @@
 """FUSION configuration as dataclasses: the LLM, the vision tower, the FUSION fields.
 
-One registry of supported architectures (`ARCHITECTURES`) and one of tower types
-(`TOWER_TYPES`); presets by name for the released towers and LLMs. Parsed from a
+The LLM architecture registry is runtime/arch.py (re-exported here); the tower types are
+`TOWER_TYPES`; presets by name for the released towers and LLMs. Parsed from a
 checkpoint's `config.json` (FUSION_SPEC §1) and stored verbatim in bundles.
 Pure Python: the runtime and the export side both use it.
 """
@@ -9,39 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arch import ARCHITECTURES as ARCHITECTURES  # re-exported: the registry, for callers of config
+from .arch import ArchSpec, arch_spec
 from .errors import ConfigError, UnsupportedArchitectureError
-
-
-# --------------------------------------------------------------------------------------
-# Architecture registry: one row per supported `model_type`.
-@dataclass(frozen=True)
-class ArchSpec:
-    model_type: str        # config.json model_type
-    decoder: str           # "phi3" | "llama": which decoder family
-    template: str          # conversation template name (runtime/prompt.py)
-    gguf_arch: str         # llama.cpp architecture name
-    fused_qkv: bool        # Phi-3 stores qkv_proj / gate_up_proj fused
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "fusion_phi": ArchSpec("fusion_phi", "phi3", "phi_3", "phi3", fused_qkv=True),
-    "fusion_llama": ArchSpec("fusion_llama", "llama", "llama_3", "llama", fused_qkv=False),
-}
-
-
-def arch_spec(model_type: str) -> ArchSpec:
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
-        raise UnsupportedArchitectureError(
-            f"model_type '{model_type}' is not supported by fusion-edge.",
-            f"supported model_type values: {', '.join(sorted(ARCHITECTURES))} "
-            "(the released FUSION / FUSION-X checkpoints)",
-        ) from None
 
 
 # --------------------------------------------------------------------------------------

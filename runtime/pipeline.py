@@ -17,8 +17,9 @@ from typing import Iterator
 import numpy as np
 
 from . import vision_post
+from .backends.engines import GraphAccess, LLMEngine, VisionEngine
 from .bundle import Bundle
-from .errors import PromptError
+from .errors import BackendError, PromptError
 from .preprocess import Tiles, static_hd_tiles
 from .prompt import PromptLayout, build_prompt, stop_token_ids
 from .sampling import Sampler
@@ -46,11 +47,11 @@ class AskResult:
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, vision, llm, tokenizer: Tokenizer, device: str):
+    def __init__(self, bundle: Bundle, vision: VisionEngine, llm: LLMEngine, tokenizer: Tokenizer, device: str):
         self.bundle = bundle
         self.cfg = bundle.config
-        self.vision = vision            # encode(pixels, embeds, keep), align(k, h, lat, windows)
-        self.llm = llm                  # embed(ids), reserve(n), prefill(embeds, aligner), decode(id)
+        self.vision = vision
+        self.llm = llm
         self.tokenizer = tokenizer
         self.device = device
         self.stop_ids = frozenset(stop_token_ids(tokenizer, self.cfg.template))
@@ -73,8 +74,7 @@ class Pipeline:
     @recorder.setter
     def recorder(self, fn) -> None:
         self._recorder = fn
-        if hasattr(self.llm, "recorder"):
-            self.llm.recorder = fn
+        self.llm.recorder = fn
 
     @property
     def backend_name(self) -> str:
@@ -122,11 +122,9 @@ class Pipeline:
 
     def _generate(self, scene: Scene, layout: PromptLayout, max_new: int, sampler: Sampler) -> Iterator[str]:
         t0 = time.perf_counter()
-        self.llm.reserve(layout.seq_len + max_new)
-        embeds = self.prompt_embeds(scene, layout)
+        embeds = self._prefill_inputs(scene, layout, max_new)
         t1 = time.perf_counter()
-        aligner = self._aligner(scene, layout) if self.interactions_enabled else None
-        logits = self.llm.prefill(embeds, aligner, layout)
+        logits = self._prefill_run(scene, layout, embeds)
         first = np.array(logits, dtype=np.float32)
         t2 = time.perf_counter()
         decoder = self.tokenizer.stream_decoder()
@@ -154,6 +152,20 @@ class Pipeline:
                       "decode_tokens_per_s": (n_steps / (t3 - t2)) if n_steps and t3 > t2 else 0.0})
         self.last_result = AskResult(self.tokenizer.decode(out), out, layout.text, first, layout)
 
+    def prefill(self, scene: Scene, layout: PromptLayout, max_new: int) -> np.ndarray:
+        """The prefill `ask` runs (the quality gate runs it too): reserve the cache for the
+        prompt + `max_new` tokens, embed the prompt (guided vision included), run the LLM
+        prefill with the alignment unless `interactions_enabled` is off → first logits (V,)."""
+        return self._prefill_run(scene, layout, self._prefill_inputs(scene, layout, max_new))
+
+    def _prefill_inputs(self, scene: Scene, layout: PromptLayout, max_new: int) -> np.ndarray:
+        self.llm.reserve(layout.seq_len + max_new)
+        return self.prompt_embeds(scene, layout)
+
+    def _prefill_run(self, scene: Scene, layout: PromptLayout, embeds: np.ndarray) -> np.ndarray:
+        aligner = self._aligner(scene, layout) if self.interactions_enabled else None
+        return self.llm.prefill(embeds, aligner, layout)
+
     def prompt_embeds(self, scene: Scene, layout: PromptLayout) -> np.ndarray:
         """(S, H): text rows from the embedding graph, image rows from the guided vision, latent rows."""
         ids = layout.instruct_ids
@@ -173,13 +185,24 @@ class Pipeline:
         _, windows = self.pooled(scene, layout.num_latents)
         return Aligner(self.vision, windows, layout, self._record)
 
+    def _graph_engine(self, name: str) -> GraphAccess | None:
+        component = "vision" if name.startswith("vision") else name    # vision_global / vision_main
+        for engine in (self.vision, self.llm):
+            if isinstance(engine, GraphAccess) and component in engine.graph_names():
+                return engine
+        return None
+
+    def has_graph(self, name: str) -> bool:
+        """Whether `run_graph(name, ...)` works: the engine holding it exposes its graphs."""
+        return self._graph_engine(name) is not None
+
     def run_graph(self, name: str, feeds: dict) -> np.ndarray:
-        """Run one ONNX graph of the bundle by component name (verification, calibration)."""
-        if name.startswith("vision"):
-            return self.vision.vision.run(None, feeds)[0]
-        if name.startswith("align_"):
-            return self.vision.aligns[int(name.split("_")[1])].run(None, feeds)[0]
-        return self.llm.session(name).run(None, feeds)[0]
+        """Run one graph of the bundle by recorded-call name (verification, calibration)."""
+        engine = self._graph_engine(name)
+        if engine is None:
+            raise BackendError(f"the {self.bundle.target} engines do not expose graph '{name}' on its own.",
+                               "compare end to end instead")
+        return engine.run_graph(name, feeds)
 
     def _record(self, name: str, inputs: dict) -> None:
         if self._recorder is not None:

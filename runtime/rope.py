@@ -14,13 +14,26 @@ import numpy as np
 from .config import LLMConfig
 
 
+# rope scaling kinds (config.json `rope_scaling.rope_type` or `.type`) → the one fusion-edge name
+ROPE_KINDS = {None: "default", "default": "default", "longrope": "longrope", "su": "longrope", "llama3": "llama3"}
+
+
+def rope_kind(c: LLMConfig) -> str:
+    """default | longrope | llama3, from the config's rope_scaling (NotImplementedError otherwise)."""
+    s = c.rope_scaling or {}
+    kind = s.get("rope_type", s.get("type"))
+    if kind not in ROPE_KINDS:
+        raise NotImplementedError(f"rope scaling '{kind}' is not supported")
+    return ROPE_KINDS[kind]
+
+
 def inv_freq(c: LLMConfig, seq_len: int) -> tuple[np.ndarray, float]:
     """(head_dim/2,) float32 inverse frequencies and the cos/sin scale for a sequence of seq_len."""
     d = c.head_dim
     base = np.float32(c.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))
     s = c.rope_scaling or {}
-    kind = s.get("rope_type", s.get("type"))
-    if kind in ("longrope", "su"):
+    kind = rope_kind(c)
+    if kind == "longrope":
         orig = c.original_max_position_embeddings or s["original_max_position_embeddings"]
         factors = np.asarray(s["long_factor"] if seq_len > orig else s["short_factor"], dtype=np.float32)
         scale = c.max_position_embeddings / orig
@@ -31,8 +44,6 @@ def inv_freq(c: LLMConfig, seq_len: int) -> tuple[np.ndarray, float]:
     inv = (np.float32(1.0) / base).astype(np.float32)
     if kind == "llama3":
         return _llama3(inv, s), 1.0
-    if kind not in (None, "default"):
-        raise NotImplementedError(f"rope scaling '{kind}' is not supported")
     return inv, 1.0
 
 

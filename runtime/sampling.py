@@ -11,9 +11,9 @@ from .errors import OptionError
 
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
-        bad = [f"{name} {value}" for name, value, ok in (
-            ("temperature", temperature, temperature >= 0), ("top_p", top_p, 0 < top_p <= 1), ("top_k", top_k, top_k >= 0))
-            if not ok or value != value]                     # value != value: NaN
+        checks = (("temperature", temperature, temperature >= 0), ("top_p", top_p, 0 < top_p <= 1),
+                  ("top_k", top_k, top_k >= 0))
+        bad = [f"{name} {value}" for name, value, ok in checks if not ok or value != value]   # != itself: NaN
         if bad:
             raise OptionError(f"sampling option out of range: {', '.join(bad)}.",
                               "use temperature >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0 (0 = off)")

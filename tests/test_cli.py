@@ -67,7 +67,7 @@ def test_every_plugin_command_is_registered(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert all(name in out for name, _, _ in PLUGIN_COMMANDS)
+    assert all(name in out for name, *_ in PLUGIN_COMMANDS)
 
 
 def test_a_plugin_with_a_broken_import_is_an_error_not_a_missing_command(tmp_path, monkeypatch):
@@ -78,10 +78,10 @@ def test_a_plugin_with_a_broken_import_is_an_error_not_a_missing_command(tmp_pat
     import fusion_edge.cli as cli
     (tmp_path / "fe_broken_plugin.py").write_text("import fe_no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("absent", "fe_not_in_this_build.cli", "absent")])
+    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("absent", "fe_not_in_this_build.cli", "fe_not_in_this_build.cli:run", "absent")])
     assert cli._plugin("fe_not_in_this_build.cli") is None
     cli._parser()                                               # the absent command is just left out
-    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("broken", "fe_broken_plugin", "broken")])
+    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("broken", "fe_broken_plugin", "fe_broken_plugin:run", "broken")])
     with pytest.raises(ModuleNotFoundError, match="fe_no_such_dependency_xyz"):
         cli._parser()
     sys.modules.pop("fe_broken_plugin", None)

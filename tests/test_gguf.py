@@ -159,7 +159,8 @@ def test_phi3_prompts_differ_only_at_special_token_boundaries(gguf_pipe):
 def test_fp32_gguf_phi3_passes_verification_like_onnx(gguf_pipe, reference, images):
     """export/verify.py on the gguf pipeline: two questions on one image (fresh prefills on a
     reused context), the alignment graphs checked from the inputs recorded inside the callback."""
-    from fusion_edge.export.verify import gate, verify
+    from fusion_edge.export.verify import verify
+    from fusion_edge.runtime.fidelity import gate_reference as gate
     pipe = gguf_pipe("phi3", "so400m")
     cases = [(images["wide"], q) for q in QUESTIONS[:2]]
     f = verify(pipe, reference("phi3", "so400m"), cases=cases, steps=16)

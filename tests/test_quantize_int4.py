@@ -24,7 +24,7 @@ def fp32(onnx_bundle):
 @pytest.fixture(scope="module")
 def q4(fp32, tmp_path_factory):
     """export_bundle(<fp32 bundle>, target onnx, precision int4) with a 2-pair recording → (bundle, log)."""
-    from fusion_edge.export.bundle_export import export_bundle
+    from fusion_edge.targets import export_bundle
     (key, img, _), = builtin_pairs("calib", 1)
     pipe = Pipeline.open(fp32, device="cpu")
     root = tmp_path_factory.mktemp("q4")

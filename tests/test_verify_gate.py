@@ -1,7 +1,8 @@
 """The reference-comparison gate by target and precision (export/verify.py)."""
 from __future__ import annotations
 
-from fusion_edge.export.verify import figures_key, gate
+from fusion_edge.runtime.fidelity import figures_key
+from fusion_edge.runtime.fidelity import gate_reference as gate
 
 GOOD = {"max_dlogit": 1e-5, "greedy_agreement": 1.0, "top1_agreement": 1.0}
 POOR = {"max_dlogit": 3.0, "greedy_agreement": 0.25, "top1_agreement": 0.5}

@@ -100,7 +100,7 @@ def _attach_log(cam, path, label):
 def _announce(url: str, host: str, generated: bool) -> None:
     print(f"camera QA ready: open {url}", flush=True)
     if host in ("0.0.0.0", "::"):
-        print(f"  (listening on all interfaces: from another device use this machine's address instead of "
-              f"127.0.0.1)", flush=True)
+        print("  (listening on all interfaces: from another device use this machine's address instead of "
+              "127.0.0.1)", flush=True)
     if generated:
         print("  an access token was generated for this run (pass --token to choose one)", flush=True)

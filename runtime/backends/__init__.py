@@ -1,29 +1,61 @@
-"""Inference backends, chosen from the bundle's manifest (`components.*.backend`).
+"""Inference backends, registered by name: the manifest's `llm_backend` (and each
+component's `backend`) picks the engine class from BACKENDS. The engine contract is in
+engines.py. Heavy packages (onnxruntime, llama_cpp) import lazily, in the engine modules.
 
-vision + alignment: ONNX graphs on onnxruntime (onnx and gguf targets); LLM: ONNX
-segments on onnxruntime, or a GGUF model in llama.cpp. Heavy packages import lazily.
+vision + alignment: ONNX graphs on onnxruntime (onnx and gguf targets); LLM: ONNX segments
+on onnxruntime, or a GGUF model in llama.cpp. A new backend is one entry here plus its module.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+
 from ..errors import BundleError
+from .engines import GraphAccess, LLMEngine, VisionEngine
+
+__all__ = ["BACKENDS", "Backend", "GraphAccess", "LLMEngine", "VisionEngine", "open_backends"]
 
 
-def open_backends(bundle, device: str = "auto", threads: int | None = None):
+@dataclass(frozen=True)
+class Backend:
+    llm: str | None                     # "module:Class" of the LLM engine, relative to this package
+    vision: str | None                  # "module:Class" of the vision engine (None: vision runs elsewhere)
+    align_threads: int | None = None    # intra-op threads of the alignment graphs; 1 where they run
+    #                                     inside the LLM engine's own threads (llama.cpp's eval callback)
+
+
+# name → engines; engine constructors take (bundle, device, threads, *, providers[, align_threads])
+BACKENDS: dict[str, Backend] = {
+    "onnxruntime": Backend(llm="onnx_llm:OnnxLLM", vision="onnx_vision:OnnxVision"),
+    "llama.cpp": Backend(llm="llamacpp_llm:LlamaCppLLM", vision=None, align_threads=1),
+}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BundleError(f"bundle backend '{name}' is not supported by this fusion-edge.",
+                          f"supported: {', '.join(BACKENDS)}; re-export the bundle") from None
+
+
+def _engine_class(ref: str):
+    module, cls = ref.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def open_backends(bundle, device: str = "auto", threads: int | None = None
+                  ) -> tuple[VisionEngine, LLMEngine, str]:
     """→ (vision engine, llm engine, device actually used)."""
     from .ort_session import providers_for
     providers = providers_for(device)
-    from .onnx_vision import OnnxVision
-    llm_backend = bundle.manifest.get("llm_backend", "onnxruntime")
-    # the alignment runs inside llama.cpp's eval callback there: single-threaded math
-    vision = OnnxVision(bundle, providers, threads, align_threads=1 if llm_backend == "llama.cpp" else None)
-    if llm_backend == "onnxruntime":
-        from .onnx_llm import OnnxLLM
-        llm = OnnxLLM(bundle, providers, threads)
-    elif llm_backend == "llama.cpp":
-        from .llamacpp_llm import LlamaCppLLM
-        llm = LlamaCppLLM(bundle, device, threads)
-    else:
-        raise BundleError(f"bundle LLM backend '{llm_backend}' is not supported by this fusion-edge.",
-                          "supported: onnxruntime, llama.cpp; re-export the bundle")
+    llm_backend = backend(bundle.manifest.llm_backend)
+    vision_backend = backend(bundle.component("vision").backend)
+    if llm_backend.llm is None or vision_backend.vision is None:
+        raise BundleError(f"bundle {bundle.path} names backends that cannot run its LLM / vision parts.",
+                          "re-export the bundle")
+    vision = _engine_class(vision_backend.vision)(bundle, device, threads, providers=providers,
+                                                  align_threads=llm_backend.align_threads)
+    llm = _engine_class(llm_backend.llm)(bundle, device, threads, providers=providers)
     used = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
     return vision, llm, used

@@ -21,8 +21,6 @@ import numpy as np
 from ..errors import BackendError
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
-GGML_TYPE_F32 = 0
-GGML_TYPE_F16 = 1
 
 
 class GgmlTensor(ctypes.Structure):
@@ -97,6 +95,7 @@ def tensor_name(ptr: int) -> bytes:
 
 def check_layout() -> None:
     """Raise BackendError unless `GgmlTensor` matches the loaded ggml's struct."""
+    from llama_cpp import GGML_TYPE_F32
     L = lib()
     ctx = L.ggml_init(_InitParams(1 << 16, None, False))
     if not ctx:

@@ -111,6 +111,7 @@ class _AlignHook:
 
     def __init__(self, llama_cpp, layers: tuple[int, ...]):
         self.layer_of = {f"l_out-{i}".encode(): k for k, i in enumerate(layers)}
+        self.f32 = llama_cpp.GGML_TYPE_F32
         self.active = False
         self.aligner = None
         self.lat0 = self.n_lat = self.inst = self.n_rows = 0
@@ -144,7 +145,7 @@ class _AlignHook:
 
     def _apply(self, ptr: int, k: int) -> None:
         t = gg.tensor_at(ptr)
-        if t.type != gg.GGML_TYPE_F32 or t.ne[1] != self.n_rows or t.nb[1] != self.row_bytes \
+        if t.type != self.f32 or t.ne[1] != self.n_rows or t.nb[1] != self.row_bytes \
                 or t.nb[0] != 4 or t.ne[0] * 4 != self.row_bytes:
             raise BackendError(f"llama.cpp's {t.name.decode()} is type {t.type}, ne {list(t.ne)}, nb {list(t.nb)}; "
                                f"expected contiguous f32 [{self.row_bytes // 4}, {self.n_rows}].",
@@ -176,14 +177,15 @@ class LlamaCppLLM:
     name = "llama.cpp"
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, *, providers: list[str] | None = None):
+        """providers: part of the engine constructor; llama.cpp picks its device itself."""
         self.llama = import_llama_cpp()
         self.cfg = bundle.config
         comp = bundle.components.get("llm")
-        if not comp or comp.get("backend") != "llama.cpp":
+        if comp is None or comp.backend != "llama.cpp":
             raise BundleFileError(f"bundle {bundle.path} has no llama.cpp LLM component.",
                                   "re-export it with --target gguf")
-        self.path = bundle.file(comp["files"][0])
+        self.path = bundle.file(comp.file)
         self.parity = comp.get("kv_cache", "f32" if bundle.precision == "fp32" else "f16") == "f32"
         self.threads = int(threads or os.cpu_count() or 1)
         self.max_batch = max_batch
@@ -227,7 +229,7 @@ class LlamaCppLLM:
         p = L.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, n_batch, n_batch, 1
         p.n_threads = p.n_threads_batch = self.threads
-        p.type_k = p.type_v = gg.GGML_TYPE_F32 if self.parity else gg.GGML_TYPE_F16
+        p.type_k = p.type_v = L.GGML_TYPE_F32 if self.parity else L.GGML_TYPE_F16
         p.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED if self.parity else L.LLAMA_FLASH_ATTN_TYPE_AUTO
         p.cb_eval, p.cb_eval_user_data = self.hook.eval_cb, None
         p.abort_callback, p.abort_callback_data = self.hook.abort_cb, None

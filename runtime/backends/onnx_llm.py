@@ -9,22 +9,23 @@ from ..bundle import Bundle
 from ..config import FusionConfig
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HostCache
-from .ort_session import component_session
+from .ort_session import component_session, providers_for
 
 
 CACHE_BLOCK = 256
 
 
 class OnnxLLM:
+    """LLMEngine + GraphAccess: embedding graph and decoder segments on onnxruntime."""
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, providers: list[str], threads: int | None = None):
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
+                 providers: list[str] | None = None):
+        providers = providers or providers_for(device)
         self.cfg: FusionConfig = bundle.config
-        comp = bundle.components
-        self.embed_sess = component_session(bundle, comp["embed"], providers, threads)
-        names = sorted(n for n in comp if n.startswith("segment_"))
-        self.segments = [(comp[n], component_session(bundle, comp[n], providers, threads))
-                         for n in names]
+        self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads)
+        self.segments = [(c, component_session(bundle, c, providers, threads))
+                         for c in map(bundle.component, bundle.component_names("segment_"))]
         self.on_cuda = providers[0] == "CUDAExecutionProvider"
         self.capacity = 0
         self.cache = None
@@ -71,23 +72,23 @@ class OnnxLLM:
         hidden = np.ascontiguousarray(x, dtype=np.float32)[None]
         for comp, sess in self.segments:
             out = self._run_segment(comp, sess, hidden, cos, sin, P, S)
-            if comp["final"]:
+            if comp.final:
                 self.length = P + S
                 return out[0]
             hidden = out
-            if aligner is not None and comp["align_after"] is not None:
-                hidden = aligner(comp["align_after"], hidden[0])[None]
+            if aligner is not None and comp.align_after is not None:
+                hidden = aligner(comp.align_after, hidden[0])[None]
         raise BackendError("the bundle has no final segment.", "re-export the bundle")
 
     def _run_segment(self, comp, sess, hidden, cos, sin, P: int, S: int) -> np.ndarray:
         if self.recorder is not None and P == 0:
-            self.recorder(comp["name"], self._segment_inputs(comp, hidden, cos, sin, P))
+            self.recorder(comp.name, self._segment_inputs(comp, hidden, cos, sin, P))
         io = sess.io_binding()
         io.bind_cpu_input("hidden", hidden)
         io.bind_cpu_input("cos", cos)
         io.bind_cpu_input("sin", sin)
-        io.bind_output(comp["outputs"][0], "cpu")      # first: get_outputs() keeps binding order
-        a, b = comp["layers"]
+        io.bind_output(comp.outputs[0], "cpu")      # first: get_outputs() keeps binding order
+        a, b = comp.layers
         for i in range(a, b):
             for name, buf in (("k", self.cache.k[i]), ("v", self.cache.v[i])):
                 self.cache.bind(io, f"past_{name}_{i}", buf, 0, P, output=False)
@@ -95,17 +96,24 @@ class OnnxLLM:
         try:
             sess.run_with_iobinding(io)
         except Exception as e:   # onnxruntime raises its own types; report as ours
-            raise BackendError(f"onnxruntime failed in {comp['files'][0]}: {e}",
+            raise BackendError(f"onnxruntime failed in {comp.file}: {e}",
                                "check that the bundle matches this fusion-edge version (fusion-edge verify)") from e
         return io.get_outputs()[0].numpy()
 
     def _segment_inputs(self, comp, hidden, cos, sin, P: int) -> dict:
         feeds = {"hidden": hidden.copy(), "cos": cos, "sin": sin}
-        a, b = comp["layers"]
+        a, b = comp.layers
         for i in range(a, b):
             feeds[f"past_k_{i}"] = self.cache.rows(self.cache.k[i], 0, P)
             feeds[f"past_v_{i}"] = self.cache.rows(self.cache.v[i], 0, P)
         return feeds
 
-    def session(self, name: str):
-        return next(sess for comp, sess in self.segments if comp["name"] == name)
+    def close(self) -> None:
+        """Nothing native to free early: the sessions go with the engine."""
+
+    # ---- GraphAccess ------------------------------------------------------------------------
+    def graph_names(self) -> list[str]:
+        return [comp.name for comp, _ in self.segments]
+
+    def run_graph(self, name: str, feeds: dict) -> np.ndarray:
+        return next(sess for comp, sess in self.segments if comp.name == name).run(None, feeds)[0]

@@ -34,10 +34,9 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
 
 
-def component_session(bundle, comp: dict, providers: list[str], threads: int | None = None):
-    """The session of one bundle component (its first file), with the options it asks for."""
-    return make_session(bundle.file(comp["files"][0]), providers, threads,
-                        exact_qdq=bool(comp.get(EXACT_QDQ_KEY)))
+def component_session(bundle, comp, providers: list[str], threads: int | None = None):
+    """The session of one bundle Component (its first file), with the options it asks for."""
+    return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)))
 
 
 def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False):

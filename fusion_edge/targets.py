@@ -1,0 +1,116 @@
+"""Export targets: (target, precision) → the exporter that writes the bundle.
+
+This is the one place that composes the packages (DESIGN.md: export, quantize and
+calibration depend on the runtime only, never on each other's entry points): a quantized
+ONNX bundle is an fp32 ONNX export (export/) → calibration recording (calibration/) →
+quantized graphs and the gate (quantize/). Every exporter writes through the one export
+sequence, runtime/bundle.py `write_bundle`. A new target is one TARGETS entry plus its module.
+"""
+from __future__ import annotations
+
+import importlib
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from fusion_edge.runtime.errors import ExportError
+
+
+def _load(module: str, name: str, what: str) -> Callable:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise ExportError(f"the {what} exporter is not available in this build ({e}).",
+                          "install the matching extra, or choose --target onnx --precision fp32|fp16") from None
+
+
+def export_onnx(model, out, **kw) -> Path:
+    return _load("fusion_edge.export.bundle_export", "export_bundle", "onnx")(model, out, **kw)
+
+
+def export_gguf(model, out, **kw) -> Path:
+    return _load("fusion_edge.export.gguf_bundle", "export_gguf_bundle", "gguf")(model, out, **kw)
+
+
+def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
+                          **kw) -> Path:
+    """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle."""
+    quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
+    with fp32_source(model, query_len, image_tokens, progress, log) as src:
+        return quantized(src, out, progress=progress, log=log, **kw)
+
+
+def trt_not_available(model, out, **kw):
+    raise ExportError(
+        "TensorRT engine bundles are not built by this fusion-edge version yet.",
+        f"export TensorRT-ready graphs instead: fusion-export MODEL --target onnx --precision "
+        f"{kw.get('precision', 'int8')} -o BUNDLE (symmetric Q/DQ for int8, see docs/quantization.md), "
+        "and run them with onnxruntime-gpu on the device")
+
+
+# target → precision → exporter(model, out, target=, precision=, query_len=, image_tokens=, overwrite=,
+#                                verify=, force=, steps=, progress=, log=, **target options)
+TARGETS: dict[str, dict[str, Callable]] = {
+    "onnx": {"fp32": export_onnx, "fp16": export_onnx, "int8": export_onnx_quantized, "int4": export_onnx_quantized},
+    "gguf": {p: export_gguf for p in ("fp32", "fp16", "int8", "int4")},
+    "trt": {p: trt_not_available for p in ("fp16", "int8", "int4")},
+}
+
+
+def check_target(target: str, precision: str) -> Callable:
+    """→ the exporter for (target, precision), or an ExportError naming what is available."""
+    if target not in TARGETS:
+        raise ExportError(f"target '{target}' is not available in this fusion-edge build.",
+                          f"available targets: {', '.join(TARGETS)}")
+    if precision not in TARGETS[target]:
+        raise ExportError(f"precision '{precision}' is not available for target '{target}'.",
+                          f"choose one of: {', '.join(TARGETS[target])}")
+    return TARGETS[target][precision]
+
+
+def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
+                  query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
+                  verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
+                  log=print, **extra) -> Path:
+    """Checkpoint (or, for quantized ONNX, an fp32 bundle) → verified bundle of (target, precision)."""
+    exporter = check_target(target, precision)
+    return exporter(model, out, target=target, precision=precision, query_len=query_len,
+                    image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
+                    steps=steps, progress=progress, log=log, **extra)
+
+
+@contextmanager
+def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
+                progress: bool = True, log=print):
+    """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
+    export of the checkpoint into a temporary folder (removed afterwards)."""
+    from fusion_edge.calibration.source import check_fp32_bundle, is_bundle
+    if is_bundle(model):
+        yield check_fp32_bundle(model, query_len, image_tokens)
+        return
+    with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
+        log(f"exporting a temporary fp32 ONNX bundle of {model} …")
+        yield export_onnx(model, Path(tmp) / "fp32", target="onnx", precision="fp32", query_len=query_len,
+                          image_tokens=image_tokens, verify=False, progress=progress, log=log)
+
+
+def run_export(args) -> int:
+    """`fusion-edge export` / `fusion-export` (arguments: export/cli_export.py)."""
+    from fusion_edge.export.cli_export import gguf_kwargs, quant_kwargs
+    out = export_bundle(args.model, args.out, args.target, args.precision, args.query_len, args.image_tokens,
+                        overwrite=args.overwrite, verify=not args.no_verify, force=args.force,
+                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args), **gguf_kwargs(args))
+    print(f"bundle written to {out}")
+    return 0
+
+
+def run_calibrate(args) -> int:
+    """`fusion-edge calibrate` (arguments: calibration/cli.py): a checkpoint is exported to a
+    temporary fp32 bundle first."""
+    from fusion_edge.calibration.calibrate import calibrate_bundle
+    with fp32_source(args.model, args.query_len, args.image_tokens, not args.quiet) as src:
+        calibrate_bundle(src, Path(args.out), data=args.data, questions=args.questions, samples=args.samples,
+                         holdout=args.holdout, max_mb=args.max_mb, dtype=args.dtype, overwrite=args.overwrite,
+                         threads=args.threads, progress=not args.quiet)
+    return 0
