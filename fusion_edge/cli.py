@@ -16,6 +16,7 @@ PLUGIN_COMMANDS = [
     ("bench", "fusion_edge.bench.cli", "benchmark every backend against the PyTorch reference"),
     ("calibrate", "fusion_edge.calibration.cli", "record graph inputs over a calibration set"),
     ("camera", "fusion_edge.apps.camera_qa.cli", "live camera question answering in the browser"),
+    ("ros2", "fusion_edge.apps.ros2.cli", "run the fusion_edge ROS 2 node (answers on ROS 2 topics)"),
 ]
 
 EPILOGS = {

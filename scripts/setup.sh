@@ -10,8 +10,9 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
   || pip_install torch==2.13.0
 # Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
-# time), camera and bench for the app and the harness, dev for the tests.
-pip_install -e ".[export,gguf,camera,bench,dev]"
+# time), camera and bench for the app and the harness, ros2 for the ROS 2 node (rclpy and
+# message wheels), dev for the tests.
+pip_install -e ".[export,gguf,camera,bench,dev,ros2]"
 if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi
