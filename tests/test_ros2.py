@@ -17,12 +17,10 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import draw_scene
-
 from fusion_edge.apps.ros2.images import image_from_compressed, image_from_raw
 from fusion_edge.runtime.errors import ImageError, MissingExtraError
+from PIL import Image
 
 NS = f"/fe_test_{os.getpid()}"
 NODE = f"{NS}/fusion_edge"
@@ -279,7 +277,9 @@ def test_one_runs_one_waits_a_third_is_refused(fresh):
         fresh.question(q)
     refused = fresh.wait_final("Third?", since, WAIT)
     assert refused["event"] == "error" and "already waiting" in refused["last_error"]["problem"]
-    assert_done(fresh.wait_final("First?", since, WAIT))
+    assert refused["state"] == "answering" and refused["queued"]      # refused while the first one ran
+    first = assert_done(fresh.wait_final("First?", since, WAIT))
+    assert first["stats"]["new_tokens"] == 48
     assert_done(fresh.wait_final("Second?", since, WAIT))
 
 

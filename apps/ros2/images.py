@@ -8,10 +8,9 @@ leading bytes and decoded by the same loader.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from fusion_edge.runtime.errors import ImageError
 from fusion_edge.runtime.preprocess import MAX_PIXELS, load_image
+from PIL import Image
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 # CompressedImage.format mentions the codec ("jpeg", "png", "bgr8; jpeg compressed bgr8")

@@ -13,6 +13,11 @@ import json
 import threading
 import time
 
+from fusion_edge.apps.camera_qa.capture import Frame
+from fusion_edge.apps.camera_qa.jobs import Job, clean_question
+from fusion_edge.apps.camera_qa.watch import Watch
+from fusion_edge.apps.camera_qa.worker import Worker
+from fusion_edge.runtime.errors import FusionEdgeError, ImageError, PromptError
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
@@ -22,12 +27,6 @@ from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image as ImageMsg
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
-
-from fusion_edge.apps.camera_qa.capture import Frame
-from fusion_edge.apps.camera_qa.jobs import Job, clean_question
-from fusion_edge.apps.camera_qa.watch import Watch
-from fusion_edge.apps.camera_qa.worker import Worker
-from fusion_edge.runtime.errors import FusionEdgeError, ImageError, PromptError
 
 from . import params
 from .images import image_from_compressed, image_from_raw
@@ -75,7 +74,7 @@ class FusionEdgeNode(Node):
             try:
                 self.declare_parameter(name, default, ParameterDescriptor(description=desc))
             except ParameterException as e:
-                kind = type(default).__name__.replace("str", "text").replace("float", "a decimal number like 1.0")
+                kind = {str: "text", int: "a whole number", float: "a decimal number like 1.0"}[type(default)]
                 raise PromptError(f"parameter {name}: {e}", f"give {name} as {kind}") from None
 
     def _open_topics(self) -> None:

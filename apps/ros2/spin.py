@@ -4,10 +4,9 @@ from __future__ import annotations
 import sys
 
 import rclpy
+from fusion_edge.runtime.errors import PromptError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
-
-from fusion_edge.runtime.errors import PromptError
 
 from .node import FusionEdgeNode
 
