@@ -22,6 +22,8 @@ PLUGIN_COMMANDS = [
      "record graph inputs over a calibration set"),
     ("camera", "fusion_edge.apps.camera_qa.cli", "fusion_edge.apps.camera_qa.cli:run",
      "live camera question answering in the browser"),
+    ("ros2", "fusion_edge.apps.ros2.cli", "fusion_edge.apps.ros2.cli:run",
+     "run the fusion_edge ROS 2 node (answers on ROS 2 topics)"),
 ]
 
 EPILOGS = {

@@ -29,6 +29,8 @@ class Job:
     frame: Frame
     max_new_tokens: int
     thumb: str = ""              # data: URL of the frame the question is about
+    temperature: float | None = None    # None: the worker's
+    query_len: int | None = None        # None: the bundle's
     id: str = field(default_factory=lambda: f"j{next(_ids)}")
     created: float = field(default_factory=time.time)
     state: str = "new"

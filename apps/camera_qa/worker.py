@@ -129,8 +129,9 @@ class Worker:
             scene, look_s = self._scene(job.frame)
             if job.cancelled:
                 return self._end(job, "cancelled")
+            temperature = self.temperature if job.temperature is None else job.temperature
             pieces = self.pipe.ask(scene, job.question, stream=True, max_new_tokens=job.max_new_tokens,
-                                   temperature=self.temperature)
+                                   temperature=temperature, query_len=job.query_len)
             n = 0
             try:
                 for piece in pieces:
