@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-DEFAULT_EXTRAS = "export,gguf,camera,bench,dev"
+DEFAULT_EXTRAS = "export,gguf,camera,bench,dev,ros2"
 
 
 def closure(root: str, extras: set[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ pip_install torch==2.13.0 || exit 1          # the local CPU build (any other sp
 reqs=$("$PY" - <<'PY'
 import re, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-extras = ["export", "gguf", "camera", "bench", "dev"]
+extras = ["export", "gguf", "camera", "bench", "dev", "ros2"]
 reqs = p["dependencies"] + [r for e in extras for r in p["optional-dependencies"][e]]
 names = {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0] for r in reqs}
 print(" ".join(sorted(n for n in names if n != "torch")))
