@@ -20,7 +20,9 @@ import numpy as np
 # (token-weighted over all compared steps of all cases).
 GATES = {
     "reference": {
-        "fp32": {"max_dlogit": 1e-2, "greedy_agreement": 1.0},
+        # measured on CPU, tiny and bench presets: onnx ≤ 2.7e-5, gguf ≤ 3.6e-5; CUDA EP with
+        # TF32 off 2.9e-5 (with TF32 on 1.9e-2: TF32 is an opt-in that fails this gate)
+        "fp32": {"max_dlogit": 1e-3, "greedy_agreement": 1.0},
         "fp16": {"top1_agreement": 0.66},
     },
     "fp32_pipeline": {

@@ -165,7 +165,8 @@ def test_fp32_gguf_phi3_passes_verification_like_onnx(gguf_pipe, reference, imag
     cases = [(images["wide"], q) for q in QUESTIONS[:2]]
     f = verify(pipe, reference("phi3", "so400m"), cases=cases, steps=16)
     print(f"phi3 gguf fp32 vs reference: max|Δlogit| {f['max_dlogit']:.3g}, greedy {f['greedy_agreement']:.0%}")
-    assert f["max_dlogit"] <= 1e-3 and f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] >= 1
+    # measured max |Δlogit| 1.7e-5–3.7e-5 (phi3), 1.3e-5–2e-5 (llama3) on CPU: bound about 3x that
+    assert f["max_dlogit"] <= 1e-4 and f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] >= 1
     assert gate(f, "fp32") == (True, [])
     names = set(f["per_graph_max_abs"])
     assert {f"align_{k:02d}" for k in range(10)} <= names and not any(n.startswith("segment_") for n in names)
@@ -178,7 +179,7 @@ def test_fp32_gguf_llama3_answers_exactly_like_the_reference(gguf_pipe, referenc
     got, want = pipe.last_result, ref.answer(images["strip"], QUESTIONS[2], max_new_tokens=16)
     d = float(np.max(np.abs(got.first_logits - want.first_logits)))
     print(f"llama3 gguf fp32 vs reference: max|Δlogit| {d:.3g}")
-    assert d <= 1e-3 and got.token_ids == want.token_ids and len(got.token_ids) >= 1
+    assert d <= 1e-4 and got.token_ids == want.token_ids and len(got.token_ids) >= 1
 
 
 def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, reference, images):
@@ -204,7 +205,9 @@ def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, reference, images
         want = ref.answer(images["tall"], QUESTIONS[0], max_new_tokens=1)
     finally:
         ref.interactions_enabled = True
-    assert float(np.max(np.abs(off - want.first_logits))) <= 1e-3
+    d_off = float(np.max(np.abs(off - want.first_logits)))
+    print(f"alignment off vs the reference without it: {d_off:.3g}")
+    assert d_off <= 1e-4
 
 
 def test_embed_rows_are_the_gguf_token_embeddings(gguf_pipe, tiny_checkpoint):

@@ -18,9 +18,11 @@ def test_fp32_parity_per_graph_and_end_to_end(onnx_bundle, reference, llm, tower
     print(json.dumps(f, indent=1))
     assert set(f["per_graph_max_abs"]) >= {"vision_global", "vision_main", "align_00", "align_09",
                                            "segment_00", "segment_10"}
+    # measured (CPU, onnxruntime 1.32): per graph ≤ 1.5e-5 (segment_10), max |Δlogit| 2.1e-5 (phi3) /
+    # 2.7e-5 (llama3); bounds about 2x that
     for name, d in f["per_graph_max_abs"].items():
-        assert d <= 1e-4, (name, d)
-    assert f["max_dlogit"] <= 1e-4
+        assert d <= 3e-5, (name, d)
+    assert f["max_dlogit"] <= 6e-5
     assert f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] == 16
 
 
