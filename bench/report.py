@@ -70,6 +70,10 @@ def format_report(result: dict) -> str:
                 "< 1 = less time or memory, > 1 tok/s = faster"]
     out.append(_table(["backend"] + [c for _, c in RATIO_COLUMNS],
                       [[b["name"]] + [_ratio(b, k) for k, _ in RATIO_COLUMNS] for b in ok]))
+    unverified = [b for b in ok if b.get("verification_warning")]
+    if unverified:
+        out += ["", "UNVERIFIED (figures of a bundle that did not pass its verification):"]
+        out += [f"  {b['name']}: {b['verification_warning']}" for b in unverified]
     bad = [b for b in result["backends"] if not b["ok"]]
     if bad:
         out += ["", "FAILED:"] + [f"  {b['name']} ({b.get('path')}): {b['error']}" for b in bad]

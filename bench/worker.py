@@ -58,7 +58,8 @@ class BundleRunner:
                      "target": m["target"], "precision": m["precision"],
                      "llm_backend": m.get("llm_backend", "onnxruntime"), "device": self.pipe.device,
                      "llm_bytes_per_token": llm["bytes"], "llm_bytes_method": llm["method"],
-                     "disk_bytes": disk_bytes(path)}
+                     "disk_bytes": disk_bytes(path), "verification": self.pipe.bundle.verification_status,
+                     "verification_warning": self.pipe.verification_warning}
 
     def look(self, image):
         t0 = time.perf_counter()

@@ -89,6 +89,7 @@ def run_verify(args) -> int:
     passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
     figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed(),
                     "version_drift": [list(c) for c in changes]})
-    bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures})
+    bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures},
+                           verification_status="passed" if passed else "failed")
     print(json.dumps(figures, indent=2) if args.json else format_reference(figures))
     return 0 if passed else 1

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
     a.add_argument("--device", default="auto", help="bundle device: auto | cpu | cuda")
     a.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    a.add_argument("--strict", action="store_true",
+                   help="refuse a bundle whose verification was skipped (--no-verify), forced or failed")
     a.add_argument("--logits-out", help="save the first generated step's logits (float32 .npy)")
 
     from fusion_edge.export.cli_export import add_export_args, add_verify_args

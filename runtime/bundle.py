@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from .config import FusionConfig
-from .errors import BundleError, BundleFileError, BundleMismatchError, BundleVersionError
+from .errors import BundleError, BundleFileError, BundleMismatchError, BundleVersionError, UnverifiedBundleError
 
 MANIFEST = "fusion_bundle.json"
 FORMAT = "fusion-edge-bundle"
 FORMAT_VERSION = 1
+# verification_status → what it means, for warnings and errors
+VERIFICATION_STATES = {
+    "passed": "verified against the PyTorch reference and within its gate",
+    "forced": "below its quality gate, kept with --force",
+    "failed": "its last `fusion-edge verify` was below the gate",
+    "skipped": "exported with --no-verify",
+}
 REEXPORT = "re-export it with this fusion-edge version: fusion-export MODEL --target ... -o BUNDLE"
 
 
@@ -239,6 +246,27 @@ class Bundle:
                 f"({self.manifest['source'].get('model')}, fingerprint {have[:12]}…; given {fingerprint[:12]}…).",
                 "pass the checkpoint the bundle was exported from, or re-export the bundle from this one")
 
+    # ---- verification state ---------------------------------------------------------------
+    @property
+    def verification_status(self) -> str:
+        """passed | forced (kept below its gate with --force) | failed (a later `verify` failed)
+        | skipped (--no-verify). Bundles from before the field: derived from the figures."""
+        status = self.manifest.get("verification_status")
+        if status in VERIFICATION_STATES:
+            return status
+        figures = self.manifest.get("verification")
+        if not figures:
+            return "skipped"
+        return "passed" if figures.get("passed") else "forced"
+
+    def verification_warning(self) -> str | None:
+        """One line for a bundle whose verification did not pass, else None."""
+        status = self.verification_status
+        if status == "passed":
+            return None
+        return (f"bundle {self.path.name} is not verified: {VERIFICATION_STATES[status]}; "
+                "its answers may differ from the original model (run `fusion-edge verify`, or re-export)")
+
     def update_manifest(self, **fields) -> None:
         """Rewrite the manifest with updated top-level fields (e.g. fresh verification figures)."""
         self.manifest = self.manifest.updated(**fields)
@@ -313,12 +341,27 @@ def write_bundle(out: str | os.PathLike, fill: Callable[[BundleWriter], Mapping]
     """The export sequence every target plugs into: a BundleWriter → `fill(writer)` writes the
     target's files and returns the manifest fields (components included) → manifest with
     every file's hash → `verify(folder)` (None: skipped) raises below its gate or returns the
-    figures, stored as `verification` → rename into place. Any error leaves no bundle."""
+    figures, stored as `verification` with `verification_status` → rename into place. Any
+    error leaves no bundle."""
     with BundleWriter(out, overwrite) as writer:
-        manifest = writer.write_manifest(fill(writer))
-        if verify is not None:
-            Bundle(writer.tmp, manifest).update_manifest(verification=verify(writer.tmp))
+        bundle = Bundle(writer.tmp, writer.write_manifest(fill(writer)))
+        if verify is None:
+            bundle.update_manifest(verification_status="skipped")
+        else:
+            figures = verify(writer.tmp)
+            bundle.update_manifest(verification=figures,
+                                   verification_status="passed" if figures.get("passed") else "forced")
         return writer.commit()
+
+
+def check_verified(bundle: Bundle) -> None:
+    """`--strict`: refuse a bundle whose verification did not pass."""
+    status = bundle.verification_status
+    if status != "passed":
+        raise UnverifiedBundleError(f"bundle {bundle.path} is not verified ({VERIFICATION_STATES[status]}); "
+                                    "--strict refuses it.",
+                                    "run `fusion-edge verify BUNDLE --model CHECKPOINT`, or re-export it "
+                                    "without --no-verify / --force")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -66,6 +66,10 @@ class BundleVersionError(BundleError):
     """The bundle's format version is not one this runtime reads."""
 
 
+class UnverifiedBundleError(BundleError):
+    """--strict: the bundle's verification was skipped, forced or failed."""
+
+
 class BundleMismatchError(BundleError):
     """The bundle was built from a different checkpoint than the one given."""
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import vision_post
 from .backends.engines import GraphAccess, LLMEngine, VisionEngine
-from .bundle import Bundle
+from .bundle import Bundle, check_verified
 from .errors import BackendError, PromptError
 from .preprocess import Tiles, static_hd_tiles
 from .prompt import PromptLayout, build_prompt, stop_token_ids
@@ -61,11 +61,20 @@ class Pipeline:
         self.interactions_enabled = True
 
     @classmethod
-    def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True) -> "Pipeline":
+    def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True,
+             strict: bool = False) -> "Pipeline":
+        """strict: refuse a bundle whose verification was skipped, forced or failed (else
+        `verification_warning` says so, for the caller to show)."""
         from .backends import open_backends
         bundle = Bundle.open(path, check_hashes=check_hashes)
+        if strict:
+            check_verified(bundle)
         vision, llm, device_used = open_backends(bundle, device, threads)
         return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), device_used)
+
+    @property
+    def verification_warning(self) -> str | None:
+        return self.bundle.verification_warning()
 
     @property
     def recorder(self):

@@ -96,6 +96,15 @@ def test_fidelity_against_the_reference_is_reported(bench_run):
     assert [a["token_ids"] for a in onnx["answers"]] == [a["token_ids"] for a in ref["answers"]]
 
 
+def test_an_unverified_bundle_is_flagged_in_the_report(bench_run):
+    from fusion_edge.bench.report import format_report
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    onnx = result["backends"][1]                 # the session bundle is exported with --no-verify
+    assert onnx["verification"] == "skipped" and "exported with --no-verify" in onnx["verification_warning"]
+    text = format_report(result)
+    assert "UNVERIFIED" in text and onnx["verification_warning"] in text
+
+
 def test_plot_is_a_png(bench_run):
     with Image.open(bench_run[1] / "bench.png") as img:
         assert img.format == "PNG" and img.width > 400 and img.height > 150

@@ -24,6 +24,8 @@ def add_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a bundle whose verification was skipped (--no-verify), forced or failed")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-question-chars", type=int, default=500)
     p.add_argument("--max-upload-mb", type=float, default=8.0)
@@ -83,7 +85,9 @@ def _open_app(args, spec):
     from fusion_edge.runtime.pipeline import Pipeline
     from .app import CameraApp
     print(f"loading {args.bundle} …", file=sys.stderr, flush=True)
-    pipe = Pipeline.open(args.bundle, device=args.device, threads=args.threads)
+    pipe = Pipeline.open(args.bundle, device=args.device, threads=args.threads, strict=args.strict)
+    if pipe.verification_warning:
+        print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
     print(f"model: {pipe.backend_name} on {pipe.device}; source: {spec.label}", file=sys.stderr, flush=True)
     return CameraApp(pipe, spec, settings_from_args(args)).start()
 

@@ -219,6 +219,7 @@ class FusionEdgeNode(Node):
         busy = snap["waiting"] is not None if ending else snap["running"] is not None
         body = {"event": event, "state": "answering" if busy else "idle", "queued": snap["waiting"] is not None,
                 "device": self.pipe.device, "device_map": self._device_map, "backend": self.pipe.backend_name,
+                "verification": self.pipe.bundle.verification_status,
                 "last_error": self._last_error, "timings": self._timings, "watch": self.watch.on,
                 "time": time.time()}
         if job is not None:

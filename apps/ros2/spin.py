@@ -17,7 +17,10 @@ EXECUTOR_THREADS = 2
 def open_pipeline(bundle: str, device: str):
     from fusion_edge.runtime.pipeline import Pipeline
     print(f"loading {bundle} …", file=sys.stderr, flush=True)
-    return Pipeline.open(bundle, device=device)
+    pipe = Pipeline.open(bundle, device=device)
+    if pipe.verification_warning:
+        print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
+    return pipe
 
 
 def run_node(bundle: str | None, ros_args: list[str]) -> int:

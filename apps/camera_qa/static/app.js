@@ -74,6 +74,9 @@
     S.limits = st.limits || {};
     if (S.limits.max_question_chars) $("question").maxLength = S.limits.max_question_chars;
     $("model-pill").textContent = `${st.model.backend} · ${st.model.device}`;
+    const warn = $("verify-warning");
+    warn.hidden = !st.model.warning;
+    warn.textContent = st.model.warning ? `⚠ ${st.model.warning}` : "";
     S.source = st.source; renderSource();
     renderFreeze(st.freeze);
     $("answers").replaceChildren(); $("watch-list").replaceChildren(); S.jobs.clear();
