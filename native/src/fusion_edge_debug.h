@@ -1,0 +1,16 @@
+/* Not part of the stable C ABI: hooks for the parity tests (tests/test_native_parity.py). */
+#ifndef FUSION_EDGE_DEBUG_H
+#define FUSION_EDGE_DEBUG_H
+#include "fusion_edge.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* Write each stage's output (tiles, vision tokens, alignment inputs/outputs, first logits) as raw
+ * float32 files into dir on the next fe_look / fe_ask; NULL turns it off. */
+FE_API fe_status fe_debug_set_dump_dir(fe_engine * engine, const char * dir);
+/* Token ids of text as the native tokenizer encodes it (default special tokens); *count in/out. */
+FE_API fe_status fe_debug_tokenize(fe_engine * engine, const char * text, int32_t * ids, int32_t * count);
+#ifdef __cplusplus
+}
+#endif
+#endif
