@@ -1,4 +1,5 @@
 // The C ABI (include/fusion_edge.h): argument checks, error capture, a lock per handle.
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <string>
@@ -162,6 +163,20 @@ fe_status fe_debug_tokenize(fe_engine * h, const char * text, int32_t * ids, int
         }
         std::copy(v.begin(), v.end(), ids);
         *count = int32_t(v.size());
+    });
+}
+
+fe_status fe_debug_preprocess(const uint8_t * rgb, int32_t w, int32_t h, int32_t stride, int32_t size, float * main_tile,
+                              float * global_tiles) {
+    if (!rgb || !main_tile || !global_tiles) return null_arg("fe_debug_preprocess", "rgb/main_tile/global_tiles");
+    if (w <= 0 || h <= 0 || size <= 0 || stride < 3 * w)
+        return fail(FE_ERR_INVALID_ARGUMENT, "fe_debug_preprocess: bad size or stride.", "pass width, height, size > 0, stride >= 3*width");
+    return guarded([&] {
+        fe::Image8 img{w, h, std::vector<uint8_t>(size_t(3) * w * h)};
+        for (int32_t y = 0; y < h; ++y) std::memcpy(&img.rgb[size_t(y) * 3 * w], rgb + size_t(y) * stride, size_t(3) * w);
+        const fe::Tiles t = fe::static_hd_tiles(img, size);
+        std::copy(t.main.begin(), t.main.end(), main_tile);
+        std::copy(t.global.begin(), t.global.end(), global_tiles);
     });
 }
 

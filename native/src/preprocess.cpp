@@ -1,6 +1,6 @@
 // Pillow's ImagingResample for 8-bit images, re-implemented: a separable convolution with the
 // bicubic (a = -0.5) kernel widened by the scale when reducing, coefficients in 22-bit fixed
-// point, horizontal pass first, each pass rounded and clipped to uint8. Same numbers as Pillow.
+// point, the two passes in Pillow's order, each pass rounded and clipped to uint8. Same numbers as Pillow.
 #include "preprocess.hpp"
 
 #include <algorithm>
@@ -110,6 +110,13 @@ void normalize(const Image8 & img, int x0, int y0, int S, float * out) {
 
 Image8 resize_bicubic(const Image8 & src, int out_w, int out_h) {
     if (src.w == out_w && src.h == out_h) return src;
+    // Pillow (13.0, constraints.txt) runs the vertical pass first when the height shrinks by
+    // more than twice what the width does; the order changes the rounded intermediate.
+    const bool horizontal_first = !(src.h - out_h > 0 && src.h - out_h > (src.w - out_w) * 2);
+    if (!horizontal_first) {
+        Image8 tmp = src.h != out_h ? vertical(src, out_h) : src;
+        return tmp.w != out_w ? horizontal(tmp, out_w) : tmp;
+    }
     Image8 tmp = src.w != out_w ? horizontal(src, out_w) : src;
     return tmp.h != out_h ? vertical(tmp, out_h) : tmp;
 }

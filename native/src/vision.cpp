@@ -127,9 +127,12 @@ std::vector<float> Vision::encode(const std::vector<float> & pixels, int B, cons
     const int D = h.D, N = h.N(), S = h.image, T = int(keep.size()), K = N + T, hd = D / h.heads;
     Graph g(8192 + 64 * size_t(h.layers));
     ggml_context * c = g.ctx;
-    ggml_tensor * px = g.input(GGML_TYPE_F32, {S, S, 3, B});
-    ggml_tensor * x = ggml_conv_2d(c, w("vision.patch.weight"), px, h.patch, h.patch, 0, 0, 1, 1);  // (B,D,P,P)
-    x = ggml_cont(c, ggml_permute(c, ggml_reshape_3d(c, x, N, D, B), 1, 0, 2, 3));                // (B,N,D)
+    // patch embedding as a matmul on host-cut patches (B,N,3*p*p) in f32 (ggml_conv_2d would
+    // round the pixels to f16 in its im2col)
+    const int pp = 3 * h.patch * h.patch, P = h.P();
+    ggml_tensor * px = g.input(GGML_TYPE_F32, {pp, N, B});
+    ggml_tensor * kernel = w("vision.patch.weight");
+    ggml_tensor * x = ggml_mul_mat(c, ggml_reshape_2d(c, kernel, pp, D), px);                     // (B,N,D)
     x = ggml_add(c, ggml_add(c, x, w("vision.patch.bias")), w("vision.pos"));
     // mask_late: padded instruct keys off. Early layers: the reference overwrites the
     // instruct-query rows' scores with one value, so those rows attend uniformly to ALL K keys:
@@ -185,7 +188,15 @@ std::vector<float> Vision::encode(const std::vector<float> & pixels, int B, cons
         feats = linear(c, feats, w("mm_projector." + std::to_string(n) + ".weight"), w("mm_projector." + std::to_string(n) + ".bias"));
     }
     g.run(feats, threads_, [&] {
-        std::memcpy(px->data, pixels.data(), ggml_nbytes(px));
+        float * dst = static_cast<float *>(px->data);
+        const int p = h.patch;
+        for (int b = 0; b < B; ++b)
+            for (int pr = 0; pr < P; ++pr)
+                for (int pc = 0; pc < P; ++pc, dst += pp)
+                    for (int ch = 0; ch < 3; ++ch)
+                        for (int ky = 0; ky < p; ++ky)
+                            std::memcpy(dst + (ch * p + ky) * p,
+                                        &pixels[((size_t(b) * 3 + ch) * S + pr * p + ky) * S + pc * p], p * sizeof(float));
         if (!T) return;
         std::memcpy(inst_in->data, inst.data(), ggml_nbytes(inst_in));
         float * ml = static_cast<float *>(mask_late->data), * kr = static_cast<float *>(keep_rows->data);
