@@ -13,6 +13,16 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 # time), camera and bench for the app and the harness, dev for the tests.
 # constraints.txt: the exact versions the suite passed with (see pyproject's dependency policy).
 pip_install -c constraints.txt -e ".[export,gguf,camera,bench,dev]"
+# Native runtime (docs/native.md): a C++ toolchain, cmake, nlohmann-json and stb from Debian,
+# and the llama.cpp headers of the installed llama-cpp-python (its PyPI source distribution).
+native_pkgs=(g++ cmake ninja-build nlohmann-json3-dev libstb-dev)
+missing=()
+for p in "${native_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+bash scripts/fetch_llama_headers.sh
 if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi

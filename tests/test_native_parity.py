@@ -72,7 +72,7 @@ def native_run(native_bundle, png_image, work_dir):
             dump.mkdir(exist_ok=True)
             cmd = [str(_build_dir() / "fusion_edge_cli"), "ask", "--bundle", str(native_bundle(llm, tower)),
                    "--image", str(png_image), "--question", QUESTION, "--max-new-tokens", str(STEPS),
-                   "--json", "--threads", "2", "--dump", str(dump)]
+                   "--json", "--threads", "1", "--dump", str(dump)]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             assert p.returncode == 0, p.stderr
             cache[(llm, tower)] = (json.loads(p.stdout), dump)
@@ -205,3 +205,25 @@ def test_native_cli_errors_are_one_error_fix_pair(native_bundle, png_image, tmp_
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2, (args, p.stderr)
         assert lines[0].startswith("error: ") and lines[1].startswith("fix: ") and len(lines) == 2, p.stderr
+
+
+# ---- the C ABI on a real handle -------------------------------------------------------------
+def _abi_check(build: Path, bundle: Path, env: dict | None = None) -> str:
+    p = subprocess.run([str(build / "c_abi_bad_inputs"), str(bundle)], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, **(env or {})})
+    assert p.returncode == 0 and "0 failure(s)" in p.stdout, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_c_abi_bad_inputs_on_an_open_bundle(native_bundle):
+    """null pointers, wrong stride, bad sizes, over-long questions, cancel: error codes, then a good answer."""
+    out = _abi_check(_build_dir(), native_bundle("phi3", "so400m"))
+    assert out.count("ok  ") >= 25
+
+
+def test_c_abi_bad_inputs_under_address_sanitizer(native_bundle):
+    """The same checks on the AddressSanitizer build (FUSION_NATIVE_ASAN_BUILD, made by scripts/test.sh)."""
+    env = os.environ.get("FUSION_NATIVE_ASAN_BUILD")
+    if not env:
+        pytest.skip("no AddressSanitizer build (FUSION_NATIVE_ASAN_BUILD)")
+    _abi_check(Path(env), native_bundle("phi3", "so400m"), {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
