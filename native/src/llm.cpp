@@ -59,13 +59,21 @@ bool eval_cb(ggml_tensor * t, bool ask, void * user) {
                       std::to_string(h.rows) + "] tensor";
             return true;
         }
-        if (!t->data || (t->buffer && !ggml_backend_buffer_is_host(t->buffer))) {
-            h.error = "the hidden states are not in host memory (GPU offload): the native alignment runs on the CPU";
+        // read/write through the backend: the hidden states may live in GPU memory (offload)
+        if (!t->buffer || !t->data) {
+            h.error = std::string("llama.cpp's ") + ggml_get_name(t) + " has no data buffer";
             return true;
         }
-        float * rows = static_cast<float *>(t->data);
-        const auto out = (*h.align)(it->second, rows + size_t(h.inst) * H, rows + size_t(h.lat0) * H);
-        std::memcpy(rows + size_t(h.lat0) * H, out.data(), out.size() * sizeof(float));
+        const size_t row = size_t(H) * sizeof(float);
+        std::vector<float> inst(H), lat(size_t(h.n_lat) * H);
+        ggml_backend_tensor_get(t, inst.data(), size_t(h.inst) * row, row);
+        ggml_backend_tensor_get(t, lat.data(), size_t(h.lat0) * row, lat.size() * sizeof(float));
+        const auto out = (*h.align)(it->second, inst.data(), lat.data());
+        if (out.size() != lat.size()) {
+            h.error = "interaction layer " + std::to_string(it->second) + " returned a wrong shape";
+            return true;
+        }
+        ggml_backend_tensor_set(t, out.data(), size_t(h.lat0) * row, out.size() * sizeof(float));
         ++h.applied;
     } catch (const std::exception & e) {
         h.error = e.what();
