@@ -1,6 +1,7 @@
 #include "llm.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -131,6 +132,10 @@ void LLM::load(const std::string & path, int threads, const std::string & device
     }
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = (gpu && device != "cpu") ? 999 : 0;
+    // FUSION_EDGE_NO_REPACK=1: no extra (repacked) weight buffers, e.g. where llama.cpp's AMX
+    // path dies with SIGILL (seen on a VM that reports AMX; llama-cpp-python 0.3.36, Q8_0)
+    const char * no_repack = std::getenv("FUSION_EDGE_NO_REPACK");
+    if (no_repack && *no_repack == '1') mp.use_extra_bufts = false;
     model_ = llama_model_load_from_file(path.c_str(), mp);
     if (!model_)
         throw Error(FE_ERR_BUNDLE, "llama.cpp could not load " + path + recent_log() + ".",
