@@ -277,3 +277,23 @@ def test_native_streaming_and_seeded_sampling(native_lib, native_bundle, png_ima
         assert ask(_AskOptions(STEPS, 1.5, 0.95, 0, 12, 0))[0] != a and a != greedy         # the seed matters
     finally:
         lib.fe_close(h)
+
+
+# ---- fusion-edge bench ----------------------------------------------------------------------
+def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_checkpoint, native_bundle, tmp_path,
+                                                                      monkeypatch):
+    from fusion_edge.cli import main
+    monkeypatch.setenv("FUSION_NATIVE_LIB", str(_build_dir() / "libfusion_edge.so"))
+    bundle = str(native_bundle("phi3", "so400m"))
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(tiny_checkpoint("phi3", "so400m")), "--bundles", bundle, "--native", bundle,
+               "--cases", "1", "--questions-per-image", "2", "--max-new-tokens", "3", "--repeats", "1",
+               "--warmup", "0", "--threads", "1", "--bandwidth-mib", "16", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0, [b.get("error") for b in result["backends"]]
+    ref, py, nat = result["backends"]
+    assert nat["name"] == "native-gguf-fp32" and nat["llm_backend"].startswith("llama.cpp (native")
+    for k in ("ttft_s", "prefill_s", "vision_global_s", "decode_tokens_per_s"):
+        assert nat["figures"][k]["median"] > 0, k
+    assert [a["token_ids"] for a in nat["answers"]] == [a["token_ids"] for a in py["answers"]]
+    assert nat["fidelity"]["max_dlogit"] <= 1e-3 and nat["fidelity"]["greedy_agreement"] == 1.0

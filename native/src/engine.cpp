@@ -91,6 +91,7 @@ void Engine::look(const Image8 & img) {
     pooled_.clear();
     has_scene_ = true;
     preprocess_s_ = t1 - t0, vision_global_s_ = now() - t1;
+    stats.preprocess_s = preprocess_s_, stats.vision_global_s = vision_global_s_;   // fe_get_stats after fe_look
     write_dump("tiles_main", tiles_.main);
     write_dump("tiles_global", tiles_.global);
     write_dump("tokens_global", tokens);
@@ -146,6 +147,7 @@ void Engine::ask(const std::string & question, const fe_ask_options & o, fe_toke
     };
     std::vector<int> ids(L.input_ids.begin(), L.input_ids.end());
     auto logits = llm_.prefill(x, ids, L.image_start, L.latent_start, q, L.instruct_pos, align);
+    first_logits = logits;
     write_dump("first_logits", logits);
     write_dump("align_h", dump.align_h);
     write_dump("align_in", dump.align_in);

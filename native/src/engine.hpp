@@ -32,6 +32,7 @@ public:
     std::mutex mu;                 // one call at a time per handle
     std::string text;
     std::vector<int32_t> token_ids;
+    std::vector<float> first_logits;   // (V,) of the first generated step
     fe_stats stats{};
     Dump dump;
 

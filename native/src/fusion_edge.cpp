@@ -166,6 +166,11 @@ fe_status fe_debug_tokenize(fe_engine * h, const char * text, int32_t * ids, int
     });
 }
 
+const float * fe_debug_first_logits(fe_engine * h, int32_t * count) {
+    if (count) *count = h ? int32_t(h->e.first_logits.size()) : 0;
+    return h ? h->e.first_logits.data() : nullptr;
+}
+
 fe_status fe_debug_preprocess(const uint8_t * rgb, int32_t w, int32_t h, int32_t stride, int32_t size, float * main_tile,
                               float * global_tiles) {
     if (!rgb || !main_tile || !global_tiles) return null_arg("fe_debug_preprocess", "rgb/main_tile/global_tiles");

@@ -10,6 +10,8 @@ extern "C" {
 FE_API fe_status fe_debug_set_dump_dir(fe_engine * engine, const char * dir);
 /* Token ids of text as the native tokenizer encodes it (default special tokens); *count in/out. */
 FE_API fe_status fe_debug_tokenize(fe_engine * engine, const char * text, int32_t * ids, int32_t * count);
+/* The logits (V floats) of the last answer's first generated step; valid until the next fe_ask. */
+FE_API const float * fe_debug_first_logits(fe_engine * engine, int32_t * count);
 /* static_hd preprocessing alone: RGB8 (stride bytes per row) → main (3,S,S) and global (4,3,S,S) floats. */
 FE_API fe_status fe_debug_preprocess(const uint8_t * rgb, int32_t width, int32_t height, int32_t stride, int32_t size,
                                      float * main_tile, float * global_tiles);
