@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from fusion_edge.runtime.errors import BackendError
 
 from .weights import bundle_llm_bytes_per_token, disk_bytes

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from fusion_edge.runtime.errors import ExportError, MissingExtraError
 
 from .checkpoint import Checkpoint

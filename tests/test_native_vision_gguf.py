@@ -9,11 +9,19 @@ import pytest
 pytest.importorskip("gguf", reason="the gguf extra (gguf) is not installed")
 pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
 
-from native_fixtures import native_bundle  # noqa: E402,F401
+from fusion_edge.export.checkpoint import open_checkpoint
+from fusion_edge.export.weight_map import (
+    projector_entries,
+    sampler_entries,
+    tower_entries,
+)
+from fusion_edge.runtime.errors import ExportError
+from native_fixtures import bundle_maker
 
-from fusion_edge.export.checkpoint import open_checkpoint  # noqa: E402
-from fusion_edge.export.weight_map import projector_entries, sampler_entries, tower_entries  # noqa: E402
-from fusion_edge.runtime.errors import ExportError  # noqa: E402
+
+@pytest.fixture(scope="session")
+def native_bundle(tiny_checkpoint, work_dir):
+    return bundle_maker(tiny_checkpoint, work_dir)
 
 
 def _read(path):
