@@ -44,33 +44,59 @@ def write_vision_gguf(ckpt: Checkpoint, dst: Path, quant: str = "F32") -> dict:
     writer = gguf.GGUFWriter(str(dst), ARCH)
     _write_metadata(writer, cfg)
     entries = tower_entries(cfg) + projector_entries(cfg) + sampler_entries(cfg)
+    plan = [(e, _tensor_type(gguf, e.name, e.shape, quant)) for e in entries]
+    for e, t in plan:                     # infos first, then the data one tensor at a time (streamed)
+        shape, dtype, nbytes = _stored(gguf, e.shape, t)
+        writer.add_tensor_info(e.name, shape, dtype, nbytes, raw_dtype=t if dtype == np.uint8 else None)
     types: dict[str, int] = {}
-    for e in entries:
-        arr = np.ascontiguousarray(ckpt.canonical(e), dtype=np.float32)
-        t = _tensor_type(gguf, e.name, arr, quant)
-        types[t.name] = types.get(t.name, 0) + 1
-        if t == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(e.name, arr)
-        elif t == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(e.name, arr.astype(np.float16))
-        else:
-            writer.add_tensor(e.name, gguf.quants.quantize(arr, t), raw_dtype=t)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for e, t in plan:
+            arr = np.ascontiguousarray(ckpt.canonical(e), dtype=np.float32)
+            if arr.shape != e.shape:
+                raise ExportError(f"vision.gguf tensor {e.name}: got shape {arr.shape}, expected {e.shape}.",
+                                  "the checkpoint does not match its config.json")
+            writer.write_tensor_data(_convert(gguf, arr, t))
+            types[t.name] = types.get(t.name, 0) + 1
+            del arr
+    finally:
+        writer.close()
     return {"name": "native_vision", "backend": "ggml", "format": "gguf", "files": [dst.name],
             "quant": quant, "tensors": len(entries), "type_counts": types, "bytes": dst.stat().st_size}
 
 
-def _tensor_type(gguf, name: str, arr: np.ndarray, quant: str):
+def _tensor_type(gguf, name: str, shape: tuple[int, ...], quant: str):
     T = gguf.GGMLQuantizationType
-    matrix = arr.ndim == 2 and name.endswith(".weight") and name != "vision.pos"
+    matrix = len(shape) == 2 and name.endswith(".weight") and name != "vision.pos"
     if quant == "F32" or not matrix:
         return T.F32
-    if quant == "Q8_0" and arr.shape[1] % 32 == 0:
+    if quant == "Q8_0" and shape[1] % 32 == 0:
         return T.Q8_0
     return T.F16
+
+
+def _stored(gguf, shape: tuple[int, ...], t) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape as stored, numpy dtype, bytes) of a tensor of `shape` written as type t."""
+    T = gguf.GGMLQuantizationType
+    n = int(np.prod(shape))
+    if t == T.F32:
+        return shape, np.dtype(np.float32), 4 * n
+    if t == T.F16:
+        return shape, np.dtype(np.float16), 2 * n
+    block, size = gguf.GGML_QUANT_SIZES[t]
+    byte_shape = (*shape[:-1], shape[-1] // block * size)
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape))
+
+
+def _convert(gguf, arr: np.ndarray, t) -> np.ndarray:
+    T = gguf.GGMLQuantizationType
+    if t == T.F32:
+        return arr
+    if t == T.F16:
+        return arr.astype(np.float16)
+    return gguf.quants.quantize(arr, t)
 
 
 def _write_metadata(w, cfg) -> None:
