@@ -300,3 +300,21 @@ def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_chec
         assert nat["figures"][k]["median"] > 0, k
     assert [a["token_ids"] for a in nat["answers"]] == [a["token_ids"] for a in py["answers"]]
     assert nat["fidelity"]["max_dlogit"] <= 1e-3 and nat["fidelity"]["greedy_agreement"] == 1.0
+
+
+def test_native_fusion_l_placeholder_and_query_len_match_python(native_bundle, png_image):
+    """FUSION-L (144 image tokens, bilinear resize), the image block inside the question, q=16."""
+    from fusion_edge.runtime.pipeline import Pipeline
+    bundle = native_bundle("phi3", "so400m", image_tokens=144)
+    question = "Is <image-placeholder> the red box left of the cup?"
+    p = subprocess.run([str(_build_dir() / "fusion_edge_cli"), "ask", "--bundle", str(bundle), "--image",
+                        str(png_image), "--question", question, "--max-new-tokens", str(STEPS), "--query-len", "16",
+                        "--json", "--threads", "1"], capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    pipe = Pipeline.open(bundle, device="cpu", threads=1)
+    pipe.ask(pipe.look(png_image), question, max_new_tokens=STEPS, query_len=16)
+    want = pipe.last_result
+    assert want.layout.num_image_tokens == 144 and want.layout.num_latents == 16
+    assert got["timings"]["prompt_tokens"] == want.layout.seq_len and got["timings"]["query_len"] == 16
+    assert got["token_ids"] == [int(t) for t in want.token_ids]
