@@ -22,6 +22,9 @@ def add_args(p) -> None:
     p.add_argument("--model", required=True, help="the checkpoint the bundles were exported from "
                                                    "(runs the PyTorch reference, eager fp32)")
     p.add_argument("--bundles", nargs="+", required=True, metavar="B", help="bundle folders to measure")
+    p.add_argument("--native", nargs="+", default=[], metavar="B",
+                   help="gguf bundles to measure through the native runtime too (docs/native.md; "
+                        "build/libfusion_edge.so or $FUSION_NATIVE_LIB)")
     p.add_argument("--cases", type=int, default=2, help="images (default 2)")
     p.add_argument("--questions-per-image", type=int, default=2,
                    help="questions per image; all but the first are follow-ups on the cached scene (default 2)")
@@ -47,7 +50,7 @@ def run(args) -> int:
     if args.plot:
         from .plot import _pyplot
         _pyplot()          # a missing matplotlib fails before minutes of measuring
-    s = Settings(model=args.model, bundles=list(args.bundles), cases=args.cases,
+    s = Settings(model=args.model, bundles=list(args.bundles), native=list(args.native), cases=args.cases,
                  questions_per_image=args.questions_per_image, max_new_tokens=args.max_new_tokens,
                  repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
                  query_len=args.query_len, bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class BenchError(FusionEdgeError):
 class Settings:
     model: str
     bundles: list[str]
+    native: list[str] = field(default_factory=list)     # gguf bundles run by the native runtime
     cases: int = 2
     questions_per_image: int = 2
     max_new_tokens: int = 32
@@ -66,7 +67,7 @@ def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) 
         images = [str(p) for p in write_images(work / "images", s.cases)]
         log(f"memory bandwidth probe ({s.bandwidth_bytes >> 20} MiB copy, {s.threads} threads) ...")
         bw = measure_bandwidth(s.bandwidth_bytes, repeats=5, threads=s.threads)
-        specs = [("--reference", s.model)] + [("--bundle", b) for b in s.bundles]
+        specs = [("--reference", s.model)] + [("--bundle", b) for b in s.bundles] + [("--native", b) for b in s.native]
         runs: list[list[dict]] = [[] for _ in specs]
         for rep in range(s.repeats):    # round robin: load from other work hits every backend alike
             for i, spec in enumerate(specs):
@@ -79,7 +80,7 @@ def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) 
     add_comparisons(backends)
     return {"fusion_edge": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {**machine_info(), "load_avg_1min_before": load_before}, "threads": s.threads,
-            "settings": {k: v for k, v in vars(s).items() if k not in ("model", "bundles")},
+            "settings": {k: v for k, v in vars(s).items() if k not in ("model", "bundles", "native")},
             "model": s.model, "source_fingerprint": fingerprint, "bandwidth": bw, "backends": backends}
 
 
@@ -92,7 +93,7 @@ def _check_inputs(s: Settings) -> str | None:
     if Path(s.model).is_dir():
         from fusion_edge.export.checkpoint import open_checkpoint
         fingerprint = open_checkpoint(s.model).fingerprint()
-    for b in s.bundles:
+    for b in s.bundles + s.native:
         bundle = Bundle.open(b, check_hashes=False)     # the worker checks hashes (timed as load)
         if fingerprint is not None:
             bundle.check_source(fingerprint)

@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--reference", help="checkpoint folder: run the PyTorch reference")
     src.add_argument("--bundle", help="bundle folder: run it through Pipeline.open")
+    src.add_argument("--native", help="gguf bundle folder: run it through the native runtime (bench/native_runner.py)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--questions-per-image", type=int, default=2)
@@ -170,8 +171,12 @@ def main(argv=None) -> int:
     result = {"ok": False, "threads": args.threads}
     try:
         t0 = time.perf_counter()
-        runner = (ReferenceRunner(args.reference, args.threads, args.query_len) if args.reference
-                  else BundleRunner(args.bundle, args.threads, args.device, args.query_len))
+        if args.native:
+            from .native_runner import NativeRunner
+            runner = NativeRunner(args.native, args.threads, args.device, args.query_len)
+        else:
+            runner = (ReferenceRunner(args.reference, args.threads, args.query_len) if args.reference
+                      else BundleRunner(args.bundle, args.threads, args.device, args.query_len))
         result.update({"load_s": time.perf_counter() - t0, "rss_after_load_bytes": peak_rss_bytes(),
                        "backend": runner.info})
         m = measure(runner, args.images, args.questions_per_image, args.max_new_tokens, args.repeats, args.warmup)

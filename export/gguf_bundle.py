@@ -2,6 +2,7 @@
 
 Bundle contents: `vision.onnx` and `align_00..NN.onnx` (the same graphs as the onnx target,
 run by onnxruntime), `llm.gguf` (the decoder for llama.cpp, at the precision's GGUF type),
+`vision.gguf` (tower, projectors and alignment layers for the native runtime, native/),
 `tokenizer/`, and `fusion_bundle.json` with `"llm_backend": "llama.cpp"`, the quant type
 and the type each GGUF tensor actually got. Precision → GGUF type: fp32 → F32 (run with an
 f32 KV cache and flash attention off: parity mode), fp16 → F16, int8 → Q8_0, int4 → Q4_K_M
@@ -21,6 +22,7 @@ from .bundle_export import _progress, export_options, manifest_for, verify_folde
 from .checkpoint import Checkpoint, open_checkpoint
 from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
 from .onnx_export import export_graph, graph_specs
+from .vision_gguf import PRECISION_VISION_QUANT, VISION_GGUF, write_vision_gguf
 
 LLM_FILE = "llm.gguf"
 
@@ -32,14 +34,16 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
     """Write a verified gguf bundle. Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
     default from the precision), vision_precision ("fp32" | "fp16", default "fp32"), threads
     (llama.cpp quantizer), onnx_from (a bundle of the same checkpoint whose vision/align ONNX
-    graphs are copied instead of exported again, e.g. to make several quant types quickly)."""
+    graphs are copied instead of exported again, e.g. to make several quant types quickly),
+    vision_quant (vision.gguf: "F32", "F16", "Q8_0"; default from the precision)."""
     quant = extra.pop("quant", None) or PRECISION_QUANT.get(precision)
     vision_precision = extra.pop("vision_precision", "fp32")
     threads = int(extra.pop("threads", 0) or 0)
     onnx_from = extra.pop("onnx_from", None)
+    vision_quant = extra.pop("vision_quant", None) or PRECISION_VISION_QUANT.get(precision, "F32")
     if extra:
         raise ExportError(f"unknown gguf export option(s): {', '.join(sorted(extra))}.",
-                          "known: quant, vision_precision, threads, onnx_from")
+                          "known: quant, vision_precision, vision_quant, threads, onnx_from")
     if quant not in QUANT_TYPES:
         raise ExportError(f"GGUF quant type '{quant}' is not offered.", f"choose one of: {', '.join(QUANT_TYPES)}")
     if vision_precision not in ("fp32", "fp16"):
@@ -58,6 +62,8 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
                 components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"),
                                                         vision_precision)
         components["llm"] = write_llm(ckpt, writer, precision, quant, tokenizer, progress, threads)
+        # vision.gguf: the vision side for the native runtime (native/); the Python runtime ignores it
+        components["native_vision"] = write_vision_gguf(ckpt, writer.path(VISION_GGUF), vision_quant)
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
                                 llm_backend="llama.cpp")

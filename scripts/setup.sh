@@ -23,6 +23,16 @@ if "$PY" -c "import sys, llama_cpp; sys.exit(0 if b'AMX_INT8 = 1' in llama_cpp.l
   echo "rebuilding llama-cpp-python without AMX (a ~6 min source build)"
   pip_install -c constraints.txt --force-reinstall --no-deps --no-cache-dir llama-cpp-python
 fi
+# Native runtime (docs/native.md): a C++ toolchain, cmake, nlohmann-json and stb from Debian,
+# and the llama.cpp headers of the installed llama-cpp-python (its PyPI source distribution).
+native_pkgs=(g++ cmake ninja-build nlohmann-json3-dev libstb-dev)
+missing=()
+for p in "${native_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+bash scripts/fetch_llama_headers.sh
 if [ "${1:-}" = "--with-browser" ] && [ -f scripts/install_browser.sh ]; then
   bash scripts/install_browser.sh
 fi

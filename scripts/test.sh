@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh, browser included), lint (ruff, pyproject.toml [tool.ruff]) and run
-# the whole test suite; a lint failure fails the run.
+# Set up (scripts/setup.sh, browser included), lint (ruff, pyproject.toml [tool.ruff]), build
+# the native runtime, run CTest and the whole test suite; a lint, build or CTest failure fails
+# the run.
 # A run that executes no test is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser || { echo "setup failed"; exit 1; }
 python3 -m ruff check . || { echo "ruff check failed"; exit 1; }
-python3 -m pytest -q -p no:cacheprovider "$@"
+# Native runtime: build it, run CTest; pytest then runs the native parity tests on this build
+# (FUSION_NATIVE_BUILD makes a missing build a failure instead of a skip).
+bash scripts/build_native.sh || { echo "native build failed"; exit 1; }
+# The C ABI checks also run on an AddressSanitizer build (library + the check program only).
+BUILD_DIR=build-asan bash scripts/build_native.sh -DFUSION_ASAN=ON --target c_abi_bad_inputs \
+  || { echo "native AddressSanitizer build failed"; exit 1; }
+ctest --test-dir build --output-on-failure
+ctest_rc=$?
+FUSION_NATIVE_BUILD="$PWD/build" FUSION_NATIVE_ASAN_BUILD="$PWD/build-asan" python3 -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
+if [ $ctest_rc -ne 0 ]; then echo "ctest failed"; exit 1; fi
 exit $rc
