@@ -23,6 +23,7 @@ from .weight_map import projector_entries, sampler_entries, tower_entries
 VISION_GGUF = "vision.gguf"
 ARCH = "fusion-vision"
 VISION_QUANTS = ("F32", "F16", "Q8_0")
+PRECISION_OF = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}      # the manifest's precision name
 ALIGN_LN_EPS = 1e-5      # nn.LayerNorm's default, used by the alignment layers
 PRECISION_VISION_QUANT = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q8_0"}
 
@@ -63,7 +64,8 @@ def write_vision_gguf(ckpt: Checkpoint, dst: Path, quant: str = "F32") -> dict:
             del arr
     finally:
         writer.close()
-    return {"name": "native_vision", "backend": "ggml", "format": "gguf", "files": [dst.name],
+    return {"name": "native_vision", "backend": "ggml", "format": "gguf", "precision": PRECISION_OF[quant],
+            "files": [dst.name],
             "quant": quant, "tensors": len(entries), "type_counts": types, "bytes": dst.stat().st_size}
 
 
