@@ -259,25 +259,50 @@ def _need(cfg: dict, key: str, path: str) -> Any:
     return cfg[key]
 
 
+_REQUIRED = object()
+
+
+def _number(cfg: dict, key: str, path: str, kind=int, default: Any = _REQUIRED):
+    """cfg[key] as `kind` (int or float); a missing required field or a value of the wrong
+    type (a string, a list, a fraction where an integer belongs) is a ConfigError."""
+    value = _need(cfg, key, path) if default is _REQUIRED else cfg.get(key, default)
+    if value is None and default is not _REQUIRED:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and kind is int and float(value) != int(value):
+        ok = False
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{path}: field '{key}' is {value!r}, not {what}.",
+                          "use the checkpoint's original config.json (a FUSION checkpoint)")
+    return kind(value)
+
+
 def parse_llm(cfg: dict, path: str = "config.json") -> LLMConfig:
     model_type = _need(cfg, "model_type", path)
     arch_spec(model_type)
-    hidden = int(_need(cfg, "hidden_size", path))
-    heads = int(_need(cfg, "num_attention_heads", path))
-    return LLMConfig(
+    hidden = _number(cfg, "hidden_size", path)
+    heads = _number(cfg, "num_attention_heads", path)
+    llm = LLMConfig(
         model_type=model_type, hidden_size=hidden,
-        intermediate_size=int(_need(cfg, "intermediate_size", path)),
-        num_layers=int(_need(cfg, "num_hidden_layers", path)),
-        num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or hidden // heads),
-        vocab_size=int(_need(cfg, "vocab_size", path)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        intermediate_size=_number(cfg, "intermediate_size", path),
+        num_layers=_number(cfg, "num_hidden_layers", path),
+        num_heads=heads, num_kv_heads=_number(cfg, "num_key_value_heads", path, default=heads),
+        head_dim=_number(cfg, "head_dim", path, default=hidden // heads if heads else 0),
+        vocab_size=_number(cfg, "vocab_size", path),
+        rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, 1e-5),
+        rope_theta=_number(cfg, "rope_theta", path, float, 10000.0),
+        max_position_embeddings=_number(cfg, "max_position_embeddings", path, default=4096),
         rope_scaling=cfg.get("rope_scaling"),
-        original_max_position_embeddings=cfg.get("original_max_position_embeddings"),
+        original_max_position_embeddings=_number(cfg, "original_max_position_embeddings", path, default=None),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
+    if min(llm.hidden_size, llm.num_heads, llm.num_layers, llm.vocab_size, llm.num_kv_heads) <= 0:
+        raise ConfigError(f"{path}: hidden_size, attention heads, layers and vocab_size must be positive.",
+                          "use the checkpoint's original config.json (a FUSION checkpoint)")
+    from .rope import rope_kind                  # a rope scaling the runtime cannot compute fails here
+    rope_kind(llm, path)
+    return llm
 
 
 def parse_fusion_config(cfg: dict, checkpoint_dir=None, path: str = "config.json") -> FusionConfig:
@@ -285,16 +310,16 @@ def parse_fusion_config(cfg: dict, checkpoint_dir=None, path: str = "config.json
     tower_name = _need(cfg, "mm_vision_tower", path)
     tower = resolve_tower(tower_name, checkpoint_dir)
     mm_hidden = cfg.get("mm_hidden_size")
-    if mm_hidden is not None and int(mm_hidden) != tower.hidden_size:
+    if mm_hidden is not None and _number(cfg, "mm_hidden_size", path) != tower.hidden_size:
         raise ConfigError(
             f"{path}: mm_hidden_size {mm_hidden} disagrees with tower '{tower_name}' "
             f"(hidden size {tower.hidden_size}).",
             "mm_vision_tower must name the tower the checkpoint was trained with")
     projector_type = cfg.get("mm_projector_type", "linear")
     projector_depth(projector_type)
-    n = int(cfg.get("num_of_vision_sampler_layers", 10))
-    start = int(cfg.get("start_of_vision_sampler_layers", 0))
-    stride = int(cfg.get("stride_of_vision_sampler_layers", 3))
+    n = _number(cfg, "num_of_vision_sampler_layers", path, default=10)
+    start = _number(cfg, "start_of_vision_sampler_layers", path, default=0)
+    stride = _number(cfg, "stride_of_vision_sampler_layers", path, default=3)
     layers = tuple(start + k * stride for k in range(n))
     if layers and layers[-1] >= llm.num_layers:
         raise ConfigError(
@@ -307,11 +332,11 @@ def parse_fusion_config(cfg: dict, checkpoint_dir=None, path: str = "config.json
             "released FUSION checkpoints use static_hd")
     eos = cfg.get("eos_token_id")
     eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-    max_len = cfg.get("tokenizer_model_max_length")
+    max_len = _number(cfg, "tokenizer_model_max_length", path, default=None)
     return FusionConfig(
         llm=llm, tower=tower, mm_vision_tower=tower_name, projector_type=projector_type,
         query_lens=parse_query_lens(cfg.get("query_len", "4,16,36,64,144")),
-        window_size=int(cfg.get("window_size", 3)), interaction_layers=layers,
+        window_size=_number(cfg, "window_size", path, default=3), interaction_layers=layers,
         image_aspect_ratio=aspect, use_im_start_end=bool(cfg.get("mm_use_im_start_end", True)),
         tokenizer_model_max_length=int(max_len) if max_len else None,
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos, raw=cfg)

@@ -12,18 +12,23 @@ import math
 import numpy as np
 
 from .config import LLMConfig
+from .errors import ConfigError
 
 
 # rope scaling kinds (config.json `rope_scaling.rope_type` or `.type`) → the one fusion-edge name
 ROPE_KINDS = {None: "default", "default": "default", "longrope": "longrope", "su": "longrope", "llama3": "llama3"}
 
 
-def rope_kind(c: LLMConfig) -> str:
-    """default | longrope | llama3, from the config's rope_scaling (NotImplementedError otherwise)."""
+def rope_kind(c: LLMConfig, where: str = "config.json") -> str:
+    """default | longrope | llama3, from the config's rope_scaling; ConfigError otherwise."""
     s = c.rope_scaling or {}
+    if not isinstance(s, dict):
+        raise ConfigError(f"{where}: rope_scaling is {s!r}, not an object.",
+                          "use the checkpoint's original config.json (a FUSION checkpoint)")
     kind = s.get("rope_type", s.get("type"))
     if kind not in ROPE_KINDS:
-        raise NotImplementedError(f"rope scaling '{kind}' is not supported")
+        raise ConfigError(f"{where}: rope scaling '{kind}' is not supported.",
+                          f"supported: {', '.join(sorted(k for k in ROPE_KINDS if k))} (or none)")
     return ROPE_KINDS[kind]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -18,37 +17,11 @@ from fusion_edge.runtime import errors
 from fusion_edge.runtime.pipeline import Pipeline
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.prompt import TEMPLATES
+from tests.corpus import assert_clean_failure, bounded
 from tests.corpus import images as image_corpus
 from tests.corpus import questions as question_corpus
 
 STEPS = 3
-BOUND_S = 120          # a case that takes longer has hung (the slowest valid case takes ~3 s)
-
-
-def bounded(fn, seconds: float = BOUND_S):
-    """fn() in a thread; its result, its exception re-raised, or a failure if it hangs."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as e:            # noqa: B036 - re-raised in the caller's thread
-            box["error"] = e
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"hung for more than {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def assert_clean_failure(rc: int, err: str) -> None:
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert sum(ln.startswith("error:") for ln in lines) == 1, err
-    assert sum(ln.lstrip().startswith("fix:") for ln in lines) == 1, err
-    assert "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
