@@ -89,15 +89,15 @@ def _check_inputs(s: Settings) -> str | None:
     from fusion_edge.runtime.bundle import Bundle
     if not s.bundles:
         raise BundleError("no bundle to benchmark.", "pass --bundles B1 [B2 ...] (folders made by fusion-export)")
-    fingerprint = None
+    ckpt = None
     if Path(s.model).is_dir():
         from fusion_edge.export.checkpoint import open_checkpoint
-        fingerprint = open_checkpoint(s.model).fingerprint()
+        ckpt = open_checkpoint(s.model)
     for b in s.bundles + s.native:
         bundle = Bundle.open(b, check_hashes=False)     # the worker checks hashes (timed as load)
-        if fingerprint is not None:
-            bundle.check_source(fingerprint)
-    return fingerprint
+        if ckpt is not None:
+            bundle.check_source(ckpt.fingerprint)
+    return ckpt.fingerprint() if ckpt is not None else None
 
 
 def run_worker(spec: tuple[str, str], images: list[str], s: Settings, out: Path) -> dict:

@@ -38,8 +38,8 @@ def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, quer
     cfg = ckpt.config
     return {
         "target": target, "precision": precision, "llm_backend": llm_backend,
-        "source": {"model": str(model), "fingerprint": ckpt.fingerprint(), "model_type": cfg.llm.model_type,
-                   "mm_vision_tower": cfg.mm_vision_tower},
+        "source": {"model": str(model), "fingerprint": ckpt.fingerprint(), "fingerprint_kind": "weights",
+                   "model_type": cfg.llm.model_type, "mm_vision_tower": cfg.mm_vision_tower},
         "fusion": cfg.to_dict(),
         "options": {"query_len": query_len, "image_tokens": image_tokens, "query_lens": list(cfg.query_lens)},
         "prompt": {"template": cfg.template, "stop_token_ids": list(stop_token_ids(tokenizer, cfg.template)),

@@ -18,11 +18,14 @@ from fusion_edge.runtime.config import CHECKPOINTS, FusionConfig, load_fusion_co
 from fusion_edge.runtime.errors import (CheckpointError, CorruptCheckpointError,
                                         HubUnavailableError, MissingWeightError, WeightShapeError)
 
+from .file_hash import cached_sha256
 from .safetensors_io import SafetensorsFile
 from .weight_map import TOWER, WeightEntry, all_entries
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
 
+
+FINGERPRINT_KINDS = ("weights", "headers")
 
 @dataclass
 class Checkpoint:
@@ -42,15 +45,22 @@ class Checkpoint:
         """Canonical parameters (float32), optionally only those whose name starts with prefix."""
         return {e.name: self.canonical(e) for e in self.entries if e.name.startswith(prefix)}
 
-    def fingerprint(self) -> str:
-        """sha256 over config.json and every safetensors header (names, shapes, dtypes, sizes).
+    def fingerprint(self, kind: str = "weights") -> str:
+        """The checkpoint's identity, recorded in bundles to refuse one from another checkpoint.
 
-        Cheap (no weight bytes read) and changes when any tensor's layout or the config does;
-        bundles record it to refuse a bundle built from a different checkpoint.
+        weights: sha256 over config.json and every weight file's bytes (each file's hash cached
+        by size and mtime, export/file_hash.py), so two fine-tunes of one architecture differ.
+        headers: the older, cheaper form (config.json + safetensors headers only), kept to check
+        bundles that recorded it.
         """
+        if kind not in FINGERPRINT_KINDS:
+            raise CheckpointError(f"unknown fingerprint kind '{kind}'.", f"use one of: {', '.join(FINGERPRINT_KINDS)}")
         h = hashlib.sha256((self.folder / "config.json").read_bytes())
         for f in sorted({f.path for f in self.files.values()}):
             h.update(f.name.encode())
+            if kind == "weights":
+                h.update(cached_sha256(f).encode())
+                continue
             with open(f, "rb") as fp:
                 n = int.from_bytes(fp.read(8), "little")
                 h.update(fp.read(n))

@@ -80,7 +80,7 @@ def run_verify(args) -> int:
     from .verify import verify
     bundle = Bundle.open(args.bundle)
     ckpt = open_checkpoint(args.model)
-    bundle.check_source(ckpt.fingerprint())
+    bundle.check_source(ckpt.fingerprint)
     changes = versions.drift(bundle.manifest.get("build", {}))
     if changes:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "

@@ -79,7 +79,7 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
 def copy_onnx_parts(source: str | Path, ckpt: Checkpoint, writer: BundleWriter, precision: str) -> dict:
     """The vision + align_* graphs of an existing bundle of the same checkpoint → component records."""
     src = Bundle.open(source)
-    src.check_source(ckpt.fingerprint())
+    src.check_source(ckpt.fingerprint)
     names = [n for n in src.components if n == "vision" or n.startswith("align_")]
     if "vision" not in names or len(names) != 1 + len(ckpt.config.interaction_layers):
         raise ExportError(f"bundle {source} does not hold the vision and alignment graphs.",

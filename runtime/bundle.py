@@ -238,7 +238,16 @@ class Bundle:
                 raise BundleFileError(f"bundle file {name} does not match its sha256 in the manifest "
                                       "(modified or corrupted).", "copy the bundle again, or " + REEXPORT)
 
-    def check_source(self, fingerprint: str) -> None:
+    @property
+    def fingerprint_kind(self) -> str:
+        """How the source checkpoint was fingerprinted (bundles from before 'weights': headers)."""
+        return self.manifest["source"].get("fingerprint_kind", "headers")
+
+    def check_source(self, fingerprint) -> None:
+        """`fingerprint`: the checkpoint's fingerprint, or a function kind → fingerprint (e.g.
+        `Checkpoint.fingerprint`), called with this bundle's fingerprint_kind."""
+        if callable(fingerprint):
+            fingerprint = fingerprint(self.fingerprint_kind)
         have = self.manifest["source"]["fingerprint"]
         if have != fingerprint:
             raise BundleMismatchError(

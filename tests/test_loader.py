@@ -162,3 +162,51 @@ def test_tokenizer_model_only_is_converted(ckpt_copy, tiny_checkpoint):
     original = open_checkpoint(tiny_checkpoint("phi3", "so400m")).tokenizer()
     for text in ("What is on the table?", " two  spaces\nnewline", "<|user|>\nhello<|end|>"):
         assert converted.encode(text) == original.encode(text)
+
+
+def test_fingerprint_covers_the_weight_bytes_and_is_cached(tiny_checkpoint, tmp_path, monkeypatch):
+    """Two checkpoints that differ in one weight value (same config, same headers) have
+    different fingerprints, and a bundle of one is refused for the other; the per-file hash
+    is cached by size and mtime."""
+    import os
+    import shutil
+
+    from fusion_edge.export.checkpoint import open_checkpoint
+    from fusion_edge.runtime.bundle import Bundle
+    from fusion_edge.runtime.errors import BundleMismatchError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = tiny_checkpoint("phi3", "so400m")
+    b = tmp_path / "finetune"
+    shutil.copytree(a, b)
+    weights = b / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(x ^ 0x55 for x in data[-4:])            # the last weight value changes
+    weights.write_bytes(bytes(data))
+    ca, cb = open_checkpoint(str(a)), open_checkpoint(str(b))
+    assert ca.fingerprint("headers") == cb.fingerprint("headers")   # the old fingerprint could not tell
+    assert ca.fingerprint() != cb.fingerprint()
+    manifest = {"source": {"model": "a", "fingerprint": ca.fingerprint(), "fingerprint_kind": "weights"}}
+    bundle = Bundle.__new__(Bundle)
+    bundle.path, bundle.manifest = tmp_path, manifest
+    bundle.check_source(ca.fingerprint)
+    with pytest.raises(BundleMismatchError, match="different checkpoint"):
+        bundle.check_source(cb.fingerprint)
+    # cached: same size and mtime → the stored hash, even if the bytes changed behind its back
+    before = cb.fingerprint()
+    st = weights.stat()
+    data[-4:] = bytes(x ^ 0x55 for x in data[-4:])
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_checkpoint(str(b)).fingerprint() == before
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))      # touched: hashed again
+    assert open_checkpoint(str(b)).fingerprint() == ca.fingerprint()
+
+
+def test_a_bundle_that_recorded_the_old_header_fingerprint_still_matches(tiny_checkpoint, tmp_path):
+    from fusion_edge.export.checkpoint import open_checkpoint
+    from fusion_edge.runtime.bundle import Bundle
+    ckpt = open_checkpoint(str(tiny_checkpoint("phi3", "so400m")))
+    bundle = Bundle.__new__(Bundle)
+    bundle.path, bundle.manifest = tmp_path, {"source": {"model": "a", "fingerprint": ckpt.fingerprint("headers")}}
+    assert bundle.fingerprint_kind == "headers"
+    bundle.check_source(ckpt.fingerprint)
