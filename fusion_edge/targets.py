@@ -37,7 +37,7 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
                           **kw) -> Path:
     """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle."""
     quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
-    with fp32_source(model, query_len, image_tokens, progress, log) as src:
+    with fp32_source(model, query_len, image_tokens, progress, log, verified=True) as src:
         return quantized(src, out, progress=progress, log=log, **kw)
 
 
@@ -82,17 +82,24 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
 
 @contextmanager
 def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print):
+                progress: bool = True, log=print, verified: bool = False):
     """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
-    export of the checkpoint into a temporary folder (removed afterwards)."""
+    export of the checkpoint into a temporary folder (removed afterwards). verified: the
+    bundle must have passed its verification, the temporary export is verified — quantized
+    bundles are gated against this pipeline, so an fp32 export error must not pass into them."""
     from fusion_edge.calibration.source import check_fp32_bundle, is_bundle
+    from fusion_edge.runtime.bundle import Bundle, check_verified
     if is_bundle(model):
-        yield check_fp32_bundle(model, query_len, image_tokens)
+        path = check_fp32_bundle(model, query_len, image_tokens)
+        if verified:
+            check_verified(Bundle.open(path, check_hashes=False),
+                           "quantized bundles are built only from a verified fp32 pipeline")
+        yield path
         return
     with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
-        log(f"exporting a temporary fp32 ONNX bundle of {model} …")
+        log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
         yield export_onnx(model, Path(tmp) / "fp32", target="onnx", precision="fp32", query_len=query_len,
-                          image_tokens=image_tokens, verify=False, progress=progress, log=log)
+                          image_tokens=image_tokens, verify=verified, progress=progress, log=log)
 
 
 def run_export(args) -> int:

@@ -363,12 +363,12 @@ def write_bundle(out: str | os.PathLike, fill: Callable[[BundleWriter], Mapping]
         return writer.commit()
 
 
-def check_verified(bundle: Bundle) -> None:
-    """`--strict`: refuse a bundle whose verification did not pass."""
+def check_verified(bundle: Bundle, why: str = "--strict refuses it") -> None:
+    """Refuse a bundle whose verification did not pass (`--strict`, quantization sources)."""
     status = bundle.verification_status
     if status != "passed":
         raise UnverifiedBundleError(f"bundle {bundle.path} is not verified ({VERIFICATION_STATES[status]}); "
-                                    "--strict refuses it.",
+                                    f"{why}.",
                                     "run `fusion-edge verify BUNDLE --model CHECKPOINT`, or re-export it "
                                     "without --no-verify / --force")
 

@@ -70,6 +70,22 @@ def onnx_bundle(tiny_checkpoint, work_dir):
     return make
 
 
+@pytest.fixture(scope="session")
+def verified_fp32(onnx_bundle, tiny_checkpoint, work_dir) -> Path:
+    """The phi3/so400m fp32 bundle, verified (`fusion-edge verify`): what quantization needs."""
+    import contextlib
+    import io
+    import shutil
+
+    from fusion_edge.cli import main
+    out = work_dir / "bundles" / "phi3-so400m-fp32-verified"
+    if not out.exists():
+        shutil.copytree(onnx_bundle("phi3", "so400m"), out)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["verify", str(out), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "4"]) == 0
+    return out
+
+
 def draw_scene(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 255, 3)))

@@ -28,8 +28,8 @@ ONE_BYTE_WEIGHTS = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
 
 
 @pytest.fixture(scope="module")
-def fp32(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
+def fp32(verified_fp32):
+    return verified_fp32                  # quantized bundles are built only from a verified fp32 bundle
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +200,14 @@ def test_cpu_int8_weights_are_unsigned_so_every_x86_kernel_is_exact(q8):
         assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights), name
         assert not m["components"][name]["exact_qdq_on_cpu"]
     assert "uint8 (zero-point 128)" in m["components"]["vision"]["quantization"]["scheme"]
+
+
+def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsys):
+    """The session's fp32 bundle is exported with --no-verify: int8 from it is refused, nothing written."""
+    from fusion_edge.cli import main
+    out = tmp_path / "q8"
+    rc = main(["export", str(onnx_bundle("phi3", "so400m")), "--target", "onnx", "--precision", "int8",
+               "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "quantized bundles are built only from a verified fp32 pipeline" in err and "fix:" in err
+    assert not out.exists()

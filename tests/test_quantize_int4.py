@@ -17,8 +17,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def fp32(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
+def fp32(verified_fp32):
+    return verified_fp32                  # quantized bundles are built only from a verified fp32 bundle
 
 
 @pytest.fixture(scope="module")
