@@ -57,7 +57,8 @@ def _ask_reference(args, stream: bool) -> dict:
 
 def _ask_bundle(args, stream: bool) -> dict:
     from fusion_edge.runtime.pipeline import Pipeline
-    pipe = Pipeline.open(args.bundle, device=args.device)
+    from fusion_edge.device_args import device_kwargs
+    pipe = Pipeline.open(args.bundle, **device_kwargs(args))
     if args.image_tokens and args.image_tokens != pipe.image_tokens:
         raise ExportError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {args.image_tokens}.",
                           f"re-export it with --image-tokens {args.image_tokens}, or leave --image-tokens out")
@@ -71,4 +72,4 @@ def _ask_bundle(args, stream: bool) -> dict:
             sys.stdout.flush()
     r = pipe.last_result
     return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
-            "timings": pipe.last_stats, "first_logits": r.first_logits}
+            "timings": pipe.last_stats, "devices": pipe.devices, "tf32": pipe.tf32, "first_logits": r.first_logits}

@@ -140,7 +140,8 @@ class CameraApp:
     def snapshot(self) -> dict:
         return {"source": self.capture.status(), "freeze": self.freeze_state(), "watch": self.watch.public(),
                 "queue": self.worker.snapshot(), "history": list(self.history),
-                "model": {"backend": self.pipeline.backend_name, "device": self.pipeline.device},
+                "model": {"backend": self.pipeline.backend_name, "device": self.pipeline.device,
+                          "devices": self.pipeline.devices},
                 "limits": {"max_question_chars": self.settings.max_question_chars,
                            "max_upload_bytes": self.settings.max_upload_bytes,
                            "max_new_tokens": self.settings.max_new_tokens}}
