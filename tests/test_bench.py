@@ -108,6 +108,14 @@ def test_report_table_names_backends_and_figures(bench_run):
         assert word in text
 
 
+def test_bench_reports_the_device_map_of_each_backend(bench_run):
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    cpu = {"vision": "cpu", "align": "cpu", "llm": "cpu"}
+    assert [(b["devices"], b["tf32"]) for b in result["backends"]] == [(cpu, False), (cpu, False)]
+    text = format_report(result)
+    assert "devices v/a/l" in text and text.count("cpu/cpu/cpu ") >= 2
+
+
 def test_llm_bytes_per_token(reference, onnx_bundle):
     # reference: the decoder's fp32 parameters by the config's formula, + norm, lm_head, one embedding row
     c = reference("phi3", "so400m").cfg.llm

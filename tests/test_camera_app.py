@@ -178,7 +178,8 @@ def test_page_static_files_and_state(http):
     for name in ("app.js", "app.css", "favicon.svg"):
         assert http.get(f"/static/{name}").status_code == 200
     st = http.get("/api/state").json()
-    assert st["model"] == {"backend": "onnx-fp32", "device": "cpu"}
+    assert st["model"] == {"backend": "onnx-fp32", "device": "cpu",
+                           "devices": {"vision": "cpu", "align": "cpu", "llm": "cpu"}}
     assert st["limits"]["max_question_chars"] == MAX_Q and st["source"]["label"] == "clip.avi"
 
 
