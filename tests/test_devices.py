@@ -153,3 +153,13 @@ def test_every_bundle_command_takes_the_per_part_flags(capsys):
         text = capsys.readouterr().out
         for flag in ("--device", "--vision-device", "--align-device", "--llm-device", "--tf32"):
             assert flag in text, (cmd, flag)
+
+
+def test_gate_lines_say_which_device_the_figures_hold_for():
+    from fusion_edge.runtime.fidelity import placement_lines
+    cpu = placement_lines(Placement(devs("cpu", "cpu", "cpu")).describe())
+    assert cpu[0] == "  measured on: vision cpu, align cpu, llm cpu"
+    assert "verify BUNDLE --model CKPT --device cuda" in cpu[1]
+    gpu = placement_lines(Placement(devs("cpu", "cpu", "cuda"), tf32=True).describe())
+    assert gpu == ["  measured on: vision cpu, align cpu, llm cuda (TF32 on)"]
+    assert placement_lines(None) == []
