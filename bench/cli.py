@@ -33,7 +33,7 @@ def add_args(p) -> None:
                                                          "(default 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for every backend and the bandwidth probe (default: all cores)")
-    from fusion_edge.device_args import add_device_args
+    from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None, help="latent count (default: each backend's)")
     p.add_argument("--bandwidth-mib", type=int, default=256, help="size of the bandwidth probe's array")

@@ -104,7 +104,7 @@ def _check_inputs(s: Settings) -> str | None:
 
 
 def device_argv(s: Settings) -> list[str]:
-    from fusion_edge.device_args import device_argv as argv
+    from fusion_edge.runtime.device_args import device_argv as argv
     return argv(s)
 
 

@@ -165,11 +165,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, required=True)
-    from fusion_edge.device_args import add_device_args
+    from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None)
     args = p.parse_args(argv)
-    from fusion_edge.device_args import device_kwargs
+    from fusion_edge.runtime.device_args import device_kwargs
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"ok": False, "threads": args.threads}
     try:

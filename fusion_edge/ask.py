@@ -57,7 +57,7 @@ def _ask_reference(args, stream: bool) -> dict:
 
 def _ask_bundle(args, stream: bool) -> dict:
     from fusion_edge.runtime.pipeline import Pipeline
-    from fusion_edge.device_args import device_kwargs
+    from fusion_edge.runtime.device_args import device_kwargs
     pipe = Pipeline.open(args.bundle, **device_kwargs(args))
     if args.image_tokens and args.image_tokens != pipe.image_tokens:
         raise ExportError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {args.image_tokens}.",

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=None)
     a.add_argument("--query-len", type=int, default=None, help="latent count (one of the checkpoint's query_len)")
     a.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
-    from fusion_edge.device_args import add_device_args
+    from fusion_edge.runtime.device_args import add_device_args
     add_device_args(a)
     a.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     a.add_argument("--logits-out", help="save the first generated step's logits (float32 .npy)")

@@ -21,7 +21,7 @@ def add_args(p) -> None:
                    "any other address needs an access token)")
     p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
     p.add_argument("--token", default=None, help="access token (generated and printed when --host is not loopback)")
-    from fusion_edge.device_args import add_device_args
+    from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -84,7 +84,7 @@ def _open_app(args, spec):
     from fusion_edge.runtime.pipeline import Pipeline
     from .app import CameraApp
     print(f"loading {args.bundle} …", file=sys.stderr, flush=True)
-    from fusion_edge.device_args import device_kwargs
+    from fusion_edge.runtime.device_args import device_kwargs
     pipe = Pipeline.open(args.bundle, threads=args.threads, **device_kwargs(args))
     print(f"model: {pipe.backend_name} on {_devices_text(pipe.devices)}; source: {spec.label}",
           file=sys.stderr, flush=True)
