@@ -36,7 +36,8 @@ def add_args(p) -> None:
                                                          "(default 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for every backend and the bandwidth probe (default: all cores)")
-    p.add_argument("--device", default="cpu", help="bundle device: cpu (default) | auto | cuda")
+    from fusion_edge.runtime.device_args import add_device_args
+    add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None, help="latent count (default: each backend's)")
     p.add_argument("--bandwidth-mib", type=int, default=256, help="size of the bandwidth probe's array")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per backend before it is abandoned")
@@ -53,6 +54,8 @@ def run(args) -> int:
     s = Settings(model=args.model, bundles=list(args.bundles), native=list(args.native), cases=args.cases,
                  questions_per_image=args.questions_per_image, max_new_tokens=args.max_new_tokens,
                  repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+                 vision_device=args.vision_device, align_device=args.align_device, llm_device=args.llm_device,
+                 tf32=args.tf32,
                  query_len=args.query_len, bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout)
     result = run_bench(s)
     print(format_report(result))

@@ -39,6 +39,12 @@ def pct(v) -> str:
     return f"{v:.0%}" if v >= 0.1 else f"{v * 100:.2g}%"
 
 
+def devices_text(b: dict) -> str:
+    """vision/align/llm devices, e.g. cpu/cpu/cuda; "+tf32" where the CUDA EP ran TF32."""
+    d = b.get("devices") or {}
+    return "/".join(d.get(p, "?") for p in ("vision", "align", "llm")) + ("+tf32" if b.get("tf32") else "")
+
+
 def format_report(result: dict) -> str:
     bw = result["bandwidth"]
     s = result["settings"]
@@ -52,8 +58,8 @@ def format_report(result: dict) -> str:
            f" (before > 0.5: other work shared the cores)", ""]
     ok = [b for b in result["backends"] if b["ok"]]
     out.append("times in ms: median (min)")
-    out.append(_table(["backend"] + [c for _, c in TIME_COLUMNS],
-                      [[b["name"]] + [_ms(b["figures"][k]) for k, _ in TIME_COLUMNS] for b in ok]))
+    out.append(_table(["backend", "devices v/a/l"] + [c for _, c in TIME_COLUMNS],
+                      [[b["name"], devices_text(b)] + [_ms(b["figures"][k]) for k, _ in TIME_COLUMNS] for b in ok]))
     out += ["", "decode, memory, fidelity (decode: median (best); bound = bandwidth / LLM weight bytes per token)"]
     rows = []
     for b in ok:

@@ -45,6 +45,10 @@ class Settings:
     warmup: int = 1
     threads: int = os.cpu_count() or 1
     device: str = "cpu"
+    vision_device: str | None = None
+    align_device: str | None = None
+    llm_device: str | None = None
+    tf32: bool = False
     query_len: int | None = None
     bandwidth_bytes: int = 256 << 20
     timeout_s: float = 3600.0
@@ -100,13 +104,18 @@ def _check_inputs(s: Settings) -> str | None:
     return ckpt.fingerprint() if ckpt is not None else None
 
 
+def device_argv(s: Settings) -> list[str]:
+    from fusion_edge.runtime.device_args import device_argv as argv
+    return argv(s)
+
+
 def run_worker(spec: tuple[str, str], images: list[str], s: Settings, out: Path) -> dict:
     """Run one pass of one backend in a fresh worker process (warm-up + every image once);
     → its result.json (with `error` on failure)."""
     cmd = [sys.executable, "-m", "fusion_edge.bench.worker", spec[0], spec[1], "--out", str(out),
            "--images", *images, "--questions-per-image", str(s.questions_per_image),
            "--max-new-tokens", str(s.max_new_tokens), "--repeats", "1", "--warmup", str(s.warmup),
-           "--threads", str(s.threads), "--device", s.device]
+           "--threads", str(s.threads), *device_argv(s)]
     if s.query_len:
         cmd += ["--query-len", str(s.query_len)]
     env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), PYTHONUNBUFFERED="1")

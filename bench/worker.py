@@ -48,15 +48,17 @@ def peak_rss_bytes() -> int:
 class BundleRunner:
     """A bundle through the runtime pipeline."""
 
-    def __init__(self, path: str, threads: int, device: str, query_len: int | None):
+    def __init__(self, path: str, threads: int, devices: dict, query_len: int | None):
+        """devices: Pipeline.open's device keywords (device, vision_device, …, tf32)."""
         from fusion_edge.runtime.pipeline import Pipeline
-        self.pipe = Pipeline.open(path, device=device, threads=threads)
+        self.pipe = Pipeline.open(path, threads=threads, **devices)
         self.query_len = query_len
         m = self.pipe.bundle.manifest
         llm = bundle_llm_bytes_per_token(path, m)
         self.info = {"kind": "bundle", "name": f"{m['target']}-{m['precision']}", "path": str(path),
                      "target": m["target"], "precision": m["precision"],
                      "llm_backend": m.get("llm_backend", "onnxruntime"), "device": self.pipe.device,
+                     "devices": self.pipe.devices, "tf32": self.pipe.tf32,
                      "llm_bytes_per_token": llm["bytes"], "llm_bytes_method": llm["method"],
                      "disk_bytes": disk_bytes(path), "verification": self.pipe.bundle.verification_status,
                      "verification_warning": self.pipe.verification_warning}
@@ -88,6 +90,7 @@ class ReferenceRunner:
         self.query_len = query_len
         self.info = {"kind": "reference", "name": "pytorch-reference", "path": str(model),
                      "target": "pytorch", "precision": "fp32", "llm_backend": "torch", "device": "cpu",
+                     "devices": {"vision": "cpu", "align": "cpu", "llm": "cpu"}, "tf32": False,
                      "torch_threads": torch.get_num_threads(),
                      "llm_bytes_per_token": torch_llm_bytes_per_token(self.ref.model.llm),
                      "llm_bytes_method": "fp32 parameters + one embedding row",
@@ -164,9 +167,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--device", default="cpu")
+    from fusion_edge.runtime.device_args import add_device_args
+    add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None)
     args = p.parse_args(argv)
+    from fusion_edge.runtime.device_args import device_kwargs
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"ok": False, "threads": args.threads}
     try:
@@ -176,7 +181,7 @@ def main(argv=None) -> int:
             runner = NativeRunner(args.native, args.threads, args.device, args.query_len)
         else:
             runner = (ReferenceRunner(args.reference, args.threads, args.query_len) if args.reference
-                      else BundleRunner(args.bundle, args.threads, args.device, args.query_len))
+                      else BundleRunner(args.bundle, args.threads, device_kwargs(args), args.query_len))
         result.update({"load_s": time.perf_counter() - t0, "rss_after_load_bytes": peak_rss_bytes(),
                        "backend": runner.info})
         m = measure(runner, args.images, args.questions_per_image, args.max_new_tokens, args.repeats, args.warmup)

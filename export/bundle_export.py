@@ -94,7 +94,8 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
     finally:
         pipe.llm.close()
     passed, reasons = gate_reference(figures, precision, target)
-    figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed()})
+    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
+                    "versions": versions.installed()})
     log(format_reference(figures))
     if not passed and not force:
         raise ExportError(f"the exported {target} bundle does not match the reference closely enough: "

@@ -66,6 +66,8 @@ def add_verify_args(p) -> None:
     p.add_argument("--model", required=True, help="the checkpoint the bundle was exported from")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    from fusion_edge.runtime.device_args import add_device_args
+    add_device_args(p, default="cpu")
 
 
 def run_verify(args) -> int:
@@ -85,9 +87,12 @@ def run_verify(args) -> int:
     if changes:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
               "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
-    figures = verify(Pipeline.open(args.bundle, device="cpu"), FusionReference(ckpt), steps=args.steps)
+    from fusion_edge.runtime.device_args import device_kwargs
+    pipe = Pipeline.open(args.bundle, **device_kwargs(args))
+    figures = verify(pipe, FusionReference(ckpt), steps=args.steps)
     passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
-    figures.update({"passed": passed, "gate": reasons, "device": "cpu", "versions": versions.installed(),
+    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
+                    "versions": versions.installed(),
                     "version_drift": [list(c) for c in changes]})
     bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures},
                            verification_status="passed" if passed else "failed")

@@ -57,7 +57,8 @@ def _ask_reference(args, stream: bool) -> dict:
 
 def _ask_bundle(args, stream: bool) -> dict:
     from fusion_edge.runtime.pipeline import Pipeline
-    pipe = Pipeline.open(args.bundle, device=args.device, strict=args.strict)
+    from fusion_edge.runtime.device_args import device_kwargs
+    pipe = Pipeline.open(args.bundle, strict=args.strict, **device_kwargs(args))
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
     if args.image_tokens and args.image_tokens != pipe.image_tokens:
@@ -73,5 +74,5 @@ def _ask_bundle(args, stream: bool) -> dict:
             sys.stdout.flush()
     r = pipe.last_result
     return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
-            "timings": pipe.last_stats, "first_logits": r.first_logits,
+            "timings": pipe.last_stats, "devices": pipe.devices, "tf32": pipe.tf32, "first_logits": r.first_logits,
             "verification": pipe.bundle.verification_status}

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=None)
     a.add_argument("--query-len", type=int, default=None, help="latent count (one of the checkpoint's query_len)")
     a.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
-    a.add_argument("--device", default="auto", help="bundle device: auto | cpu | cuda")
+    from fusion_edge.runtime.device_args import add_device_args
+    add_device_args(a)
     a.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     a.add_argument("--strict", action="store_true",
                    help="refuse a bundle whose verification was skipped (--no-verify), forced or failed")

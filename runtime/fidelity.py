@@ -101,7 +101,20 @@ def figures_key(target: str, precision: str) -> str:
 def _gate_line(f: dict) -> list[str]:
     if "passed" not in f:
         return []
-    return ["  gate: " + ("passed" if f["passed"] else "FAILED: " + "; ".join(f["gate"]))]
+    line = "  gate: " + ("passed" if f["passed"] else "FAILED: " + "; ".join(f["gate"]))
+    return [line] + placement_lines(f.get("placement"))
+
+
+def placement_lines(p: dict | None) -> list[str]:
+    """Which device the figures (and so the gate) hold for; a CPU-only result says where to re-check."""
+    if not p:
+        return []
+    d = p["devices"]
+    where = ", ".join(f"{part} {d[part]}" for part in ("vision", "align", "llm"))
+    lines = [f"  measured on: {where}" + (" (TF32 on)" if p.get("tf32") else "")]
+    if "cuda" not in d.values():
+        lines.append("  holds for the CPU; on a GPU re-check: fusion-edge verify BUNDLE --model CKPT --device cuda")
+    return lines
 
 
 def format_reference(f: dict) -> str:

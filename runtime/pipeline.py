@@ -19,6 +19,7 @@ import numpy as np
 from . import vision_post
 from .backends.engines import GraphAccess, LLMEngine, VisionEngine
 from .bundle import Bundle, check_verified
+from .devices import Placement
 from .errors import BackendError, PromptError
 from .preprocess import Tiles, static_hd_tiles
 from .prompt import PromptLayout, build_prompt, stop_token_ids
@@ -47,13 +48,16 @@ class AskResult:
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, vision: VisionEngine, llm: LLMEngine, tokenizer: Tokenizer, device: str):
+    def __init__(self, bundle: Bundle, vision: VisionEngine, llm: LLMEngine, tokenizer: Tokenizer,
+                 placement: Placement | str):
         self.bundle = bundle
         self.cfg = bundle.config
         self.vision = vision
         self.llm = llm
         self.tokenizer = tokenizer
-        self.device = device
+        # a plain device string: every part on it (engines opened by hand)
+        self.placement = placement if isinstance(placement, Placement) else \
+            Placement({c: placement for c in ("vision", "align", "llm")})
         self.stop_ids = frozenset(stop_token_ids(tokenizer, self.cfg.template))
         self.last_stats: dict = {}
         self.last_result: AskResult | None = None
@@ -61,20 +65,38 @@ class Pipeline:
         self.interactions_enabled = True
 
     @classmethod
-    def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True,
-             strict: bool = False) -> "Pipeline":
-        """strict: refuse a bundle whose verification was skipped, forced or failed (else
+    def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True, *,
+             vision_device: str | None = None, align_device: str | None = None, llm_device: str | None = None,
+             tf32: bool = False, strict: bool = False) -> "Pipeline":
+        """device: auto | cpu | cuda for every part; vision_device / align_device / llm_device
+        override it per part. tf32: let the CUDA EP run fp32 MatMuls in TF32 (faster, ~1e-2 off).
+        strict: refuse a bundle whose verification was skipped, forced or failed (else
         `verification_warning` says so, for the caller to show)."""
         from .backends import open_backends
         bundle = Bundle.open(path, check_hashes=check_hashes)
         if strict:
             check_verified(bundle)
-        vision, llm, device_used = open_backends(bundle, device, threads)
-        return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), device_used)
+        vision, llm, placement = open_backends(bundle, device, threads, vision_device=vision_device,
+                                               align_device=align_device, llm_device=llm_device, tf32=tf32)
+        return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), placement)
 
     @property
     def verification_warning(self) -> str | None:
         return self.bundle.verification_warning()
+
+    @property
+    def devices(self) -> dict[str, str]:
+        """{"vision", "align", "llm"} → "cpu" | "cuda": where each part runs."""
+        return dict(self.placement.devices)
+
+    @property
+    def device(self) -> str:
+        """The one device every part runs on, or "mixed"."""
+        return self.placement.summary
+
+    @property
+    def tf32(self) -> bool:
+        return self.placement.tf32
 
     @property
     def recorder(self):
@@ -139,7 +161,8 @@ class Pipeline:
         decoder = self.tokenizer.stream_decoder()
         out: list[int] = []
         stats = {**scene.stats, "vision_main_s": t1 - t0, "prefill_s": t2 - t1, "ttft_s": t2 - t0,
-                 "prompt_tokens": layout.seq_len, "query_len": layout.num_latents}
+                 "prompt_tokens": layout.seq_len, "query_len": layout.num_latents,
+                 "devices": self.devices, "tf32": self.tf32}
         self.last_stats = stats
         while True:
             tok = sampler(logits)

@@ -5,10 +5,13 @@ fraction of the bandwidth bound) are computed from the same run's numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +118,14 @@ def test_report_table_names_backends_and_figures(bench_run):
     text = format_report(result)
     for word in ("pytorch-reference", "onnx-fp32", "TTFT follow-up", "bound tok/s", "ratio to the reference"):
         assert word in text
+
+
+def test_bench_reports_the_device_map_of_each_backend(bench_run):
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+    cpu = {"vision": "cpu", "align": "cpu", "llm": "cpu"}
+    assert [(b["devices"], b["tf32"]) for b in result["backends"]] == [(cpu, False), (cpu, False)]
+    text = format_report(result)
+    assert "devices v/a/l" in text and text.count("cpu/cpu/cpu ") >= 2
 
 
 def test_llm_bytes_per_token(reference, onnx_bundle):
@@ -247,3 +258,22 @@ def test_passes_are_pooled_per_backend():
     assert merged["answers"] == [{"token_ids": [0]}]           # fidelity from the first pass
     failed = {"ok": False, "error": {"type": "X", "message": "boom"}}
     assert merge_passes([one(0, 100), failed]) is failed
+
+
+def test_gpu_check_table_lists_gpu_tests_with_reasons_and_bench_devices(bench_run, tmp_path):
+    """scripts/gpu_check.sh's table, from a real run of tests/gpu (skips here) and this bench."""
+    from fusion_edge.bench.gpu_check import main as table_main
+    junit = tmp_path / "gpu.xml"
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                        "--junitxml", str(junit)], capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode in (0, 5) and junit.exists(), r.stdout[-2000:]
+    out = tmp_path / "table.txt"
+    with open(out, "w") as f, contextlib.redirect_stdout(f):
+        rc = table_main(["--junit", str(junit), "--bench", str(bench_run[1] / "bench.json")])
+    text = out.read_text()
+    assert "test_fp32_on_cuda_matches_the_reference_with_tf32_off" in text
+    assert "bench onnx-fp32" in text and "devices cpu/cpu/cpu" in text and "TTFT" in text
+    if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert "SKIP" in text and "no CUDAExecutionProvider" in text
+    assert rc == (1 if " FAIL " in text else 0)

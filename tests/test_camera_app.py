@@ -179,8 +179,9 @@ def test_page_static_files_and_state(http):
         assert http.get(f"/static/{name}").status_code == 200
     st = http.get("/api/state").json()
     model = st["model"]                           # the session bundle is exported with --no-verify
-    assert {k: model[k] for k in ("backend", "device", "verification")} == \
-        {"backend": "onnx-fp32", "device": "cpu", "verification": "skipped"}
+    assert {k: model[k] for k in ("backend", "device", "verification", "devices")} == \
+        {"backend": "onnx-fp32", "device": "cpu", "verification": "skipped",
+         "devices": {"vision": "cpu", "align": "cpu", "llm": "cpu"}}
     assert "exported with --no-verify" in model["warning"]
     assert 'id="verify-warning"' in page.text
     assert st["limits"]["max_question_chars"] == MAX_Q and st["source"]["label"] == "clip.avi"

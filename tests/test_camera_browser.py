@@ -134,7 +134,7 @@ def test_page_loads_and_the_live_view_updates(page):
     assert page.inner_text("#view-badge") == "LIVE"
     page.wait_for_selector("#source-pill.ok")
     assert "clip.avi" in page.inner_text("#source-pill")
-    assert page.inner_text("#model-pill") == "onnx-fp32 · cpu"
+    assert page.inner_text("#model-pill") == "onnx-fp32 · vision cpu · align cpu · llm cpu"
     assert page.evaluate("document.getElementById('live').naturalWidth") == 320
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
+L = pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
 pytest.importorskip("gguf", reason="the gguf extra (gguf) is not installed")
 
 from fusion_edge.runtime.pipeline import Pipeline  # noqa: E402
@@ -358,3 +358,23 @@ def test_runtime_backend_does_not_import_torch(gguf_bundle):
     r = subprocess.run([sys.executable, "-c", code, str(gguf_bundle("phi3", "so400m"))],
                        capture_output=True, text=True, timeout=120)
     assert r.stdout.strip().splitlines()[-1] == "False", r.stdout + r.stderr
+
+
+# ---- device placement (the CUDA side is tests/gpu/test_llamacpp_cuda.py) -----------------------
+def test_gguf_placement_follows_what_llama_cpp_and_onnxruntime_offer(gguf_bundle):
+    import onnxruntime as ort
+    gpu = bool(L.llama_supports_gpu_offload())
+    ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    pipe = Pipeline.open(gguf_bundle("phi3", "so400m"), device="auto", threads=1)
+    on = {True: "cuda", False: "cpu"}
+    assert pipe.devices == {"vision": on[ort_cuda], "align": on[ort_cuda], "llm": on[gpu]}
+    assert (pipe.llm.n_gpu_layers > 0) == gpu and pipe.llm.device == on[gpu] and pipe.llm.op_offload == gpu
+    pipe.llm.close()
+
+
+@pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks the refusal on a llama.cpp without GPU")
+def test_gguf_llm_on_cuda_without_gpu_offload_names_the_llm_and_the_fix(gguf_bundle):
+    from fusion_edge.runtime.errors import DeviceError
+    with pytest.raises(DeviceError) as e:
+        Pipeline.open(gguf_bundle("phi3", "so400m"), device="cpu", llm_device="cuda", threads=1)
+    assert "the llm part (llama.cpp)" in e.value.problem and "GGML_CUDA" in e.value.fix

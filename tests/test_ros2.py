@@ -182,6 +182,11 @@ def test_streamed_and_final_answer_equal_the_pipeline(fresh, pipe):
     assert partials and partials[-1] == text
     assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(partials, partials[1:]))   # growing
     assert job["stats"]["new_tokens"] == len(ids) and job["stats"]["device"] == "cpu"
+    cpu = {"vision": "cpu", "align": "cpu", "llm": "cpu"}
+    assert job["stats"]["devices"] == cpu
+    _, status = fresh.wait_for("status", lambda s: "devices" in s, since, WAIT)
+    assert status["devices"] == cpu and status["tf32"] is False
+    assert status["device_map"] == {p: "CPUExecutionProvider" for p in cpu}
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "mono8", "png", "jpeg"])

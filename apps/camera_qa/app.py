@@ -142,7 +142,8 @@ class CameraApp:
                 "queue": self.worker.snapshot(), "history": list(self.history),
                 "model": {"backend": self.pipeline.backend_name, "device": self.pipeline.device,
                           "verification": self.pipeline.bundle.verification_status,
-                          "warning": self.pipeline.verification_warning},
+                          "warning": self.pipeline.verification_warning,
+                          "devices": self.pipeline.devices},
                 "limits": {"max_question_chars": self.settings.max_question_chars,
                            "max_upload_bytes": self.settings.max_upload_bytes,
                            "max_new_tokens": self.settings.max_new_tokens}}

@@ -21,7 +21,8 @@ def add_args(p) -> None:
                    "any other address needs an access token)")
     p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
     p.add_argument("--token", default=None, help="access token (generated and printed when --host is not loopback)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    from fusion_edge.runtime.device_args import add_device_args
+    add_device_args(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--strict", action="store_true",
@@ -85,10 +86,12 @@ def _open_app(args, spec):
     from fusion_edge.runtime.pipeline import Pipeline
     from .app import CameraApp
     print(f"loading {args.bundle} …", file=sys.stderr, flush=True)
-    pipe = Pipeline.open(args.bundle, device=args.device, threads=args.threads, strict=args.strict)
+    from fusion_edge.runtime.device_args import device_kwargs
+    pipe = Pipeline.open(args.bundle, threads=args.threads, strict=args.strict, **device_kwargs(args))
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
-    print(f"model: {pipe.backend_name} on {pipe.device}; source: {spec.label}", file=sys.stderr, flush=True)
+    print(f"model: {pipe.backend_name} on {_devices_text(pipe.devices)}; source: {spec.label}",
+          file=sys.stderr, flush=True)
     return CameraApp(pipe, spec, settings_from_args(args)).start()
 
 
@@ -108,3 +111,7 @@ def _announce(url: str, host: str, generated: bool) -> None:
               "127.0.0.1)", flush=True)
     if generated:
         print("  an access token was generated for this run (pass --token to choose one)", flush=True)
+
+
+def _devices_text(devices: dict) -> str:
+    return ", ".join(f"{part} {dev}" for part, dev in devices.items())

@@ -177,7 +177,8 @@ class Worker:
                 "ttft_s": look_s + prefill_end, "decode_s": decode_s, "new_tokens": new_tokens,
                 "tokens_per_s": (s.get("decode_tokens_per_s", 0.0) if not cancelled
                                  else (max(pieces - 1, 0) / decode_s if decode_s else 0.0)),
-                "total_s": total_s, "device": self.pipe.device}
+                "total_s": total_s, "device": self.pipe.device,
+                "devices": self.pipe.devices}
 
     def _end(self, job: Job, state: str, error: str | None = None, fix: str | None = None) -> None:
         job.state, job.error, job.fix = state, error, fix

@@ -43,13 +43,14 @@ JOB_FIELDS = ("id", "kind", "question", "state", "text", "token_ids", "error", "
 
 class FusionEdgeNode(Node):
     def __init__(self, open_pipeline, **node_kw):
-        """open_pipeline(bundle, device) → Pipeline; node_kw go to rclpy's Node."""
+        """open_pipeline(bundle, devices) → Pipeline (devices: Pipeline.open's device keywords);
+        node_kw go to rclpy's Node."""
         super().__init__("fusion_edge", **node_kw)
         self._declare()
         bundle = self._p("bundle")
         if not bundle:
             raise PromptError("no bundle was given.", "fusion-edge ros2 BUNDLE, or --ros-args -p bundle:=FOLDER")
-        self.pipe = open_pipeline(bundle, self._p("device"))
+        self.pipe = open_pipeline(bundle, self._device_kwargs())
         for name in params.PARAMS:
             params.check(name, self._p(name), self.pipe)
         self.watch = Watch(self._p("max_question_chars"))
@@ -218,7 +219,8 @@ class FusionEdgeNode(Node):
         snap = self.worker.snapshot()
         busy = snap["waiting"] is not None if ending else snap["running"] is not None
         body = {"event": event, "state": "answering" if busy else "idle", "queued": snap["waiting"] is not None,
-                "device": self.pipe.device, "device_map": self._device_map, "backend": self.pipe.backend_name,
+                "device": self.pipe.device, "devices": self.pipe.devices, "tf32": self.pipe.tf32,
+                "device_map": self._device_map, "backend": self.pipe.backend_name,
                 "verification": self.pipe.bundle.verification_status,
                 "last_error": self._last_error, "timings": self._timings, "watch": self.watch.on,
                 "time": time.time()}
@@ -251,6 +253,10 @@ class FusionEdgeNode(Node):
             question = clean_question(question, new.get("max_question_chars", self._p("max_question_chars")))
         self.watch.configure(bool(question) and period > 0, question or None, period if period > 0 else None)
 
+    def _device_kwargs(self) -> dict:
+        return {"device": self._p("device"), "tf32": bool(self._p("tf32")),
+                **{f"{p}_device": (self._p(f"{p}_device") or None) for p in ("vision", "align", "llm")}}
+
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -259,12 +265,14 @@ class FusionEdgeNode(Node):
 
 
 def device_map(pipe) -> dict:
-    """Which device runs each part: onnxruntime's first provider per session, or llama.cpp."""
+    """Which provider runs each part: onnxruntime's first provider per session, or llama.cpp."""
     def provider(session):
         return session.get_providers()[0] if hasattr(session, "get_providers") else None
-    vision = provider(getattr(pipe.vision, "vision", None)) or pipe.device
-    llm = provider(getattr(pipe.llm, "embed_sess", None)) or f"llama.cpp ({pipe.device})"
-    return {"vision": vision, "llm": llm}
+    sessions = getattr(pipe.vision, "sessions", {})
+    align = next((sessions[n] for n in sessions if n.startswith("align_")), None)
+    llm = provider(getattr(pipe.llm, "embed_sess", None)) or f"llama.cpp ({pipe.devices['llm']})"
+    return {"vision": provider(sessions.get("vision")) or pipe.devices["vision"],
+            "align": provider(align) or pipe.devices["align"], "llm": llm}
 
 
 def _readable(err: FusionEdgeError) -> str:

@@ -12,6 +12,10 @@ from fusion_edge.runtime.errors import FusionEdgeError, PromptError
 PARAMS: dict[str, tuple] = {
     "bundle": ("", "exported bundle folder (fixed while the node runs)"),
     "device": ("auto", "auto | cpu | cuda (fixed while the node runs)"),
+    "vision_device": ("", "device of the vision part only: auto | cpu | cuda; empty = device (fixed)"),
+    "align_device": ("", "device of the alignment part only; empty = device (fixed)"),
+    "llm_device": ("", "device of the LLM part only; empty = device (fixed)"),
+    "tf32": (False, "let onnxruntime's CUDA EP run fp32 MatMuls in TF32 (fixed)"),
     "max_new_tokens": (64, "most tokens per answer"),
     "temperature": (0.0, "sampling temperature; 0 = greedy"),
     "query_len": (0, "latent count, one the checkpoint was trained with; 0 = the bundle's"),
@@ -21,7 +25,7 @@ PARAMS: dict[str, tuple] = {
     "max_image_age_s": (0.0, "refuse to answer about a frame older than this; 0 = any age"),
     "max_question_chars": (500, "longest question accepted"),
 }
-FIXED = ("bundle", "device")
+FIXED = ("bundle", "device", "vision_device", "align_device", "llm_device", "tf32")
 MAX_TOKENS = 4096
 
 

@@ -14,10 +14,11 @@ from .node import FusionEdgeNode
 EXECUTOR_THREADS = 2
 
 
-def open_pipeline(bundle: str, device: str):
+def open_pipeline(bundle: str, devices: dict):
+    """devices: Pipeline.open's device keywords (device, vision_device, align_device, llm_device, tf32)."""
     from fusion_edge.runtime.pipeline import Pipeline
     print(f"loading {bundle} …", file=sys.stderr, flush=True)
-    pipe = Pipeline.open(bundle, device=device)
+    pipe = Pipeline.open(bundle, **devices)
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
     return pipe

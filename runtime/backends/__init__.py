@@ -11,6 +11,7 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import BundleError
+from ..devices import Placement, probe, requests, resolve_devices
 from .engines import GraphAccess, LLMEngine, VisionEngine
 
 __all__ = ["BACKENDS", "Backend", "GraphAccess", "LLMEngine", "VisionEngine", "open_backends"]
@@ -44,18 +45,24 @@ def _engine_class(ref: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-def open_backends(bundle, device: str = "auto", threads: int | None = None
-                  ) -> tuple[VisionEngine, LLMEngine, str]:
-    """→ (vision engine, llm engine, device actually used)."""
-    from .ort_session import providers_for
-    providers = providers_for(device)
+def open_backends(bundle, device: str = "auto", threads: int | None = None, *, vision_device: str | None = None,
+                  align_device: str | None = None, llm_device: str | None = None, tf32: bool = False
+                  ) -> tuple[VisionEngine, LLMEngine, Placement]:
+    """→ (vision engine, llm engine, the placement actually used)."""
+    from .ort_session import provider_chain
     llm_backend = backend(bundle.manifest.llm_backend)
     vision_backend = backend(bundle.component("vision").backend)
     if llm_backend.llm is None or vision_backend.vision is None:
         raise BundleError(f"bundle {bundle.path} names backends that cannot run its LLM / vision parts.",
                           "re-export the bundle")
-    vision = _engine_class(vision_backend.vision)(bundle, device, threads, providers=providers,
-                                                  align_threads=llm_backend.align_threads)
-    llm = _engine_class(llm_backend.llm)(bundle, device, threads, providers=providers)
-    used = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-    return vision, llm, used
+    names = {"vision": bundle.component("vision").backend, "align": bundle.component("vision").backend,
+             "llm": bundle.manifest.llm_backend}
+    req = requests(device, vision_device, align_device, llm_device)
+    devices = resolve_devices(req, names, probe(names))
+    chains = {c: provider_chain(devices[c], tf32) for c in names if names[c] == "onnxruntime"}
+    vision = _engine_class(vision_backend.vision)(bundle, devices["vision"], threads, providers=chains["vision"],
+                                                  align_threads=llm_backend.align_threads,
+                                                  align_providers=chains["align"])
+    llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"))
+    devices["llm"] = getattr(llm, "device", devices["llm"])     # llama.cpp says what it offloaded
+    return vision, llm, Placement(devices, tf32, chains)

@@ -194,6 +194,7 @@ class LlamaCppLLM:
             raise BackendError(f"interaction layer {max(layers)} is the last decoder layer, whose l_out holds "
                                "only output rows in llama.cpp.", "export this checkpoint with --target onnx")
         self.ctx = self.model = None
+        self.device, self.n_gpu_layers, self.op_offload = "cpu", 0, False
         self.embed_rows = TokenEmbedding(self.path)      # reads (and so checks) the GGUF first
         self.model = self._load_model(device)
         self.n_embd = self.llama.llama_model_n_embd(self.model)
@@ -210,14 +211,22 @@ class LlamaCppLLM:
 
     # ---- model and context ----------------------------------------------------------------
     def _load_model(self, device: str):
+        """device auto | cpu | cuda. On cuda every layer is offloaded (n_gpu_layers 999)."""
         gpu = self.llama.llama_supports_gpu_offload()
         if device == "cuda" and not gpu:
-            raise DeviceError("device 'cuda' was asked for, but this llama-cpp-python was built without GPU support.",
+            raise DeviceError("the llm part (llama.cpp) cannot run on 'cuda': this llama-cpp-python was built "
+                              "without GPU offload.",
                               "reinstall it with CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install llama-cpp-python, "
-                              "or use --device cpu")
+                              "or use --llm-device cpu")
         if device not in ("auto", "cpu", "cuda"):
             raise DeviceError(f"unknown device '{device}'.", "use auto, cpu or cuda")
-        return load_model(self.path, 999 if (gpu and device != "cpu") else 0)
+        self.n_gpu_layers = 999 if (gpu and device != "cpu") else 0
+        self.device = "cuda" if self.n_gpu_layers else "cpu"
+        # On a GPU build with the weights on the host, llama.cpp still sends large-batch ops
+        # to the GPU ("op_offload"); keep a cpu placement on the CPU (the fp32 drift of issue 11
+        # is suspected to come from there: unverified, see docs/gpu.md).
+        self.op_offload = self.device == "cuda"
+        return load_model(self.path, self.n_gpu_layers)
 
     def reserve(self, capacity: int) -> None:
         """A context whose KV cache holds `capacity` positions (re-created only when it grows)."""
@@ -234,6 +243,8 @@ class LlamaCppLLM:
         p.cb_eval, p.cb_eval_user_data = self.hook.eval_cb, None
         p.abort_callback, p.abort_callback_data = self.hook.abort_cb, None
         p.no_perf = True
+        if hasattr(p, "op_offload"):
+            p.op_offload = self.op_offload
         self._free_ctx()
         ctx = L.llama_init_from_model(self.model, p)
         if not ctx:

@@ -9,7 +9,7 @@ from ..bundle import Bundle
 from ..config import FusionConfig
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HostCache
-from .ort_session import component_session, providers_for
+from .ort_session import component_session, provider_name, providers_for
 
 
 CACHE_BLOCK = 256
@@ -20,13 +20,13 @@ class OnnxLLM:
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
-                 providers: list[str] | None = None):
+                 providers: list | None = None):
         providers = providers or providers_for(device)
         self.cfg: FusionConfig = bundle.config
         self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads)
         self.segments = [(c, component_session(bundle, c, providers, threads))
                          for c in map(bundle.component, bundle.component_names("segment_"))]
-        self.on_cuda = providers[0] == "CUDAExecutionProvider"
+        self.on_cuda = provider_name(providers[0]) == "CUDAExecutionProvider"
         self.capacity = 0
         self.cache = None
         self.length = 0          # positions currently in the cache

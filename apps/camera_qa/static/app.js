@@ -73,7 +73,8 @@
   function renderState(st) {
     S.limits = st.limits || {};
     if (S.limits.max_question_chars) $("question").maxLength = S.limits.max_question_chars;
-    $("model-pill").textContent = `${st.model.backend} · ${st.model.device}`;
+    const devs = st.model.devices || {};
+    $("model-pill").textContent = `${st.model.backend} · vision ${devs.vision} · align ${devs.align} · llm ${devs.llm}`;
     const warn = $("verify-warning");
     warn.hidden = !st.model.warning;
     warn.textContent = st.model.warning ? `⚠ ${st.model.warning}` : "";

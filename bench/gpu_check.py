@@ -1,0 +1,70 @@
+"""One table from a GPU check (scripts/gpu_check.sh): every tests/gpu result with its skip
+or failure reason, then the short bench's backends with their device maps.
+
+    python -m fusion_edge.bench.gpu_check --junit results.xml --bench bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import xml.etree.ElementTree as ET
+
+from .report import devices_text
+
+
+def test_rows(junit_path: str) -> list[list[str]]:
+    """[[test, PASS|FAIL|SKIP, detail]] from a pytest --junitxml file."""
+    rows = []
+    for case in ET.parse(junit_path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        state, detail = "PASS", ""
+        for tag, word in (("failure", "FAIL"), ("error", "FAIL"), ("skipped", "SKIP")):
+            el = case.find(tag)
+            if el is not None:
+                state, detail = word, (el.get("message") or "").splitlines()[0][:110] if el.get("message") else ""
+                break
+        rows.append([name, state, detail])
+    return rows
+
+
+def bench_rows(bench_path: str) -> list[list[str]]:
+    """[[backend, devices, TTFT ms, decode tok/s, max|dlogit|]] from a bench --json file."""
+    rows = []
+    for b in json.loads(open(bench_path, encoding="utf-8").read())["backends"]:
+        if not b["ok"]:
+            rows.append([f"bench {b['name']}", "FAIL", str(b.get("error", ""))[:110]])
+            continue
+        f = b["figures"]
+        ttft = (f.get("ttft_s") or {}).get("median")
+        tok = (f.get("decode_tokens_per_s") or {}).get("median")
+        gap = (b.get("fidelity") or {}).get("max_dlogit")
+        detail = (f"devices {devices_text(b)}; TTFT {ttft * 1e3:.1f} ms; decode {tok:.1f} tok/s"
+                  if ttft and tok else f"devices {devices_text(b)}")
+        rows.append([f"bench {b['name']}", "PASS", detail + (f"; max|dlogit| {gap:.2g}" if gap is not None else "")])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    header = ["check", "result", "detail"]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(2)]
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]}",
+             f"{'-' * widths[0]}  {'-' * widths[1]}  ------"]
+    lines += [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in rows]
+    counts = {s: sum(r[1] == s for r in rows) for s in ("PASS", "FAIL", "SKIP")}
+    lines.append(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--junit", required=True)
+    p.add_argument("--bench", default=None)
+    args = p.parse_args(argv)
+    rows = test_rows(args.junit) + (bench_rows(args.bench) if args.bench else [])
+    print(format_table(rows))
+    return 1 if any(r[1] == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
