@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fusion_edge.runtime.errors import ExportError, MissingExtraError
+from fusion_edge.runtime.errors import ExportError
 
 from .checkpoint import Checkpoint
+from .gguf_writer import import_gguf
 from .ref_align import CROSS_ATTN_HEADS
 from .weight_map import projector_entries, sampler_entries, tower_entries
 
@@ -28,19 +29,12 @@ ALIGN_LN_EPS = 1e-5      # nn.LayerNorm's default, used by the alignment layers
 PRECISION_VISION_QUANT = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q8_0"}
 
 
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise MissingExtraError("gguf", "gguf", "Writing vision.gguf") from None
-    return gguf
-
 
 def write_vision_gguf(ckpt: Checkpoint, dst: Path, quant: str = "F32") -> dict:
     """Write dst; → its component record (files, quant, tensor count, bytes)."""
     if quant not in VISION_QUANTS:
         raise ExportError(f"vision.gguf type '{quant}' is not offered.", f"choose one of: {', '.join(VISION_QUANTS)}")
-    gguf = _gguf()
+    gguf = import_gguf()
     cfg = ckpt.config
     writer = gguf.GGUFWriter(str(dst), ARCH)
     _write_metadata(writer, cfg)
