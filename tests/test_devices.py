@@ -124,10 +124,13 @@ def test_ask_json_reports_the_device_map(onnx_bundle, images, capsys):
     assert out["timings"]["devices"] == out["devices"]
 
 
-def test_verify_records_the_placement_it_measured_on(tiny_checkpoint, onnx_bundle, capsys):
+def test_verify_records_the_placement_it_measured_on(tiny_checkpoint, onnx_bundle, tmp_path, capsys):
+    import shutil
+
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.fidelity import figures_key
-    bundle = onnx_bundle("phi3", "so400m")
+    bundle = tmp_path / "b"                     # a copy: verify rewrites the manifest of the session bundle
+    shutil.copytree(onnx_bundle("phi3", "so400m"), bundle)
     rc = main(["verify", str(bundle), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "2", "--json",
                "--device", "auto"])
     figures = json.loads(capsys.readouterr().out)
