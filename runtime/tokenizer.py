@@ -298,8 +298,12 @@ class StreamDecoder:
         hold = _cleanup_holdback(full) if self._tok.clean_up_spaces else 0
         end = max(emitted, len(full) - hold)
         out = full[emitted:end]
-        if end == len(full):     # all of the window is out: start the next one here
-            self._prefix, self._read, self._extra = self._read, len(self._ids), ""
+        if end == len(full):     # all of the window is out: start the next one here ...
+            # ... unless the new context would be only skipped special tokens: they decode to
+            # nothing, and the next token would decode as the start of a text (SPM drops its "▁")
+            only_skipped = self._skip and all(self._tok.is_special(i) for i in self._ids[self._read:])
+            self._prefix = self._prefix if only_skipped else self._read
+            self._read, self._extra = len(self._ids), ""
         else:
             self._extra += out
         return out

@@ -349,6 +349,19 @@ def test_stream_decoder_reproduces_decode(request, flavor, text):
     assert not any("\ufffd" in p for p in pieces)
 
 
+@pytest.mark.parametrize("flavor", ["phi3", "llama3"])
+def test_stream_decoder_after_a_skipped_special_token(request, flavor):
+    """A skipped special token (e.g. <unk> sampled by a model) between two words: the word after
+    it keeps its space, as in a full decode (seen in the demo: "4ksutcameras" vs "4ksut cameras")."""
+    tok = request.getfixturevalue(f"{flavor}_tok")
+    special = sorted(tok._special_ids)[0]
+    for left, right in (("The cup", " is on the table"), ("4ksut", " cameras step")):
+        ids = tok.encode(left, add_special_tokens=False) + [special, special] \
+            + tok.encode(right, add_special_tokens=False)
+        stream = tok.stream_decoder()
+        assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
+
+
 def test_stream_decoder_holds_incomplete_utf8(phi3_tok):
     emoji = "🤖"
     ids = phi3_tok.encode(emoji, add_special_tokens=False)
