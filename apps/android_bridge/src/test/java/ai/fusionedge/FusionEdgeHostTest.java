@@ -19,8 +19,10 @@ import java.util.concurrent.atomic.AtomicReference;
  * Host test of the Java API over the JNI library (docs/android.md), run by CTest and by
  * tests/test_android_bridge.py (which compares ANSWER_IDS with the Python runtime's).
  *
- * Usage: FusionEdgeHostTest [BUNDLE [--image PNG] [--question Q] [--steps N] [--cycles N] [--max-growth-kib K]]
- * Without a bundle only the checks that need none run. Prints "ok"/"FAIL" lines, ANSWER_IDS,
+ * Usage: FusionEdgeHostTest [BUNDLE [--image PNG] [--question Q] [--steps N] [--cycles N] [--max-growth-kib K]
+ *                            [--soak-only]]
+ * Without a bundle only the checks that need none run; --cycles 0 skips the memory soak,
+ * --soak-only runs only it. Prints "ok"/"FAIL" lines, ANSWER_IDS,
  * ANSWER_TEXT_HEX (UTF-8), RSS_KIB, and "N failure(s)"; exit code 1 on a failure.
  */
 public final class FusionEdgeHostTest {
@@ -63,6 +65,10 @@ public final class FusionEdgeHostTest {
         System.exit(failures == 0 ? 0 : 1);
     }
 
+    private static boolean flag(String[] args, String name) {
+        return Arrays.asList(args).subList(1, args.length).contains(name);
+    }
+
     private static String opt(String[] args, String name, String dflt) {
         for (int i = 1; i + 1 < args.length; i++) if (args[i].equals(name)) return args[i + 1];
         return dflt;
@@ -75,6 +81,11 @@ public final class FusionEdgeHostTest {
         int cycles = Integer.parseInt(opt(args, "--cycles", "100"));
         long maxGrowthKib = Long.parseLong(opt(args, "--max-growth-kib", "32768"));
         Frame img = Frame.load(opt(args, "--image", ""));
+        if (!flag(args, "--soak-only")) functional(bundle, img, question, steps);
+        if (cycles > 0) soak(bundle, img, question, cycles, maxGrowthKib);
+    }
+
+    private static void functional(String bundle, Frame img, String question, int steps) throws Exception {
         try (FusionEdge fe = FusionEdge.open(bundle, 1)) {
             expectError("ask before look", FusionEdgeException.Status.NO_IMAGE, () -> fe.askBlocking(question, 2, null));
             badImages(fe, img);
@@ -94,7 +105,6 @@ public final class FusionEdgeHostTest {
         closed.close();
         expectError("look after close", FusionEdgeException.Status.INVALID_ARGUMENT,
                     () -> closed.look(img.argb, img.w, img.h));
-        soak(bundle, img, question, cycles, maxGrowthKib);
     }
 
     private static void badImages(FusionEdge fe, Frame img) {
@@ -206,6 +216,8 @@ public final class FusionEdgeHostTest {
         long before = 0;
         for (int i = 0; i < warmup + cycles; i++) {
             if (i == warmup) before = settledRssKib();
+            if (i >= warmup && (i - warmup) % 10 == 0) System.out.printf("rss after %d cycles: %d KiB%n", i - warmup,
+                                                                          procStatusKib("VmRSS"));
             try (FusionEdge fe = FusionEdge.open(bundle, 1)) {
                 fe.lookBlocking(img.argb, img.w, img.h);
                 fe.askBlocking(question, 2, null);
