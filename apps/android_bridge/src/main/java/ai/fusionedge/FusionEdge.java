@@ -5,10 +5,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
-import java.util.concurrent.ExecutorService;
 import java.util.concurrent.RejectedExecutionException;
-import java.util.concurrent.Executors;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
@@ -21,8 +18,9 @@ import java.util.concurrent.atomic.AtomicLong;
  * }
  * </pre>
  *
- * Threads: look and ask return at once; the work runs in order on this object's own worker
- * thread, which also calls the {@link TokenListener}. The returned futures (or the *Blocking
+ * Threads: look and ask return at once; the work runs in order on a worker thread (one at a
+ * time per FusionEdge, from a pool shared by all of them, see {@link SerialWorker}), which also
+ * calls the {@link TokenListener}. The returned futures (or the *Blocking
  * variants) give the result. {@link #cancel()} may be called from any thread. Only
  * {@link #open} and {@link #close()} block (loading the bundle; waiting for the running token).
  */
@@ -33,20 +31,13 @@ public final class FusionEdge implements AutoCloseable {
 
     private final Object lock = new Object();
     private final AtomicLong cancelEpoch = new AtomicLong();
-    private final ExecutorService worker;
-    private volatile Thread workerThread;
+    private final SerialWorker worker = new SerialWorker();
     private long handle;                  // freed by close() only after the worker has stopped
     private volatile boolean closed;
     private volatile Stats lastStats;
 
     private FusionEdge(long handle) {
         this.handle = handle;
-        this.worker = Executors.newSingleThreadExecutor(r -> {
-            Thread t = new Thread(r, "fusion-edge-worker");
-            t.setDaemon(true);
-            workerThread = t;
-            return t;
-        });
     }
 
     /** Opens a gguf bundle folder (blocking: it loads the model). threads: 0 = all cores. */
@@ -169,7 +160,7 @@ public final class FusionEdge implements AutoCloseable {
     /** Cancels, waits for the worker (at most the running token), frees the native runtime. */
     @Override
     public void close() {
-        if (Thread.currentThread() == workerThread)
+        if (worker.isCurrentThread())
             throw new IllegalStateException("FusionEdge.close() from its own worker thread (a TokenListener) would "
                                             + "wait for itself: call cancel() there, close() elsewhere");
         synchronized (lock) {
@@ -178,14 +169,7 @@ public final class FusionEdge implements AutoCloseable {
         }
         cancel();
         worker.shutdown();
-        boolean interrupted = false;
-        while (true) {
-            try {
-                if (worker.awaitTermination(1, TimeUnit.MINUTES)) break;
-            } catch (InterruptedException e) {
-                interrupted = true;
-            }
-        }
+        boolean interrupted = worker.awaitTermination();
         synchronized (lock) {
             nativeClose(handle);
             handle = 0;
