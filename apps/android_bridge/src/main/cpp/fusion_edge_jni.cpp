@@ -86,8 +86,9 @@ int on_token(int32_t id, const char * piece, void * user) {
     jbyteArray p = utf8_bytes(env, piece);
     if (!p) return 1;
     const jboolean stop = env->CallBooleanMethod(s->sink, s->token, jint(id), p);
+    const bool threw = env->ExceptionCheck();   // checked first: -Xcheck:jni wants it before any other call
     env->DeleteLocalRef(p);   // one local ref per token: the frame of fe_ask would otherwise hold them all
-    return (env->ExceptionCheck() || stop) ? 1 : 0;
+    return (threw || stop) ? 1 : 0;
 }
 
 }  // namespace
