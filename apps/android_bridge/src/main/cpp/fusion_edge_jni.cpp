@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -60,11 +61,25 @@ bool check_open(JNIEnv * env, Handle * h) {
     return false;
 }
 
+// Pixels of a w x h frame, 0 for an empty one; false (exception thrown) above fe_look's limit,
+// checked before the copies below allocate 3-4 bytes per pixel.
+bool pixel_count(JNIEnv * env, jint w, jint hgt, size_t * n) {
+    *n = (w > 0 && hgt > 0) ? size_t(w) * size_t(hgt) : 0;
+    if (*n <= size_t(16384) * 16384) return true;
+    throw_error(env, FE_ERR_IMAGE, "the image is larger than 16384x16384 pixels.", "downscale it");
+    return false;
+}
+
 // One frame to fe_look: `px(i)` gives pixel i as 0xRRGGBB; packed RGB8 rows.
 template <class Px>
-void look(JNIEnv * env, Handle * h, jint w, jint hgt, Px px) {
-    const size_t n = (w > 0 && hgt > 0) ? size_t(w) * size_t(hgt) : 0;
-    std::vector<uint8_t> rgb(3 * n + 1);   // +1: never a NULL pointer, fe_look reports the size itself
+void look(JNIEnv * env, Handle * h, jint w, jint hgt, size_t n, Px px) {
+    std::vector<uint8_t> rgb;
+    try {
+        rgb.resize(3 * n + 1);   // +1: never a NULL pointer, fe_look reports the size itself
+    } catch (const std::bad_alloc &) {
+        throw_error(env, FE_ERR_BACKEND, "out of memory for the frame's RGB copy.", "pass a smaller frame");
+        return;
+    }
     for (size_t i = 0; i < n; ++i) {
         const uint32_t v = px(i);
         rgb[3 * i] = uint8_t(v >> 16), rgb[3 * i + 1] = uint8_t(v >> 8), rgb[3 * i + 2] = uint8_t(v);
@@ -117,7 +132,11 @@ JNIEXPORT jlong JNICALL Java_ai_fusionedge_FusionEdge_nativeOpen(JNIEnv * env, j
     const jsize n = env->GetArrayLength(dir);
     std::string path(size_t(n), '\0');
     env->GetByteArrayRegion(dir, 0, n, reinterpret_cast<jbyte *>(&path[0]));
-    auto * h = new Handle();
+    auto * h = new (std::nothrow) Handle();
+    if (!h) {
+        throw_error(env, FE_ERR_BACKEND, "out of memory.", "free memory");
+        return 0;
+    }
     const fe_open_options o{threads, "cpu"};
     const fe_status st = fe_open(path.c_str(), &o, &h->engine);
     if (st != FE_OK) {
@@ -132,17 +151,28 @@ JNIEXPORT void JNICALL Java_ai_fusionedge_FusionEdge_nativeLookArgb(JNIEnv * env
                                                                    jint hgt) {
     Handle * h = handle_of(hp);
     if (!check_open(env, h)) return;
-    const size_t n = (w > 0 && hgt > 0) ? size_t(w) * size_t(hgt) : 0;
+    size_t n = 0;
+    if (!pixel_count(env, w, hgt, &n)) return;
     if (size_t(env->GetArrayLength(argb)) < n) {
         throw_error(env, FE_ERR_IMAGE, "the ARGB array is shorter than width*height.", "pass width*height pixels");
         return;
     }
     jint * px = env->GetIntArrayElements(argb, nullptr);
     if (!px) return;
-    // Copied before fe_look: the array is released before the long call.
-    std::vector<uint32_t> copy(px, px + n);
+    // Copied, and the array released, before the long fe_look.
+    std::vector<uint32_t> copy;
+    bool oom = false;
+    try {
+        copy.assign(px, px + n);
+    } catch (const std::bad_alloc &) {
+        oom = true;
+    }
     env->ReleaseIntArrayElements(argb, px, JNI_ABORT);
-    look(env, h, w, hgt, [&](size_t i) { return copy[i] & 0xFFFFFFu; });
+    if (oom) {
+        throw_error(env, FE_ERR_BACKEND, "out of memory for the frame's copy.", "pass a smaller frame");
+        return;
+    }
+    look(env, h, w, hgt, n, [&](size_t i) { return copy[i] & 0xFFFFFFu; });
 }
 
 JNIEXPORT void JNICALL Java_ai_fusionedge_FusionEdge_nativeLookRgba(JNIEnv * env, jclass, jlong hp, jobject buf, jint w,
@@ -154,12 +184,13 @@ JNIEXPORT void JNICALL Java_ai_fusionedge_FusionEdge_nativeLookRgba(JNIEnv * env
         throw_error(env, FE_ERR_IMAGE, "the RGBA ByteBuffer is not a direct buffer.", "pass ByteBuffer.allocateDirect(4*width*height)");
         return;
     }
-    const size_t n = (w > 0 && hgt > 0) ? size_t(w) * size_t(hgt) : 0;
+    size_t n = 0;
+    if (!pixel_count(env, w, hgt, &n)) return;
     if (size_t(env->GetDirectBufferCapacity(buf)) < 4 * n) {
         throw_error(env, FE_ERR_IMAGE, "the RGBA buffer is smaller than 4*width*height bytes.", "pass width*height RGBA pixels");
         return;
     }
-    look(env, h, w, hgt, [&](size_t i) { return uint32_t(p[4 * i]) << 16 | uint32_t(p[4 * i + 1]) << 8 | p[4 * i + 2]; });
+    look(env, h, w, hgt, n, [&](size_t i) { return uint32_t(p[4 * i]) << 16 | uint32_t(p[4 * i + 1]) << 8 | p[4 * i + 2]; });
 }
 
 // → the answer's token ids; streams each token to sink.token(id, piece) on this thread.
