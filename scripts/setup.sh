@@ -28,6 +28,8 @@ fi
 native_pkgs=(g++ cmake ninja-build nlohmann-json3-dev libstb-dev)
 missing=()
 for p in "${native_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# The Android bridge's host build and tests (docs/android.md): a JDK (javac, java, jni.h).
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

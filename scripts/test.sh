@@ -7,9 +7,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser || { echo "setup failed"; exit 1; }
 python3 -m ruff check . || { echo "ruff check failed"; exit 1; }
-# Native runtime: build it, run CTest; pytest then runs the native parity tests on this build
-# (FUSION_NATIVE_BUILD makes a missing build a failure instead of a skip).
-bash scripts/build_native.sh || { echo "native build failed"; exit 1; }
+# Native runtime: build it with the Android bridge's JNI library and Java API (needs a JDK: a
+# missing one fails the configure step), run CTest; pytest then runs the native parity and the
+# host JNI tests on this build (FUSION_NATIVE_BUILD makes a missing build a failure, not a skip).
+bash scripts/build_native.sh -DFUSION_EDGE_JNI=ON || { echo "native build failed"; exit 1; }
 # The C ABI checks also run on an AddressSanitizer build (library + the check program only).
 BUILD_DIR=build-asan bash scripts/build_native.sh -DFUSION_ASAN=ON --target c_abi_bad_inputs \
   || { echo "native AddressSanitizer build failed"; exit 1; }
