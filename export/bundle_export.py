@@ -1,6 +1,7 @@
 """`fusion-export`: checkpoint → complete, verified bundle (written atomically).
 
-Steps: open and validate the checkpoint → export every graph (progress bar) → tokenizer
+Steps: open and validate the checkpoint → export every graph (progress bar) → the merged
+decode graph, its weights shared with the segments (export/decode_graph.py) → tokenizer
 → manifest (facts, components, hashes, build info) → verify against the PyTorch
 reference → gate → rename into place. A failure at any step leaves no bundle folder.
 """
@@ -18,6 +19,7 @@ from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 from fusion_edge.runtime.prompt import stop_token_ids
 
 from .checkpoint import Checkpoint, open_checkpoint
+from .decode_graph import DECODE, build_shared
 from .onnx_export import OPSET, export_graph, graph_specs
 
 def _progress(iterable, desc: str, enabled: bool):
@@ -64,6 +66,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         components = {}
         for spec in _progress(graph_specs(ckpt), f"export {target}/{precision}", progress):
             components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), precision)
+        components[DECODE] = build_shared(writer.tmp, components)
         tokenizer.save(writer.path("tokenizer"))
         return manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
 
