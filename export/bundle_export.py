@@ -1,7 +1,7 @@
 """`fusion-export`: checkpoint → complete, verified bundle (written atomically).
 
 Steps: open and validate the checkpoint → export every graph (progress bar) → the merged
-decode graph, its weights shared with the segments (export/decode_graph.py) → tokenizer
+decode graph, its weights shared with the segments (runtime/decode_graph.py) → tokenizer
 → manifest (facts, components, hashes, build info) → verify against the PyTorch
 reference → gate → rename into place. A failure at any step leaves no bundle folder.
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
+from fusion_edge.runtime.decode_graph import DECODE, build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference, gate_reference
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 from fusion_edge.runtime.prompt import stop_token_ids
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .decode_graph import DECODE, build_shared
 from .onnx_export import OPSET, export_graph, graph_specs
 
 def _progress(iterable, desc: str, enabled: bool):

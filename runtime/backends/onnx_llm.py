@@ -2,7 +2,7 @@
 (runtime/backends/kv_cache.py: new rows are written in place through IO binding).
 
 Prefill runs the segments (the alignment runs between them). Decoding runs the merged
-`decode` graph, one session run per token, when the bundle has one (export/decode_graph.py);
+`decode` graph, one session run per token, when the bundle has one (runtime/decode_graph.py);
 bundles without it, and quantized bundles, decode through the segments."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
+from ..decode_graph import DECODE
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HostCache
 from .ort_session import component_session, provider_name, providers_for
 
 
 CACHE_BLOCK = 256
-DECODE = "decode"            # the merged decode graph's component name
 
 
 class OnnxLLM:

@@ -12,11 +12,16 @@ Every weight is stored once: all LLM initializers (segments and decode graph) li
 external-data file, `llm.onnx.data`, and both graphs reference the same bytes by offset.
 Offsets are page-aligned, so onnxruntime memory-maps them on CPU (the pages are shared by
 the segment and decode sessions). Built from the exported segments one at a time, so peak
-RAM stays one segment.
+RAM stays one segment. The quantizer rebuilds it from the quantized segments the same way.
+Here, beside BundleWriter, because it is the bundle's file layout that export and quantize
+both write (and the runtime reads: DECODE, SHARED_DATA); it needs `onnx`, imported lazily.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from .backends.ort_session import EXACT_QDQ_KEY
+from .errors import MissingExtraError
 
 DECODE = "decode"
 SHARED_DATA = "llm.onnx.data"
@@ -35,6 +40,14 @@ def _renamer(n: int):
             return "hidden" if n == 0 else f"s{n - 1}/hidden_out"
         return name if _interface(name) else f"s{n}/{name}"
     return rename
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingExtraError("onnx", "export", "building the decode graph") from None
+    return onnx
 
 
 def _add_segment(graph, model, n: int) -> None:
@@ -89,11 +102,11 @@ def build_shared(folder: Path, components: dict) -> dict:
     """Rewrite the `segment_*` graphs in `folder` to keep their weights in `llm.onnx.data`,
     add `decode.onnx` referencing the same bytes → the decode component record; the
     segment records' `files` are updated in place."""
-    import onnx
+    onnx = _onnx()
     from onnx import helper
     names = sorted(n for n in components if n.startswith("segment_"))
     graph = helper.make_graph([], "decode", [], [])
-    opsets, ir_version = None, None
+    opsets, ir_version = {}, 0
     inputs, outputs = {}, {}
     offset = 0
     with open(folder / SHARED_DATA, "wb") as out:
@@ -111,13 +124,17 @@ def build_shared(folder: Path, components: dict) -> dict:
             rename = _renamer(n)
             inputs.update({rename(v.name): v for v in model.graph.input if _interface(v.name) or n == 0})
             outputs.update({v.name: v for v in model.graph.output if _interface(v.name)})
-            opsets, ir_version = model.opset_import, model.ir_version
+            opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
+            ir_version = max(ir_version, model.ir_version)
     _io(graph, inputs, outputs)
-    model = helper.make_model(graph, opset_imports=list(opsets), producer_name="fusion-edge")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="fusion-edge")
     model.ir_version = ir_version
     onnx.save_model(model, str(folder / f"{DECODE}.onnx"))
     layers = [components[names[0]]["layers"][0], components[names[-1]]["layers"][1]]
-    return {"name": DECODE, "backend": "onnxruntime", "precision": components[names[0]]["precision"],
+    first = components[names[0]]
+    return {"name": DECODE, "backend": "onnxruntime", "precision": first["precision"],
+            **({EXACT_QDQ_KEY: True} if first.get(EXACT_QDQ_KEY) else {}),
             "files": [f"{DECODE}.onnx", SHARED_DATA], "inputs": [v.name for v in graph.input],
             "outputs": [v.name for v in graph.output], "layers": layers, "final": True,
             "weights": f"shared with segment_* through {SHARED_DATA}"}
