@@ -12,7 +12,8 @@ Every weight is stored once: all LLM initializers (segments and decode graph) li
 external-data file, `llm.onnx.data`, and both graphs reference the same bytes by offset.
 Offsets are page-aligned (4 KiB). On disk the weights are stored once; in RAM each
 onnxruntime session still holds its own (prepacked) copy (README, The bundle). Built from
-the exported segments one at a time, so peak RAM stays one segment. The quantizer rebuilds it from the quantized segments the same way.
+the exported segments one at a time, so peak RAM stays one segment. The quantizer rebuilds
+it from the quantized segments the same way.
 Here, beside BundleWriter, because it is the bundle's file layout that export and quantize
 both write (and the runtime reads: DECODE, SHARED_DATA); it needs `onnx`, imported lazily.
 """
