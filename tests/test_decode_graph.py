@@ -140,3 +140,38 @@ def test_bundle_without_decode_graph_answers_the_same(onnx_bundle, images, tmp_p
     assert new.ask(new.look(images["wide"]), q, max_new_tokens=12) == \
         old.ask(old.look(images["wide"]), q, max_new_tokens=12)
     assert new.last_result.token_ids == old.last_result.token_ids
+
+
+def test_greedy_steps_take_the_graphs_argmax(onnx_bundle):
+    """decode_greedy (the in-graph argmax, logits left where they ran) gives the argmax of
+    decode()'s logits at every step, and advances the cache the same way."""
+    from fusion_edge.runtime.backends import GreedyDecode
+    bundle = Bundle.open(onnx_bundle("phi3", "so400m"))
+    greedy, full = OnnxLLM(bundle, "cpu"), OnnxLLM(bundle, "cpu")
+    assert isinstance(greedy, GreedyDecode)
+    embeds = np.random.default_rng(3).standard_normal((PROMPT, bundle.config.llm.hidden_size)).astype(np.float32)
+    tok = int(np.argmax(_prefilled(greedy, embeds)))
+    assert tok == int(np.argmax(_prefilled(full, embeds)))
+    tokens = []
+    for _ in range(STEPS):
+        want = int(np.argmax(full.decode(tok)))
+        tok = greedy.decode_greedy(tok)
+        assert tok == want
+        tokens.append(tok)
+    assert greedy.length == full.length == PROMPT + STEPS and len(set(tokens)) > 1
+
+
+def test_greedy_ask_decodes_through_the_argmax_only(onnx_bundle, images, monkeypatch):
+    """A greedy ask never asks the engine for logits after the prefill; sampling does."""
+    pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
+    scene, q = pipe.look(images["wide"]), "What is on the left?"
+    want = pipe.ask(scene, q, max_new_tokens=8)
+    ids = pipe.last_result.token_ids
+    assert len(ids) > 1       # decode steps happened
+
+    def no_logits(token_id):
+        raise AssertionError("greedy decoding asked for the logits")
+    monkeypatch.setattr(pipe.llm, "decode", no_logits)
+    assert pipe.ask(scene, q, max_new_tokens=8) == want and pipe.last_result.token_ids == ids
+    with pytest.raises(AssertionError, match="asked for the logits"):
+        pipe.ask(scene, q, max_new_tokens=8, temperature=0.7, seed=1)

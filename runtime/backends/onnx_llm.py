@@ -77,10 +77,19 @@ class OnnxLLM:
         x = self.embed(np.array([token_id]))
         if self.decode_sess is None:
             return self._forward(x, None)
-        return self._decode_merged(x)
+        return self._decode_merged(x)[0].numpy()[0]
 
-    def _decode_merged(self, x: np.ndarray) -> np.ndarray:
-        """One run of the decode graph over all layers: x (1,H) → logits (V,)."""
+    def decode_greedy(self, token_id: int) -> int:
+        """GreedyDecode: the decode graph's `token` output (argmax in the graph); the logits
+        stay in device memory on CUDA. Bundles without the graph take the argmax here."""
+        x = self.embed(np.array([token_id]))
+        if self.decode_sess is None:
+            return int(np.argmax(self._forward(x, None)))
+        return int(self._decode_merged(x, logits_on="cuda" if self.on_cuda else "cpu")[1].numpy()[0])
+
+    def _decode_merged(self, x: np.ndarray, logits_on: str = "cpu") -> list:
+        """One run of the decode graph over all layers: x (1,H) → OrtValues [logits (1,V) on
+        `logits_on`, token (1,) on the CPU]."""
         P = self.length
         self._check_room(P, 1)
         cos, sin = rope.cos_sin(self.cfg.llm, P, 1)
@@ -88,12 +97,12 @@ class OnnxLLM:
         io.bind_cpu_input("hidden", np.ascontiguousarray(x, dtype=np.float32)[None])
         io.bind_cpu_input("cos", cos)
         io.bind_cpu_input("sin", sin)
-        io.bind_output("logits", "cpu")
+        io.bind_output("logits", logits_on)
         io.bind_output("token", "cpu")
         self._bind_cache(io, range(self.cfg.llm.num_layers), P, 1)
         self._run(self.decode_sess, io, DECODE)
         self.length = P + 1
-        return io.get_outputs()[0].numpy()[0]
+        return io.get_outputs()
 
     def _forward(self, x: np.ndarray, aligner) -> np.ndarray:
         S, P = x.shape[0], self.length
