@@ -40,7 +40,8 @@ def bundle_llm_bytes_per_token(path: str | os.PathLike, manifest: dict) -> dict:
     segs = [c for name, c in comps.items() if name.startswith("segment_")]
     if not segs:
         raise ValueError("bundle manifest has neither .gguf files nor segment_* components")
-    seg_bytes = sum(int(files[f]["bytes"]) for c in segs for f in c["files"])
+    # each file once: the segments share one weight file (llm.onnx.data) in newer bundles
+    seg_bytes = sum(int(files[f]["bytes"]) for f in {f for c in segs for f in c["files"]})
     embed = sum(int(files[f]["bytes"]) for f in comps["embed"]["files"]) if "embed" in comps else 0
     return {"bytes": seg_bytes + embed / vocab, "method": "onnx segment files + one embedding row"}
 

@@ -1,6 +1,7 @@
 """`fusion-export`: checkpoint → complete, verified bundle (written atomically).
 
-Steps: open and validate the checkpoint → export every graph (progress bar) → tokenizer
+Steps: open and validate the checkpoint → export every graph (progress bar) → the merged
+decode graph, its weights shared with the segments (runtime/decode_graph.py) → tokenizer
 → manifest (facts, components, hashes, build info) → verify against the PyTorch
 reference → gate → rename into place. A failure at any step leaves no bundle folder.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
+from fusion_edge.runtime.decode_graph import DECODE, build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference, gate_reference
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
@@ -64,6 +66,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         components = {}
         for spec in _progress(graph_specs(ckpt), f"export {target}/{precision}", progress):
             components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), precision)
+        components[DECODE] = build_shared(writer.tmp, components)
         tokenizer.save(writer.path("tokenizer"))
         return manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
 

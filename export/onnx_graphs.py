@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .ref_llm import segments
+from .ref_llm import causal_mask, segments
 
 
 class VisionGraph(nn.Module):
@@ -53,11 +53,11 @@ class SegmentGraph(nn.Module):
 
     def forward(self, hidden, cos, sin, *pasts):
         x, new = hidden, []
+        mask = causal_mask(hidden.shape[1], pasts[0].shape[1] + hidden.shape[1])   # once per graph
         for n, i in enumerate(range(self.start, self.end)):
             pk, pv = pasts[2 * n], pasts[2 * n + 1]
-            P = pk.shape[1]
-            x, k, v = self.llm.layers[i](x, cos, sin, pk.transpose(1, 2), pv.transpose(1, 2))
-            new += [k[:, :, P:].transpose(1, 2), v[:, :, P:].transpose(1, 2)]
+            x, _, _, k, v = self.llm.layers[i](x, cos, sin, pk.transpose(1, 2), pv.transpose(1, 2), mask)
+            new += [k.transpose(1, 2), v.transpose(1, 2)]
         if self.final:
             x = self.llm.logits(x[:, -1])
         return (x, *new)

@@ -32,12 +32,22 @@ def rope_cos_sin(c: LLMConfig, start: int, length: int) -> tuple[torch.Tensor, t
     return torch.from_numpy(cos), torch.from_numpy(sin)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat([-b, a], dim=-1)
+def rotate_half(x: torch.Tensor, half: int) -> torch.Tensor:
+    """(…, 2·half) → cat(-x[…, half:], x[…, :half]); `half` a Python int, so the exported
+    graph slices by constants instead of computing the split from the tensor's shape."""
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def causal_mask(S: int, T: int, device=None) -> torch.Tensor:
+    """(S,T) bool, True where key position > query position; query i sits at T - S + i."""
+    qpos = torch.arange(S, device=device)[:, None] + (T - S)
+    return torch.arange(T, device=device)[None, :] > qpos
 
 
 # ---- decoder ----------------------------------------------------------------------------
+# Shapes below come from the config (Python ints) and -1, never from tensor shapes, so the
+# traced ONNX graphs carry no Shape/Gather/Concat chains: on the bench preset a decoder layer
+# was 80 nodes, most of them shape arithmetic, each a kernel launch per token.
 class DecoderLayer(nn.Module):
     def __init__(self, c: LLMConfig):
         super().__init__()
@@ -50,36 +60,37 @@ class DecoderLayer(nn.Module):
         self.gate_up = nn.Linear(H, 2 * c.intermediate_size, bias=False)
         self.down = nn.Linear(c.intermediate_size, H, bias=False)
 
-    def forward(self, x, cos, sin, past_k, past_v):
-        """x (1,S,H); cos/sin (S,hd); past_k/v (1,kv,P,hd) → x, k (1,kv,P+S,hd), v."""
+    def forward(self, x, cos, sin, past_k, past_v, mask=None):
+        """x (1,S,H); cos/sin (S,hd); past_k/v (1,kv,P,hd); mask (S,P+S) bool or None (built
+        here) → x, k (1,kv,P+S,hd), v, and the new rows k_new, v_new (1,kv,S,hd)."""
         c = self.c
-        S = x.shape[1]
         qkv = self.qkv(self.attn_norm(x))
         nq, nkv, hd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.head_dim
-        q = qkv[..., :nq].view(1, S, c.num_heads, hd).transpose(1, 2)
-        k = qkv[..., nq:nq + nkv].view(1, S, c.num_kv_heads, hd).transpose(1, 2)
-        v = qkv[..., nq + nkv:].view(1, S, c.num_kv_heads, hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k = torch.cat([past_k, k], dim=2)
-        v = torch.cat([past_v, v], dim=2)
-        x = x + self.o(_causal_attention(q, k, v, c.num_heads // c.num_kv_heads))
-        gate, up = self.gate_up(self.ffn_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up), k, v
+        q = qkv[..., :nq].view(1, -1, c.num_heads, hd).transpose(1, 2)
+        k_new = qkv[..., nq:nq + nkv].view(1, -1, c.num_kv_heads, hd).transpose(1, 2)
+        v_new = qkv[..., nq + nkv:].view(1, -1, c.num_kv_heads, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q, hd // 2) * sin
+        k_new = k_new * cos + rotate_half(k_new, hd // 2) * sin
+        k = torch.cat([past_k, k_new], dim=2)
+        v = torch.cat([past_v, v_new], dim=2)
+        if mask is None:
+            mask = causal_mask(x.shape[1], k.shape[2], x.device)
+        x = x + self.o(_causal_attention(q, k, v, mask, c))
+        gu = self.gate_up(self.ffn_norm(x))
+        gate, up = gu[..., :c.intermediate_size], gu[..., c.intermediate_size:]
+        return x + self.down(F.silu(gate) * up), k, v, k_new, v_new
 
 
-def _causal_attention(q, k, v, groups: int) -> torch.Tensor:
-    """q (1,h,S,hd), k/v (1,kv,P+S,hd); query i sits at absolute position P+i. → (1,S,h*hd)."""
-    S, T = q.shape[2], k.shape[2]
+def _causal_attention(q, k, v, mask, c: LLMConfig) -> torch.Tensor:
+    """q (1,h,S,hd), k/v (1,kv,P+S,hd), mask (S,P+S) → (1,S,h*hd)."""
+    groups = c.num_heads // c.num_kv_heads
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    qpos = torch.arange(S, device=q.device)[:, None] + (T - S)
-    kpos = torch.arange(T, device=q.device)[None, :]
-    scores = scores.masked_fill(kpos > qpos, torch.finfo(scores.dtype).min)
+    scores = (q @ k.transpose(-1, -2)) * (c.head_dim ** -0.5)
+    scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
     out = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
-    return out.transpose(1, 2).reshape(1, S, -1)
+    return out.transpose(1, 2).reshape(1, -1, c.num_heads * c.head_dim)
 
 
 class FusionLLM(nn.Module):
@@ -100,7 +111,7 @@ class FusionLLM(nn.Module):
         """Layers [start, end) on x (1,S,H) at positions position0.., updating cache in place."""
         cos, sin = rope_cos_sin(self.c, position0, x.shape[1])
         for i in range(start, end):
-            x, k, v = self.layers[i](x, cos, sin, *cache[i])
+            x, k, v, _, _ = self.layers[i](x, cos, sin, *cache[i])
             cache[i] = (k, v)
         return x
 

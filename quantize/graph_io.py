@@ -46,6 +46,16 @@ def _byte_size(model) -> int | None:
         return None
 
 
+def stored_bytes(path: Path) -> int:
+    """Bytes a graph occupies on disk: its file plus the bytes its initializers reference in
+    external-data files (a shared file such as llm.onnx.data counts only this graph's part)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    external = sum(int({e.key: e.value for e in t.external_data}.get("length", 0))
+                   for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    return Path(path).stat().st_size + external
+
+
 LOW_BIT_TYPES = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT4: "uint4",
                  TensorProto.INT4: "int4"}
 FOUR_BIT_TYPES = (TensorProto.UINT4, TensorProto.INT4)

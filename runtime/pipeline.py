@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from . import vision_post
-from .backends.engines import GraphAccess, LLMEngine, VisionEngine
+from .backends.engines import GraphAccess, GreedyDecode, LLMEngine, VisionEngine
 from .bundle import Bundle, check_verified
 from .devices import Placement
 from .errors import BackendError, PromptError
@@ -164,8 +164,10 @@ class Pipeline:
                  "prompt_tokens": layout.seq_len, "query_len": layout.num_latents,
                  "devices": self.devices, "tf32": self.tf32}
         self.last_stats = stats
+        # greedy: the engine's own argmax where it has one (the logits stay on the device)
+        greedy = self.llm.decode_greedy if sampler.temperature == 0 and isinstance(self.llm, GreedyDecode) else None
+        tok = sampler(logits)
         while True:
-            tok = sampler(logits)
             if tok in self.stop_ids:
                 break
             out.append(tok)
@@ -174,7 +176,7 @@ class Pipeline:
                 yield piece
             if len(out) >= max_new:
                 break
-            logits = self.llm.decode(tok)
+            tok = greedy(tok) if greedy else sampler(self.llm.decode(tok))
         tail = decoder.flush()
         if tail:
             yield tail

@@ -127,3 +127,38 @@ def images(work_dir) -> dict[str, Path]:
     p.write_bytes(b"this is not an image at all" * 10)
     out["notimage"] = p
     return out
+
+
+@pytest.fixture(scope="session")
+def decode_parity():
+    """decode_parity(bundle, tmp) → (max |Δlogit| decode graph vs segments over 12 greedy steps,
+    tokens of each, decode-graph component): both decode the same random prompt."""
+    import json as _json
+    import shutil as _shutil
+
+    from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
+    from fusion_edge.runtime.bundle import MANIFEST, Bundle
+
+    def run(path: Path, tmp: Path):
+        bundle = Bundle.open(path)
+        merged = OnnxLLM(bundle, "cpu")
+        old = tmp / "segments-only"
+        _shutil.copytree(path, old)
+        m = _json.loads((old / MANIFEST).read_text())
+        comp = m["components"].pop("decode")
+        (old / MANIFEST).write_text(_json.dumps(m))
+        segments = OnnxLLM(Bundle.open(old, check_hashes=False), "cpu")
+        assert merged.decode_sess is not None and segments.decode_sess is None
+        x = np.random.default_rng(3).standard_normal((9, bundle.config.llm.hidden_size)).astype(np.float32)
+        diff, toks = 0.0, ([], [])
+        for engine, out in ((merged, toks[0]), (segments, toks[1])):
+            engine.reserve(32)
+            out.append(int(np.argmax(engine.prefill(x))))
+        merged.segments = []           # the decode graph alone
+        for _ in range(12):
+            a, b = merged.decode(toks[0][-1]), segments.decode(toks[1][-1])
+            diff = max(diff, float(np.abs(a - b).max()))
+            toks[0].append(int(np.argmax(a)))
+            toks[1].append(int(np.argmax(b)))
+        return diff, toks, comp
+    return run

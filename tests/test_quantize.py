@@ -99,8 +99,9 @@ def test_int8_weights_are_a_quarter(q8, fp32):
                        if n.op_type == "DequantizeLinear" and n.input[0] in q_inits
                        and q_inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS)
     assert int8_weights == fp32_matmul
-    # on disk: the file shrinks by ~3 bytes per weight (tiny graphs: the node structure is a fixed cost)
-    saved = (fp32 / "segment_05.onnx").stat().st_size - (out / "segment_05.onnx").stat().st_size
+    # on disk (graph file + its part of llm.onnx.data): ~3 bytes less per weight (tiny graphs: the node
+    # structure is a fixed cost)
+    saved = graph_io.stored_bytes(fp32 / "segment_05.onnx") - graph_io.stored_bytes(out / "segment_05.onnx")
     assert saved > 0.75 * 3 * fp32_matmul
 
 
@@ -211,3 +212,11 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "quantized bundles are built only from a verified fp32 pipeline" in err and "fix:" in err
     assert not out.exists()
+
+
+def test_int8_decode_graph_is_chained_from_the_int8_segments(q8, decode_parity, tmp_path):
+    out, _ = q8
+    diff, (merged, segments), comp = decode_parity(out, tmp_path)
+    assert comp["precision"] == "int8" and comp["files"] == ["decode.onnx", "llm.onnx.data"]
+    assert not (out / "segment_04.onnx.data").exists() and (out / "llm.onnx.data").is_file()
+    assert diff <= 1e-5 and merged == segments

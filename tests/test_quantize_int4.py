@@ -112,3 +112,14 @@ def test_int4_outputs_track_fp32_per_graph(fp32, tmp_path):
     a = ort.InferenceSession(str(fp32 / "segment_02.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     b = ort.InferenceSession(str(tmp_path / "s2.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert 0.99 < agreement.cosine(a, b) < 1.0 - 1e-7
+
+
+def test_int4_decode_graph_is_chained_from_the_int4_segments(q4, decode_parity, tmp_path):
+    """The quantizer rebuilds the decode graph from the quantized segments, sharing their
+    weights: same MatMulNBits, same logits as decoding through the segments."""
+    out, _ = q4
+    diff, (merged, segments), comp = decode_parity(out, tmp_path)
+    assert comp["precision"] == "int4" and comp["files"] == ["decode.onnx", "llm.onnx.data"]
+    nbits = [n for n in graph_io.load(out / "decode.onnx").graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 4 * Bundle.open(out).config.llm.num_layers + 1      # every layer's 4 + the lm_head
+    assert diff <= 1e-5 and merged == segments

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from ..errors import BundleError
 from ..devices import Placement, probe, requests, resolve_devices
-from .engines import GraphAccess, LLMEngine, VisionEngine
+from .engines import GraphAccess, GreedyDecode, LLMEngine, VisionEngine
 
-__all__ = ["BACKENDS", "Backend", "GraphAccess", "LLMEngine", "VisionEngine", "open_backends"]
+__all__ = ["BACKENDS", "Backend", "GraphAccess", "GreedyDecode", "LLMEngine", "VisionEngine", "open_backends"]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ A bundle runs on two engines, chosen by name from the backend table in `__init__
 * `VisionEngine`: the text-guided vision encoder and the alignment layers.
 * `LLMEngine`: the decoder with its KV cache; the prefill runs the alignment through the
   `Aligner` it is given (runtime/pipeline.py) wherever its graph allows.
+* `GreedyDecode` (optional, LLM engine): a greedy decode step that returns only the token,
+  so the logits can stay where they were computed (the decode graph's in-graph argmax).
 * `GraphAccess` (optional, either engine): run one named graph of the bundle on recorded
   inputs, for per-graph verification and the quantization gate.
 Shapes: H hidden size, S prompt rows, V vocabulary, q latents, w window.
@@ -55,6 +57,14 @@ class LLMEngine(Protocol):
 
     def close(self) -> None:
         """Free native resources now (also done on garbage collection)."""
+        ...
+
+
+@runtime_checkable
+class GreedyDecode(Protocol):
+    def decode_greedy(self, token_id: int) -> int:
+        """One token after the cached positions → argmax of the next position's logits
+        (the same token as argmax(decode(token_id)), the logits not copied out)."""
         ...
 
 

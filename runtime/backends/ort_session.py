@@ -53,13 +53,18 @@ def provider_name(p) -> str:
     return p if isinstance(p, str) else p[0]
 
 
-def component_session(bundle, comp, providers: list[str], threads: int | None = None):
+def component_session(bundle, comp, providers: list[str], threads: int | None = None, *,
+                      mem_arena: bool = False):
     """The session of one bundle Component (its first file), with the options it asks for."""
-    return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)))
+    return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)),
+                        mem_arena=mem_arena)
 
 
-def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False):
-    """exact_qdq: on the CPU EP, run Q/DQ pairs as float arithmetic instead of onnxruntime's
+def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False,
+                 mem_arena: bool = False):
+    """mem_arena: keep onnxruntime's CPU memory arena (off by default, see below); worth it for
+    a session that runs once per token over many nodes (the decode graph).
+    exact_qdq: on the CPU EP, run Q/DQ pairs as float arithmetic instead of onnxruntime's
     integer kernels. For int8-activation graphs (the TensorRT/CUDA flavour): x86 CPUs without
     VNNI compute int8×int8 with pairwise int16-saturating products (vpmaddubsw), which would
     make the result depend on the CPU; float Q/DQ gives TensorRT's exact int32 accumulation."""
@@ -71,7 +76,9 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
     # steal the cores (measured: decode 7.8 → 41–49 tok/s on 2 cores with spinning off), and
     # one arena per session inflates RSS (1614 → 1163 MiB) at the same speed.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.enable_cpu_mem_arena = False
+    opts.enable_cpu_mem_arena = mem_arena
+    if mem_arena:   # weights outside the arena: its power-of-two growth would round them up
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     if threads:
         opts.intra_op_num_threads = threads
     if exact_qdq and provider_name(providers[0]) == "CPUExecutionProvider":
