@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from fusion_edge.runtime.errors import FusionEdgeError
 
+from . import heap
 from .jobs import BusyError, Job
 
 log = logging.getLogger("fusion_edge.camera")
@@ -115,6 +116,7 @@ class Worker:
                     return
                 job = self._current
             self._run(job)
+            heap.trim()          # an answer's freed tensors back to the kernel: RSS stays flat (heap.py)
             with self._cond:
                 self._current, self._waiting = self._waiting, None
                 nxt = self._current
