@@ -30,13 +30,14 @@ GATES = {
         "int4": {"top1_agreement": 0.80, "logit_cosine_mean": 0.99},
         # gguf, by llm.gguf type (docs/gguf.md); the same figures against the PyTorch reference
         # agree with these to < 1e-5. Measured, tiny phi3, 4 cases × 16 steps: F16 top-1 98.4 %,
-        # cosine 0.999999; Q8_0 96.9 %, 0.99994; Q4_0 78.1 %, 0.99313 (min 0.98571). The 4-bit
-        # bounds leave room for the 12-step subsets of the tests; a negated output weight
-        # (tests/test_gguf.py) gives top-1 0 and cosine < 0.
+        # cosine 0.999999; Q8_0 96.9 %, 0.99994; Q4_0 78.1 %, 0.99313 (min 0.98571); Q4_K_M
+        # (width 64: every tensor fell back to Q5_0/Q8_0) 90.6 %, 0.99853. The 4-bit bounds
+        # leave room for the 12-step subsets of the tests and for llama3; a negated output
+        # weight (tests/test_gguf.py) gives top-1 0 and cosine < 0.
         "F16": {"top1_agreement": 0.95, "logit_cosine_mean": 0.9999},
         "Q8_0": {"top1_agreement": 0.90, "logit_cosine_mean": 0.999},
         "Q4_0": {"top1_agreement": 0.60, "logit_cosine_mean": 0.98},
-        "Q4_K_M": {"top1_agreement": 0.60, "logit_cosine_mean": 0.98},
+        "Q4_K_M": {"top1_agreement": 0.70, "logit_cosine_mean": 0.99},
     },
 }
 
