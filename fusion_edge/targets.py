@@ -44,7 +44,8 @@ def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool
     opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress, log=log)
     if quant == "F32" or not kw.get("verify", True):
         return exporter(model, out, **opts, **kw)
-    with fp32_source(fp32_from or model, query_len, image_tokens, progress, log, verified=True) as src:
+    with fp32_source(fp32_from or model, query_len, image_tokens, progress, log, verified=True,
+                     steps=kw.get("steps", 16)) as src:
         if kw.get("vision_precision", "fp32") == "fp32":
             kw.setdefault("onnx_from", src)          # the same fp32 vision graphs: exported once
         gate = gguf_gate(model, src, eval_cases, kw.get("steps", 16), kw.get("force", False),
@@ -72,7 +73,7 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
     """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle,
     gated against it and, when verified, against the PyTorch reference of its checkpoint."""
     quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
-    with fp32_source(model, query_len, image_tokens, progress, log, verified=True) as src:
+    with fp32_source(model, query_len, image_tokens, progress, log, verified=True, steps=kw.get("steps", 16)) as src:
         reference = reference_answer(src) if kw.get("verify", True) else None
         return quantized(src, out, progress=progress, log=log, reference=reference, **kw)
 
@@ -145,7 +146,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
 
 @contextmanager
 def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print, verified: bool = False):
+                progress: bool = True, log=print, verified: bool = False, steps: int = 16):
     """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
     export of the checkpoint into a temporary folder (removed afterwards). verified: the
     bundle must have passed its verification, the temporary export is verified — quantized
@@ -162,7 +163,7 @@ def fp32_source(model: str, query_len: int | None = None, image_tokens: int | No
     with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
         log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
         yield export_onnx(model, Path(tmp) / "fp32", target="onnx", precision="fp32", query_len=query_len,
-                          image_tokens=image_tokens, verify=verified, progress=progress, log=log)
+                          image_tokens=image_tokens, verify=verified, steps=steps, progress=progress, log=log)
 
 
 def run_export(args) -> int:
