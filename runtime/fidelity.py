@@ -140,7 +140,7 @@ def format_reference(f: dict) -> str:
 
 
 def format_fp32_pipeline(f: dict) -> str:
-    against = f.get("reference", "fp32 pipeline").replace(" (teacher-forced)", "")
+    against = "PyTorch reference" if "PyTorch" in f.get("reference", "") else "fp32 pipeline"
     lines = [f"agreement with the {against} on {f['cases']} held-out cases ({f['tokens_compared']} "
              f"teacher-forced steps):"]
     for name, d in sorted(f["per_graph"].items()):
