@@ -57,7 +57,8 @@ def test_trim_hands_fragmented_free_arena_memory_back():
 
 
 def test_the_worker_trims_after_every_answer(monkeypatch):
-    """The inference worker calls heap.trim once per finished job (here: jobs whose look fails)."""
+    """The inference worker calls heap.trim once per finished job (here: jobs whose look fails),
+    before it publishes the end (a client reading RSS after an answer sees the trimmed heap)."""
     import time
 
     from PIL import Image
@@ -73,7 +74,7 @@ def test_the_worker_trims_after_every_answer(monkeypatch):
         def look(self, image):
             raise SourceError("no frame", "wait")
 
-    w = W.Worker(NoScene(), lambda ev: ends.append(ev) if ev["type"] == "end" else None).start()
+    w = W.Worker(NoScene(), lambda ev: ends.append((ev, len(trims))) if ev["type"] == "end" else None).start()
     frame = Frame("f1", 1, Image.new("RGB", (8, 8)), time.time())
     try:
         for n in range(3):
@@ -83,5 +84,5 @@ def test_the_worker_trims_after_every_answer(monkeypatch):
                 time.sleep(0.01)
     finally:
         w.stop()
-    assert len(ends) == 3 and all(e["job"]["state"] == "error" for e in ends)
+    assert [(e["job"]["state"], n) for e, n in ends] == [("error", 1), ("error", 2), ("error", 3)]
     assert len(trims) == 3
