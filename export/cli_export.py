@@ -48,7 +48,11 @@ def add_gguf_args(p) -> None:
 
 
 def gguf_kwargs(args) -> dict:
-    return {"quant": args.gguf_quant} if args.target == "gguf" and getattr(args, "gguf_quant", None) else {}
+    """--gguf-quant, and --eval-cases for the quality gate of a quantized gguf bundle."""
+    if args.target != "gguf":
+        return {}
+    kw = {"eval_cases": args.eval_cases} if hasattr(args, "eval_cases") else {}
+    return {**kw, "quant": args.gguf_quant} if getattr(args, "gguf_quant", None) else kw
 
 
 def quant_kwargs(args) -> dict:

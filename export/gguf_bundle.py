@@ -7,8 +7,11 @@ run by onnxruntime), `llm.gguf` (the decoder for llama.cpp, at the precision's G
 and the type each GGUF tensor actually got. Precision → GGUF type: fp32 → F32 (run with an
 f32 KV cache and flash attention off: parity mode), fp16 → F16, int8 → Q8_0, int4 → Q4_K_M
 (`quant="Q4_0"` picks Q4_0 instead). Written atomically and verified against the PyTorch
-reference like every bundle; the fp32 bundle must pass the onnx fp32 gate, quantized ones
-are reported and must only run and stay finite.
+reference like every bundle: the fp32 (F32) bundle must pass the onnx fp32 gate; a
+quantized one (F16, Q8_0, Q4_0, Q4_K_M) must pass the `gate` it is given, which
+fusion_edge/targets.py builds from quantize/agreement.py: teacher-forced top-1 agreement
+and logit cosine against the verified fp32 ONNX pipeline and the PyTorch reference, with
+per-type bounds (runtime/fidelity.py GATES["fp32_pipeline"], docs/gguf.md).
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ LLM_FILE = "llm.gguf"
 def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precision: str = "fp32",
                        query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                        verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                       log=print, **extra) -> Path:
-    """Write a verified gguf bundle. Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
+                       log=print, gate=None, **extra) -> Path:
+    """Write a verified gguf bundle. gate: (folder, quant type) → figures, raising below the
+    quality gate; needed to verify a quantized bundle (fusion_edge/targets.py builds it).
+    Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
     default from the precision), vision_precision ("fp32" | "fp16", default "fp32"), threads
     (llama.cpp quantizer), onnx_from (a bundle of the same checkpoint whose vision/align ONNX
     graphs are copied instead of exported again, e.g. to make several quant types quickly),
@@ -48,6 +53,9 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         raise ExportError(f"GGUF quant type '{quant}' is not offered.", f"choose one of: {', '.join(QUANT_TYPES)}")
     if vision_precision not in ("fp32", "fp16"):
         raise ExportError(f"vision_precision '{vision_precision}' is not offered.", "use fp32 or fp16")
+    if verify and quant != "F32" and gate is None:
+        raise ExportError(f"a {quant} GGUF bundle is verified by its quality gate against the fp32 pipeline, "
+                          "and none was given.", "export through fusion-export (fusion_edge.targets.export_bundle)")
     ckpt = open_checkpoint(model)
     q, n_img = export_options(ckpt, query_len, image_tokens)
     tokenizer = ckpt.tokenizer()
@@ -72,6 +80,8 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         return manifest
 
     def check(folder: Path) -> dict:
+        if quant != "F32":
+            return gate(folder, quant)
         return verify_folder(folder, ckpt, steps, precision, force, log, target="gguf")
     return write_bundle(out, fill, check if verify else None, overwrite)
 

@@ -160,6 +160,31 @@ class FusionReference:
                    "prompt_tokens": layout.seq_len, "new_tokens": len(out)}
         return RefResult(self.tokenizer.decode(out), out, layout.text, first, timings, layout)
 
+    @torch.no_grad()
+    def greedy_logits(self, image, question: str, steps: int, query_len: int | None = None,
+                      image_tokens: int | None = None) -> tuple[PromptLayout, list[int], list[np.ndarray]]:
+        """Greedy run → (layout, tokens, logits per step (V,)); tokens[t] = argmax(logits[t]),
+        the last one a stop token or the `steps`-th: the reference side of a teacher-forced
+        comparison (quantize/agreement.py, the same shape as its fp32 pipeline side)."""
+        q = self.cfg.check_query_len(query_len or self.cfg.default_query_len)
+        fusion_l = image_tokens == FUSION_L_TOKENS
+        scene = self.look(image)
+        layout = self.layout(question, q, FUSION_L_TOKENS if fusion_l else None)
+        latents, ctx = self.pooled(scene, q)
+        img = self.encode_main(scene.tiles.main, layout.instruct_ids)
+        if fusion_l:
+            img = fusion_l_resize(img, int(math.isqrt(FUSION_L_TOKENS)))
+        logits, cache = self.prefill(self.embed_prompt(layout, img, latents), layout, ctx)
+        stops = set(stop_token_ids(self.tokenizer, self.cfg.template))
+        out, tokens, pos = [], [], layout.seq_len
+        while True:
+            out.append(logits.float().numpy().copy())
+            tokens.append(int(np.argmax(out[-1])))
+            if tokens[-1] in stops or len(tokens) >= steps:
+                return layout, tokens, out
+            logits = self.decode_step(tokens[-1], pos, cache)
+            pos += 1
+
     def answer(self, image, question: str, **kw) -> RefResult:
         t0 = time.perf_counter()
         scene = self.look(image)

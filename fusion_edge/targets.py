@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.errors import ExportError, FusionEdgeError
 
 
 def _load(module: str, name: str, what: str) -> Callable:
@@ -29,16 +29,80 @@ def export_onnx(model, out, **kw) -> Path:
     return _load("fusion_edge.export.bundle_export", "export_bundle", "onnx")(model, out, **kw)
 
 
-def export_gguf(model, out, **kw) -> Path:
-    return _load("fusion_edge.export.gguf_bundle", "export_gguf_bundle", "gguf")(model, out, **kw)
+GGUF_FIX = ("try a wider type (Q4_K_M → Q8_0 → F16), or re-export the fp32 bundle it is compared with; "
+            "--force keeps the bundle anyway")
+
+
+def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
+                fp32_from=None, eval_cases: int = 4, **kw) -> Path:
+    """A gguf bundle; a quantized one (F16, Q8_0, Q4_*) is gated against a verified fp32 ONNX
+    pipeline (`fp32_from`, or a temporary verified export of the checkpoint, whose vision
+    graphs it then reuses) and the PyTorch reference, on `eval_cases` built-in held-out cases."""
+    exporter = _load("fusion_edge.export.gguf_bundle", "export_gguf_bundle", "gguf")
+    from fusion_edge.export.gguf_writer import PRECISION_QUANT
+    quant = kw.get("quant") or PRECISION_QUANT.get(kw.get("precision", "fp32"))
+    opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress, log=log)
+    if quant == "F32" or not kw.get("verify", True):
+        return exporter(model, out, **opts, **kw)
+    with fp32_source(fp32_from or model, query_len, image_tokens, progress, log, verified=True,
+                     steps=kw.get("steps", 16)) as src:
+        if kw.get("vision_precision", "fp32") == "fp32":
+            kw.setdefault("onnx_from", src)          # the same fp32 vision graphs: exported once
+        gate = gguf_gate(model, src, eval_cases, kw.get("steps", 16), kw.get("force", False),
+                         kw.get("threads") or None, progress, log)
+        return exporter(model, out, gate=gate, **opts, **kw)
+
+
+def gguf_gate(model, fp32: Path, eval_cases: int = 4, steps: int = 16, force: bool = False,
+              threads: int | None = None, progress: bool = True, log=print) -> Callable:
+    """The quality gate of a quantized gguf bundle: (folder, quant type) → figures, raising
+    ExportError below GATES["fp32_pipeline"][quant type] against the verified fp32 ONNX
+    bundle `fp32` or the PyTorch reference of checkpoint `model`, unless forced."""
+    gate_folder = _load("fusion_edge.quantize.agreement", "gate_folder", "gguf quality gate")
+    from fusion_edge.calibration.builtin import builtin_pairs
+    cases = [(img, q) for _, img, q in builtin_pairs("eval", eval_cases)]
+    reference = reference_answer(model)
+
+    def gate(folder: Path, kind: str) -> dict:
+        return gate_folder(folder, fp32, kind, cases, steps, None, force, threads, progress, log, reference, GGUF_FIX)
+    return gate
 
 
 def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
                           **kw) -> Path:
-    """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle."""
+    """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle,
+    gated against it and, when verified, against the PyTorch reference of its checkpoint."""
     quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
-    with fp32_source(model, query_len, image_tokens, progress, log, verified=True) as src:
-        return quantized(src, out, progress=progress, log=log, **kw)
+    with fp32_source(model, query_len, image_tokens, progress, log, verified=True, steps=kw.get("steps", 16)) as src:
+        reference = reference_answer(src) if kw.get("verify", True) else None
+        return quantized(src, out, progress=progress, log=log, reference=reference, **kw)
+
+
+def reference_answer(model: str | Path) -> Callable:
+    """The PyTorch reference's side of a quantized bundle's gate: (pipe, image, question, steps)
+    → (layout, tokens, logits per step) for pipe's options. `model`: a checkpoint, or a bundle
+    whose source checkpoint is still where it was exported from (checked by fingerprint)."""
+    from fusion_edge.calibration.source import is_bundle
+    from fusion_edge.export.checkpoint import open_checkpoint
+    from fusion_edge.export.reference import FusionReference
+    from fusion_edge.runtime.bundle import Bundle
+    if is_bundle(model):
+        bundle = Bundle.open(model, check_hashes=False)
+        source = bundle.manifest["source"]["model"]
+        try:
+            ckpt = open_checkpoint(source)
+        except FusionEdgeError as e:
+            raise ExportError(f"the checkpoint {source} that bundle {model} was exported from cannot be opened "
+                              f"({e.problem}); quantized bundles are gated against its PyTorch reference.",
+                              "export from the checkpoint itself (fusion-export CHECKPOINT ...)") from None
+        bundle.check_source(ckpt.fingerprint)
+    else:
+        ckpt = open_checkpoint(str(model))
+    ref = FusionReference(ckpt)
+
+    def answer(pipe, image, question: str, steps: int):
+        return ref.greedy_logits(image, question, steps, pipe.default_query_len, pipe.image_tokens)
+    return answer
 
 
 def trt_not_available(model, out, **kw):
@@ -82,7 +146,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
 
 @contextmanager
 def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print, verified: bool = False):
+                progress: bool = True, log=print, verified: bool = False, steps: int = 16):
     """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
     export of the checkpoint into a temporary folder (removed afterwards). verified: the
     bundle must have passed its verification, the temporary export is verified — quantized
@@ -99,7 +163,7 @@ def fp32_source(model: str, query_len: int | None = None, image_tokens: int | No
     with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
         log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
         yield export_onnx(model, Path(tmp) / "fp32", target="onnx", precision="fp32", query_len=query_len,
-                          image_tokens=image_tokens, verify=verified, progress=progress, log=log)
+                          image_tokens=image_tokens, verify=verified, steps=steps, progress=progress, log=log)
 
 
 def run_export(args) -> int:

@@ -16,8 +16,12 @@ its fp32-pipeline ones); see docs/quantization.md.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from fusion_edge.runtime import versions
+from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import GATES as ALL_GATES
 from fusion_edge.runtime.fidelity import Recorder, cosine, rel_error
 from fusion_edge.runtime.fidelity import format_fp32_pipeline as format_figures
@@ -27,8 +31,10 @@ from fusion_edge.runtime.prompt import build_prompt
 
 # the gate of this comparison (runtime/fidelity.py), by precision
 GATES = ALL_GATES["fp32_pipeline"]
-__all__ = ["GATES", "cosine", "embed_figures", "format_figures", "gate", "measure", "rel_error"]
+__all__ = ["GATES", "cosine", "embed_figures", "format_figures", "gate", "gate_folder", "measure", "rel_error"]
 EMBED_CHUNK = 4096
+FP32_PIPELINE = "fp32 ONNX pipeline"
+PYTORCH = "PyTorch reference"
 
 
 def _prefill(pipe: Pipeline, scene, layout, extra: int) -> np.ndarray:
@@ -70,6 +76,8 @@ def teacher_forced(pipe: Pipeline, image, layout, tokens: list[int]) -> list[np.
 
 def _per_graph(ref: Pipeline, q: Pipeline, calls: list[tuple[str, dict]], out: dict) -> None:
     for name, feeds in calls:
+        if not q.has_graph(name):
+            continue        # llama.cpp runs the LLM as a whole: its segments have no graph of their own
         a, b = ref.run_graph(name, feeds), q.run_graph(name, feeds)
         d = out.setdefault(name, {"cosine_min": 1.0, "rel_error_max": 0.0})
         d["cosine_min"] = min(d["cosine_min"], cosine(a, b))
@@ -87,18 +95,23 @@ def embed_figures(ref: Pipeline, q: Pipeline) -> dict:
     return {"cosine_min": cos, "rel_error_max": rel}
 
 
-def measure(ref: Pipeline, q: Pipeline, cases, steps: int = 16, per_graph_cases: int = 2,
-            progress: bool = True) -> dict:
-    """Agreement figures of pipeline `q` with the fp32 pipeline `ref` on `cases`."""
+def measure(ref: Pipeline | None, q: Pipeline, cases, steps: int = 16, per_graph_cases: int = 2,
+            progress: bool = True, answer=None, reference: str = FP32_PIPELINE) -> dict:
+    """Agreement figures of pipeline `q` with the fp32 pipeline `ref` on `cases`. `answer`
+    (image, question, steps, record) → (layout, tokens, logits per step) replaces the fp32
+    pipeline's greedy run, e.g. by the PyTorch reference's (`ref` None: no per-graph figures)."""
     from tqdm import tqdm
-    per_graph: dict[str, dict] = {"embed": embed_figures(ref, q)}
+    if answer is None:
+        def answer(image, question, n, record):
+            return fp32_answer(ref, image, question, n, record)
+    per_graph: dict[str, dict] = {"embed": embed_figures(ref, q)} if ref is not None else {}
     agree, cos, dfirst, prefix, full = [], [], [], [], []
-    for n, (image, question) in enumerate(tqdm(cases, desc="gate: fp32 vs quantized", unit="case",
+    for n, (image, question) in enumerate(tqdm(cases, desc=f"gate: {reference} vs quantized", unit="case",
                                                disable=not progress, leave=False)):
-        calls = Recorder() if n < per_graph_cases else None
-        layout, tokens, ref_logits = fp32_answer(ref, image, question, steps, calls)
+        calls = Recorder() if ref is not None and n < per_graph_cases else None
+        layout, tokens, ref_logits = answer(image, question, steps, calls)
         q_logits = teacher_forced(q, image, layout, tokens)
-        hits = [int(np.argmax(lq)) == t or (int(np.argmax(lq)) in q.stop_ids and t in ref.stop_ids)
+        hits = [int(np.argmax(lq)) == t or (int(np.argmax(lq)) in q.stop_ids and t in q.stop_ids)
                 for lq, t in zip(q_logits, tokens)]
         agree += hits
         cos += [cosine(a, b) for a, b in zip(ref_logits, q_logits)]
@@ -112,4 +125,38 @@ def measure(ref: Pipeline, q: Pipeline, cases, steps: int = 16, per_graph_cases:
             "top1_agreement": float(np.mean(agree)), "logit_cosine_mean": float(np.mean(cos)),
             "logit_cosine_min": float(np.min(cos)), "max_dlogit_first": float(np.max(dfirst)),
             "greedy_token_match": float(np.mean(prefix)), "greedy_exact": float(np.mean(full)),
-            "per_graph": per_graph, "reference": "fp32 ONNX pipeline (teacher-forced)"}
+            "per_graph": per_graph, "reference": f"{reference} (teacher-forced)"}
+
+
+def gate_folder(folder: Path, fp32_path: Path, kind: str, cases: list[tuple], steps: int, thresholds: dict | None,
+                force: bool, threads: int | None, progress: bool, log, reference=None, fix: str = "") -> dict:
+    """Measure the quantized folder against the fp32 bundle and (`reference`: (pipe, image,
+    question, steps) → (layout, tokens, logits)) the PyTorch reference, both gated by
+    GATES[kind] (+ thresholds); raise ExportError below either unless forced. → the figures
+    (the fp32 ones at the top, the reference ones under `pytorch_reference`)."""
+    ref = Pipeline.open(fp32_path, device="cpu", threads=threads, check_hashes=False)
+    q = Pipeline.open(folder, device="cpu", threads=threads)
+    try:
+        figures = measure(ref, q, cases, steps=steps, progress=progress)
+        passed, reasons, bounds = gate(figures, kind, thresholds)
+        if reference is not None:
+            ref_figures = measure(None, q, cases, steps=steps, progress=progress, reference=PYTORCH,
+                                  answer=lambda image, question, n, _: reference(q, image, question, n))
+            ok, why, _ = gate(ref_figures, kind, thresholds)
+            ref_figures.update(passed=ok, gate=why, thresholds=bounds)
+            figures["pytorch_reference"] = ref_figures
+            passed, reasons = passed and ok, reasons + [f"vs the {PYTORCH}: {r}" for r in why]
+    finally:
+        q.llm.close()
+    figures.update({"passed": passed, "gate": reasons, "thresholds": bounds, "device": "cpu", "forced": False,
+                    "versions": versions.installed()})
+    log(format_figures(figures))
+    if "pytorch_reference" in figures:
+        log(format_figures(figures["pytorch_reference"]))
+    if not passed:
+        if not force:
+            raise ExportError(f"the {kind} bundle does not agree with the fp32 pipeline and the PyTorch reference "
+                              "closely enough: " + "; ".join(reasons), fix)
+        figures["forced"] = True
+        log("warning: --force: keeping a bundle below the quality gate")
+    return figures

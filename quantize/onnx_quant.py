@@ -17,10 +17,8 @@ from fusion_edge.calibration.builtin import builtin_pairs
 from fusion_edge.calibration.calibrate import calibrate_bundle
 from fusion_edge.calibration.record import Recordings, held_out_cases
 from fusion_edge.calibration.source import check_fp32_bundle
-from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import Bundle, write_bundle
 from fusion_edge.runtime.errors import ExportError
-from fusion_edge.runtime.pipeline import Pipeline
 
 from . import agreement
 from .bundle_quant import QuantOptions, write_quantized
@@ -37,9 +35,11 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
                             log=print, *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
                             accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
-                            thresholds: dict | None = None, threads: int | None = None, **extra) -> Path:
+                            thresholds: dict | None = None, threads: int | None = None, reference=None,
+                            **extra) -> Path:
     """fp32 ONNX bundle → quantized, gated ONNX bundle at `out` (a checkpoint is exported to
-    fp32 first by fusion_edge/targets.py)."""
+    fp32 first by fusion_edge/targets.py). reference: (pipe, image, question, steps) →
+    (layout, tokens, logits), the PyTorch reference's side of the gate (targets.py builds it)."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
@@ -57,7 +57,7 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
         opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
         return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
                                thresholds=thresholds, overwrite=overwrite, threads=threads,
-                               progress=progress, log=log)
+                               progress=progress, log=log, reference=reference)
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -88,35 +88,27 @@ def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
 def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple],
                     opts: QuantOptions = QuantOptions(), *, verify: bool = True, force: bool = False,
                     steps: int = 16, thresholds: dict | None = None, overwrite: bool = False,
-                    threads: int | None = None, progress: bool = True, log=print) -> Path:
+                    threads: int | None = None, progress: bool = True, log=print, reference=None) -> Path:
     """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
     src = Bundle.open(src_path)
     rec.check_source(src.manifest["source"]["fingerprint"])
 
     def gate(folder: Path) -> dict:
         return gate_folder(folder, src.path, the_plan.precision, cases, steps, thresholds, force, threads,
-                           progress, log)
+                           progress, log, reference)
     return write_bundle(out, lambda writer: write_quantized(src, writer, the_plan, rec, opts, progress, log),
                         gate if verify else None, overwrite)
 
 
 # ---- the gate ----------------------------------------------------------------------------------
+FIX = ("calibrate on images and questions like yours (--calib DATA), try int8 instead of int4 or a smaller "
+       "--block-size; --force keeps the bundle anyway")
+
+
 def gate_folder(folder: Path, fp32_path: Path, precision: str, cases: list[tuple], steps: int,
-                thresholds: dict | None, force: bool, threads: int | None, progress: bool, log) -> dict:
-    """Measure the quantized folder against the fp32 bundle; raise below the gate unless forced."""
-    ref = Pipeline.open(fp32_path, device="cpu", threads=threads, check_hashes=False)
-    q = Pipeline.open(folder, device="cpu", threads=threads)
-    figures = agreement.measure(ref, q, cases, steps=steps, progress=progress)
-    passed, reasons, bounds = agreement.gate(figures, precision, thresholds)
-    figures.update({"passed": passed, "gate": reasons, "thresholds": bounds, "device": "cpu", "forced": False,
-                    "versions": versions.installed()})
-    log(agreement.format_figures(figures))
-    if not passed:
-        if not force:
-            raise ExportError("the quantized bundle does not agree with the fp32 pipeline closely enough: "
-                              + "; ".join(reasons),
-                              "calibrate on images and questions like yours (--calib DATA), try int8 instead of "
-                              "int4 or a smaller --block-size; --force keeps the bundle anyway")
-        figures["forced"] = True
-        log("warning: --force: keeping a bundle below the quality gate")
-    return figures
+                thresholds: dict | None, force: bool, threads: int | None, progress: bool, log,
+                reference=None) -> dict:
+    """Measure the quantized folder against the fp32 bundle (and the PyTorch reference, when
+    given); raise below the gate unless forced (quantize/agreement.py gate_folder)."""
+    return agreement.gate_folder(folder, fp32_path, precision, cases, steps, thresholds, force, threads, progress,
+                                 log, reference, FIX)

@@ -250,10 +250,12 @@ def test_cli_exports_an_int4_gguf_bundle_and_answers(tiny_checkpoint, images, wo
     out = work_dir / "gguf" / "cli-int4"
     exe = [sys.executable, "-c", "import sys; from fusion_edge.cli import main; sys.exit(main())"]
     r = subprocess.run(exe + ["export", str(ckpt), "--target", "gguf", "--precision", "int4", "-o", str(out),
-                              "--quiet", "--verify-steps", "4"], capture_output=True, text=True, timeout=300)
+                              "--quiet", "--verify-steps", "4"], capture_output=True, text=True,
+                       timeout=1200)    # + a verified fp32 export and the gate: 6.5 min on the loaded 2-core CI box
     assert r.returncode == 0, r.stdout + r.stderr
     manifest = json.loads((out / "fusion_bundle.json").read_text())
-    assert manifest["verification"]["passed"] and np.isfinite(manifest["verification"]["max_dlogit"])
+    v = manifest["verification"]       # the quality gate: vs the fp32 pipeline and the PyTorch reference
+    assert v["passed"] and v["pytorch_reference"]["passed"] and np.isfinite(v["max_dlogit_first"])
     comp = manifest["components"]["llm"]
     assert manifest["target"] == "gguf" and comp["quant"] == "Q4_K_M"
     # width 64 rows are not multiples of 256: every quantized tensor fell back, and it is recorded
@@ -266,6 +268,91 @@ def test_cli_exports_an_int4_gguf_bundle_and_answers(tiny_checkpoint, images, wo
     answer = json.loads(r.stdout.strip().splitlines()[-1])
     assert answer["backend"] == "gguf-int4" and len(answer["token_ids"]) >= 1
     assert np.all(np.isfinite(np.load(logits)))
+
+
+# ---- the quality gate of quantized bundles ----------------------------------------------------
+GATE_STEPS = 6
+
+
+@pytest.mark.parametrize("precision,quant", [("fp16", "F16"), ("int8", "Q8_0"), ("int4", "Q4_0"),
+                                             ("int4", "Q4_K_M")])
+def test_quantized_gguf_export_passes_its_gate_and_records_both_comparisons(precision, quant, verified_fp32,
+                                                                            tiny_checkpoint, tmp_path):
+    from fusion_edge.runtime.bundle import Bundle
+    from fusion_edge.runtime.fidelity import GATES, figures_key
+    from fusion_edge.targets import export_bundle
+    logs: list[str] = []
+    out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / quant, "gguf", precision, quant=quant,
+                        fp32_from=str(verified_fp32), steps=GATE_STEPS, eval_cases=2, progress=False,
+                        log=logs.append)
+    bundle = Bundle.open(out)
+    v, bounds = bundle.manifest["verification"], GATES["fp32_pipeline"][quant]
+    assert bundle.verification_status == "passed" and not v["forced"]
+    assert bundle.manifest["components"]["llm"]["quant"] == quant
+    assert "fp32 ONNX pipeline" in v["reference"] and "PyTorch" in v["pytorch_reference"]["reference"]
+    for figures in (v, v["pytorch_reference"]):
+        assert figures["passed"] and figures["gate"] == [] and figures["thresholds"] == bounds
+        assert figures["cases"] == 2 and figures["tokens_compared"] >= 2
+        assert all(figures[k] >= bound for k, bound in bounds.items())
+        assert np.isfinite(figures["max_dlogit_first"]) and figures["logit_cosine_min"] <= figures["logit_cosine_mean"]
+    # the fp32 pipeline is the reference within 3e-5: both comparisons see the same quantization error
+    assert abs(v["logit_cosine_mean"] - v["pytorch_reference"]["logit_cosine_mean"]) < 1e-4
+    assert "embed" in v["per_graph"]
+    # the gate's fp32 vision graphs are the ones the bundle got (exported once)
+    source = json.loads((verified_fp32 / "fusion_bundle.json").read_text())
+    assert bundle.manifest["files"]["vision.onnx"] == source["files"]["vision.onnx"]
+    assert sum("gate: passed" in line for line in logs) == 2
+    assert figures_key("gguf", precision) == "reference_comparison"     # `fusion-edge verify` keeps these
+
+
+def flip_q8_0_output_scales(folder) -> None:
+    """llm.gguf's output.weight negated by flipping the sign bit of every Q8_0 block scale
+    (block = f16 scale + 32 int8): a broken quantization that flips every top-1."""
+    import gguf
+    reader = gguf.GGUFReader(str(folder / "llm.gguf"), "r+")
+    t = next(t for t in reader.tensors if t.name == "output.weight")
+    assert t.tensor_type.name == "Q8_0", t.tensor_type.name
+    blocks = t.data.reshape(-1, 34)
+    blocks[:, 1] ^= 0x80
+    reader.data.flush()
+
+
+def test_a_broken_quantized_gguf_is_refused_by_the_gate_and_leaves_no_bundle(gguf_bundle, verified_fp32,
+                                                                               tiny_checkpoint, tmp_path):
+    """The export sequence (runtime/bundle.py write_bundle) with a real Q8_0 export's files,
+    broken before the gate fusion-export uses (fusion_edge/targets.py gguf_gate)."""
+    import shutil
+
+    from fusion_edge.runtime.bundle import Bundle, write_bundle
+    from fusion_edge.runtime.errors import ExportError
+    from fusion_edge.runtime.fidelity import GATES
+    from fusion_edge.targets import gguf_gate
+    src = gguf_bundle("phi3", "so400m", "int8", onnx_from=str(gguf_bundle("phi3", "so400m", "fp32")))
+    dropped = ("format", "format_version", "created", "files", "verification", "verification_status")
+
+    def export(out, force, logs):
+        def fill(writer):
+            shutil.copytree(src, writer.tmp, dirs_exist_ok=True)
+            flip_q8_0_output_scales(writer.tmp)
+            return {k: v for k, v in Bundle.open(src, check_hashes=False).manifest.items() if k not in dropped}
+        gate = gguf_gate(str(tiny_checkpoint("phi3", "so400m")), verified_fp32, eval_cases=1, steps=GATE_STEPS,
+                         force=force, progress=False, log=logs.append)
+        return write_bundle(out, fill, lambda folder: gate(folder, "Q8_0"))
+
+    logs: list[str] = []
+    with pytest.raises(ExportError, match="does not agree with the fp32 pipeline") as e:
+        export(tmp_path / "broken", False, logs)
+    assert "top1_agreement" in e.value.problem and "vs the PyTorch reference: top1_agreement" in e.value.problem
+    assert "--force" in e.value.fix
+    assert sum("gate: FAILED" in line for line in logs) == 2
+    assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken.partial-*"))
+
+    kept = Bundle.open(export(tmp_path / "forced", True, []))
+    v = kept.manifest["verification"]
+    assert kept.verification_status == "forced" and v["forced"] and not v["passed"]
+    for figures in (v, v["pytorch_reference"]):
+        assert figures["top1_agreement"] < GATES["fp32_pipeline"]["Q8_0"]["top1_agreement"]
+        assert figures["logit_cosine_mean"] < 0
 
 
 # ---- error paths (in a subprocess: a broken guard would abort the process) --------------------

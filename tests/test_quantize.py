@@ -124,6 +124,21 @@ def test_figures_and_exclusions_in_the_manifest(q8):
     assert m["quantization"]["plan"]["components"]["llm"]["precision"] == "int8"
 
 
+def test_agreement_with_the_pytorch_reference_is_recorded_and_gated_too(q8):
+    """Beside the fp32 pipeline, the export compares the int8 bundle, teacher-forced, with the
+    PyTorch reference of the checkpoint, and gates it with the same bounds."""
+    out, stdout = q8
+    v = Bundle.open(out).manifest["verification"]
+    r = v["pytorch_reference"]
+    assert "PyTorch reference" in r["reference"] and "fp32 ONNX pipeline" in v["reference"]
+    assert r["passed"] and r["gate"] == [] and r["thresholds"] == v["thresholds"] == agreement.GATES["int8"]
+    assert r["cases"] == v["cases"] == 1 and r["tokens_compared"] >= 1
+    assert all(r[k] >= bound for k, bound in agreement.GATES["int8"].items())
+    # the fp32 pipeline is the reference within 3e-5, so both see the same quantization error
+    assert abs(r["logit_cosine_mean"] - v["logit_cosine_mean"]) < 1e-4
+    assert "agreement with the PyTorch reference on 1 held-out cases" in stdout
+
+
 def _force_scales_wrong(folder, factor: float = 8.0) -> int:
     """Multiply the weight scales of segments 00–09 by `factor` (a broken quantization)."""
     from onnx import numpy_helper
@@ -153,6 +168,7 @@ def _broken_copy(good, w) -> dict:
 
 def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
     from fusion_edge.quantize.onnx_quant import gate_folder
+    from fusion_edge.targets import reference_answer
     good, _ = q8
     cases = [(img, q) for _, img, q in builtin_pairs("eval", 1)]
     logs = []
@@ -160,11 +176,13 @@ def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
     with pytest.raises(ExportError) as e:
         with BundleWriter(out) as w:                     # as quantize_bundle does
             _broken_copy(good, w)
-            gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, False, None, False, logs.append)
+            gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, False, None, False, logs.append,
+                        reference_answer(fp32))
             w.commit()
     assert "top1_agreement" in e.value.problem or "logit_cosine_mean" in e.value.problem
+    assert "vs the PyTorch reference: " in e.value.problem       # both comparisons refuse it
     assert "--force" in e.value.fix
-    assert any("gate: FAILED" in line for line in logs)
+    assert sum("gate: FAILED" in line for line in logs) == 2
     assert not out.exists() and not list(tmp_path.glob(".broken.partial-*"))
     # --force keeps it, marked as below the gate
     with BundleWriter(tmp_path / "forced") as w:

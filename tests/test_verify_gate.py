@@ -24,9 +24,14 @@ def test_onnx_fp16_gated_on_top1_quantized_gguf_only_finite():
     assert not ok and reasons == ["logits are not finite"]
 
 
-def test_quantized_onnx_keeps_its_fp32_pipeline_figures():
-    assert figures_key("onnx", "int8") == "reference_comparison"
-    assert figures_key("onnx", "fp32") == figures_key("gguf", "int4") == "verification"
+def test_quantized_bundles_keep_their_export_gate_figures():
+    """onnx int8/int4 and gguf fp16/int8/int4 hold their teacher-forced gate figures (fp32
+    pipeline + PyTorch reference) in `verification`; `verify` writes beside them."""
+    for target, precision in (("onnx", "int8"), ("onnx", "int4"), ("gguf", "fp16"), ("gguf", "int8"),
+                              ("gguf", "int4")):
+        assert figures_key(target, precision) == "reference_comparison"
+    for target, precision in (("onnx", "fp32"), ("onnx", "fp16"), ("gguf", "fp32")):
+        assert figures_key(target, precision) == "verification"
 
 
 def test_fp32_gate_is_a_small_factor_above_what_is_measured():

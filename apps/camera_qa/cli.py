@@ -50,6 +50,7 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from fusion_edge.runtime.errors import PromptError
+    from . import heap
     from .security import resolve_token
     from .sources import parse_source
 
@@ -65,6 +66,7 @@ def run(args) -> int:
         from .server import import_web
         import_web()                     # fail before the model loads when the extra is missing
     token, generated = resolve_token(args.host, args.token)
+    heap.configure()                     # before the model and the app's threads start (heap.py)
     cam = _open_app(args, spec)
     log_file = _attach_log(cam, args.log, spec.label)
     try:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from fusion_edge.runtime.errors import FusionEdgeError
 
+from . import heap
 from .jobs import BusyError, Job
 
 log = logging.getLogger("fusion_edge.camera")
@@ -128,7 +129,7 @@ class Worker:
         try:
             scene, look_s = self._scene(job.frame)
             if job.cancelled:
-                return self._end(job, "cancelled")
+                return self._finish(job, "cancelled")
             temperature = self.temperature if job.temperature is None else job.temperature
             pieces = self.pipe.ask(scene, job.question, stream=True, max_new_tokens=job.max_new_tokens,
                                    temperature=temperature, query_len=job.query_len)
@@ -143,12 +144,12 @@ class Worker:
             finally:
                 pieces.close()
             job.stats = self._stats(look_s, n, job.cancelled, time.perf_counter() - t0)
-            self._end(job, "cancelled" if job.cancelled else "done")
+            self._finish(job, "cancelled" if job.cancelled else "done")
         except FusionEdgeError as e:
-            self._end(job, "error", error=e.problem, fix=e.fix)
+            self._finish(job, "error", error=e.problem, fix=e.fix)
         except Exception as e:  # noqa: BLE001 — shown as a message; the traceback goes to the log
             log.exception("inference failed")
-            self._end(job, "error", error=f"inference failed: {type(e).__name__}: {e}",
+            self._finish(job, "error", error=f"inference failed: {type(e).__name__}: {e}",
                       fix="see the server log; the app keeps running")
 
     def _scene(self, frame):
@@ -179,6 +180,12 @@ class Worker:
                                  else (max(pieces - 1, 0) / decode_s if decode_s else 0.0)),
                 "total_s": total_s, "device": self.pipe.device,
                 "devices": self.pipe.devices}
+
+    def _finish(self, job: Job, state: str, error: str | None = None, fix: str | None = None) -> None:
+        """End a job that ran: its freed tensors go back to the kernel first (heap.py), so RSS
+        stays flat over a long run and what a client measures after an answer is trimmed."""
+        heap.trim()
+        self._end(job, state, error, fix)
 
     def _end(self, job: Job, state: str, error: str | None = None, fix: str | None = None) -> None:
         job.state, job.error, job.fix = state, error, fix
