@@ -72,11 +72,11 @@ def check(figures: dict, bounds: dict) -> list[str]:
 def gate_reference(figures: dict, precision: str, target: str = "onnx") -> tuple[bool, list[str]]:
     """(passed, reasons) of a comparison with the PyTorch reference.
 
-    fp32 bundles of every target and onnx fp16 bundles are held to GATES["reference"]; other
-    quantized bundles (onnx int8/int4: gated against the fp32 pipeline; gguf f16/q8_0/q4_k_m)
-    only need finite logits here.
+    fp32 bundles of every target and onnx / trt fp16 bundles (the same fp16 graphs) are held to
+    GATES["reference"]; other quantized bundles (onnx / trt int8/int4: gated against the fp32
+    pipeline; gguf f16/q8_0/q4_k_m) only need finite logits here.
     """
-    gated = precision == "fp32" or (target == "onnx" and precision == "fp16")
+    gated = precision == "fp32" or (target in ("onnx", "trt") and precision == "fp16")
     reasons = check(figures, GATES["reference"].get(precision, {}) if gated else {})
     if not np.isfinite(figures["max_dlogit"]):
         reasons.append("logits are not finite")
@@ -92,9 +92,10 @@ def gate_fp32_pipeline(figures: dict, precision: str, thresholds: dict | None = 
 
 
 def figures_key(target: str, precision: str) -> str:
-    """Where `fusion-edge verify` stores reference figures in the manifest: quantized onnx
-    bundles keep their export-time agreement with the fp32 pipeline under `verification`."""
-    return "reference_comparison" if target == "onnx" and precision in ("int8", "int4") else "verification"
+    """Where `fusion-edge verify` stores reference figures in the manifest: quantized onnx and
+    trt bundles keep their export-time agreement with the fp32 pipeline under `verification`."""
+    quantized = target in ("onnx", "trt") and precision in ("int8", "int4")
+    return "reference_comparison" if quantized else "verification"
 
 
 # ---- formatting -------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ class OnnxLLM:
         self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads)
         self.segments = [(c, component_session(bundle, c, providers, threads))
                          for c in map(bundle.component, bundle.component_names("segment_"))]
-        self.on_cuda = provider_name(providers[0]) == "CUDAExecutionProvider"
+        # the KV cache stays in device memory for the EPs of onnxruntime-gpu (CUDA and TensorRT)
+        self.on_cuda = provider_name(providers[0]) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.capacity = 0
         self.cache = None
         self.length = 0          # positions currently in the cache
