@@ -62,8 +62,10 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
         path = export_onnx(model, out, **common, **kw)
     else:
         path = export_onnx_quantized(model, out, **common, flavour="trt", sm=sm, **kw)
+    from fusion_edge.calibration.source import is_bundle
     from fusion_edge.export.trt_engines import build_after_export
-    build_after_export(path, model if verify else None, progress=progress, log=log)
+    checkpoint = None if (not verify or is_bundle(model)) else model     # the reference needs a checkpoint
+    build_after_export(path, checkpoint, progress=progress, log=log)
     return path
 
 

@@ -113,7 +113,7 @@ def placement_lines(p: dict | None) -> list[str]:
     d = p["devices"]
     where = ", ".join(f"{part} {d[part]}" for part in ("vision", "align", "llm"))
     lines = [f"  measured on: {where}" + (" (TF32 on)" if p.get("tf32") else "")]
-    if "cuda" not in d.values():
+    if not {"cuda", "tensorrt"} & set(d.values()):
         lines.append("  holds for the CPU; on a GPU re-check: fusion-edge verify BUNDLE --model CKPT --device cuda")
     return lines
 
