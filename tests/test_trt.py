@@ -48,7 +48,7 @@ def calib(verified_fp32, work_dir):
     from fusion_edge.calibration.calibrate import calibrate_bundle
     out = work_dir / "trt" / "calib"
     if not out.exists():
-        calibrate_bundle(verified_fp32, out, samples=4, holdout=2, progress=False, log=lambda *_: None)
+        calibrate_bundle(verified_fp32, out, samples=2, holdout=1, progress=False, log=lambda *_: None)
     return out
 
 
@@ -61,8 +61,8 @@ def trt_q(verified_fp32, calib, work_dir):
     def make(precision: str):
         if precision not in cache:
             lines: list[str] = []
-            out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=8,
-                                progress=False, log=_quiet_log(lines), calib=str(calib), eval_cases=2)
+            out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=6,
+                                progress=False, log=_quiet_log(lines), calib=str(calib), eval_cases=1)
             cache[precision] = (out, lines)
         return cache[precision]
     return make
@@ -105,7 +105,7 @@ def test_quantized_trt_bundles_pass_the_fp32_gate_and_the_reference(trt_q, tiny_
     assert (b.manifest["tensorrt"]["int4_min_tensorrt"] == "10.0") == (precision == "int4")
     assert any("engines: pending" in line for line in log)
     copy = _copy(path, tmp_path)                # verify rewrites the manifest
-    rc, out, _ = _run(["verify", str(copy), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "4"])
+    rc, out, _ = _run(["verify", str(copy), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "3"])
     assert rc == 0, out
     ref = Bundle.open(copy).manifest["reference_comparison"]
     assert ref["passed"] and np.isfinite(ref["max_dlogit"]) and ref["top1_agreement"] >= 0.5
@@ -178,8 +178,10 @@ def test_profiles_cover_the_shortest_and_longest_prompt_and_the_longest_context(
     layout = build_prompt(pipe.tokenizer, pipe.cfg.template, longest, pipe.image_tokens, max(qs))
     assert ctx - 8 <= layout.seq_len <= ctx
     pipe.ask(scene, longest, max_new_tokens=1, query_len=max(qs))                 # longest prompt
-    pipe.prefill(scene, layout, ctx - layout.seq_len + 1)                         # … then the longest context:
-    while pipe.llm.length < ctx:                                                  # decode until the cache is full
+    shorter = build_prompt(pipe.tokenizer, pipe.cfg.template, _question_of_length(pipe, max(qs), ctx - 8),
+                           pipe.image_tokens, max(qs))
+    pipe.prefill(scene, shorter, ctx - shorter.seq_len + 1)                       # the longest context: decode
+    while pipe.llm.length < ctx:                                                  # until the cache is full
         pipe.llm.decode(1)
     with pytest.raises(PromptError, match="context of"):
         pipe.ask(scene, longest, max_new_tokens=ctx - layout.seq_len + 2, query_len=max(qs))
@@ -278,6 +280,8 @@ def test_ask_on_a_trt_bundle_without_tensorrt_answers_with_the_notice(trt_q, ima
     assert err.count("notice: TensorRT is not available here") == 1
     pipe = Pipeline.open(path, device="cpu")
     assert pipe.placement.describe()["notice"] == pipe.device_notice
+    asked = Pipeline.open(path, device="cpu", capabilities=Capabilities(trt=ORIN))   # TensorRT here, CPU asked for
+    assert asked.devices["llm"] == "cpu" and asked.device_notice is None
 
 
 def test_tensorrt_device_and_build_engines_need_tensorrt(trt_q, onnx_bundle, images):
@@ -339,3 +343,44 @@ def test_each_graph_gets_its_profile_and_engine_folder(trt_q):
     runtime_opts = graph_chain(b, b.component("segment_03"), chain)[0][0][1]
     assert "trt_dump_ep_context_model" not in runtime_opts                      # opening reads the cache only
     assert graph_chain(b, b.component("vision"), provider_chain("cpu")) == (["CPUExecutionProvider"], {})
+
+
+def test_build_engines_records_each_graph_resumes_and_rebuilds(trt_q, tmp_path):
+    """The bookkeeping of runtime/trt/build.py. onnxruntime's TensorRT EP is absent here, so the
+    session factory stands in for it: it checks the options each graph gets and leaves an
+    engine file in the cache folder, as the EP does (the real build: tests/gpu/test_tensorrt.py)."""
+    from fusion_edge.runtime.backends.ort_session import provider_chain
+    from fusion_edge.runtime.trt.build import build_engines, ordered_graphs
+    copy = _copy(trt_q("int8")[0], tmp_path)
+    built: list[str] = []
+
+    def session(path, providers, config, fail_at=None):
+        name, opts = providers[0]
+        graph = Path(path).stem
+        assert name == "TensorrtExecutionProvider" and opts["trt_dump_ep_context_model"] == "1"
+        assert opts["trt_profile_min_shapes"] and opts["trt_timing_cache_path"].endswith("engines/timing")
+        if graph == fail_at:
+            raise KeyboardInterrupt
+        Path(opts["trt_engine_cache_path"], f"{graph}.engine").write_bytes(graph.encode() * 10)
+        built.append(graph)
+
+    chain = provider_chain("tensorrt", trt_provider="TensorrtExecutionProvider")
+    graphs = ordered_graphs(Bundle.open(copy))
+    quiet = {"progress": False, "log": lambda *_: None}
+    with pytest.raises(KeyboardInterrupt):
+        build_engines(copy, ORIN, chain, session=lambda *a: session(*a, fail_at="align_03"), **quiet)
+    first = graphs[:graphs.index("align_03")]
+    engines = Bundle.open(copy).manifest["engines"]
+    assert built == first and engines["state"] == "partial" and set(engines["graphs"]) == set(first)
+    built.clear()
+    engines = build_engines(copy, ORIN, chain, session=session, **quiet)             # resumes
+    assert built == graphs[len(first):] and engines["state"] == "built" and set(engines["graphs"]) == set(graphs)
+    assert Bundle.open(copy).manifest["engines"] == engines
+    assert stamp.check_stamp(engines, ORIN, copy, sha256_file) == []
+    built.clear()
+    build_engines(copy, ORIN, chain, session=session, **quiet)                        # nothing left to do
+    assert built == []
+    with pytest.raises(EngineMismatchError, match="TensorRT 10.3.0; this machine has TensorRT 10.4.0"):
+        build_engines(copy, Platform("10.4.0", "Orin", (8, 7)), chain, session=session, **quiet)
+    build_engines(copy, Platform("10.4.0", "Orin", (8, 7)), chain, session=session, rebuild=True, **quiet)
+    assert built == graphs and Bundle.open(copy).manifest["engines"]["tensorrt_version"] == "10.4.0"

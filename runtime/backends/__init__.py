@@ -78,7 +78,7 @@ def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_bui
     """Engines checked or built before a TensorRT session opens → the placement's notice."""
     from ..trt.opening import ready_engines, unavailable_notice
     if "tensorrt" not in devices.values():
-        return unavailable_notice(bundle, devices)
+        return unavailable_notice(bundle, devices, caps.trt is not None)
     if log is None:
         import sys
 

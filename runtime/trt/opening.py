@@ -8,9 +8,10 @@ from . import stamp
 from .stamp import Platform
 
 
-def unavailable_notice(bundle: Bundle, devices: dict[str, str]) -> str | None:
-    """For a trt bundle run without TensorRT: one line saying where it runs instead."""
-    if bundle.target != "trt" or "tensorrt" in devices.values():
+def unavailable_notice(bundle: Bundle, devices: dict[str, str], trt_usable: bool) -> str | None:
+    """For a trt bundle run without TensorRT: one line saying where it runs instead (None when
+    TensorRT runs it, or is usable here and another device was asked for)."""
+    if bundle.target != "trt" or "tensorrt" in devices.values() or trt_usable:
         return None
     where = "/".join(sorted(set(devices.values())))
     return (f"TensorRT is not available here: the trt bundle's ONNX graphs run on {where} with onnxruntime "
