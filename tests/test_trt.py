@@ -61,7 +61,7 @@ def trt_q(verified_fp32, calib, work_dir):
     def make(precision: str):
         if precision not in cache:
             lines: list[str] = []
-            out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=6,
+            out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=12,
                                 progress=False, log=_quiet_log(lines), calib=str(calib), eval_cases=1)
             cache[precision] = (out, lines)
         return cache[precision]
