@@ -53,10 +53,12 @@ def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, quer
 def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
                   query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                   verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                  log=print, **extra) -> Path:
-    """Checkpoint → verified fp32 / fp16 ONNX bundle (other targets: fusion_edge/targets.py)."""
-    if target != "onnx" or precision not in ("fp32", "fp16"):
-        raise ExportError(f"this exporter writes onnx fp32/fp16 bundles, not {target}/{precision}.",
+                  log=print, manifest_extend=None, **extra) -> Path:
+    """Checkpoint → verified fp32 / fp16 ONNX bundle, or the trt fp16 bundle of the same graphs
+    (other targets: fusion_edge/targets.py). manifest_extend(fields) → fields: the target's
+    own manifest sections (trt: profiles, engines)."""
+    if (target, precision) not in (("onnx", "fp32"), ("onnx", "fp16"), ("trt", "fp16")):
+        raise ExportError(f"this exporter writes onnx fp32/fp16 and trt fp16 bundles, not {target}/{precision}.",
                           "export through fusion_edge.targets.export_bundle (fusion-export)")
     ckpt = open_checkpoint(model)
     q, n_img = export_options(ckpt, query_len, image_tokens)
@@ -68,10 +70,11 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
             components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), precision)
         components[DECODE] = build_shared(writer.tmp, components)
         tokenizer.save(writer.path("tokenizer"))
-        return manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
+        fields = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
+        return manifest_extend(fields) if manifest_extend else fields
 
     def check(folder: Path) -> dict:
-        return verify_folder(folder, ckpt, steps, precision, force, log)
+        return verify_folder(folder, ckpt, steps, precision, force, log, target)
     return write_bundle(out, fill, check if verify else None, overwrite)
 
 

@@ -24,7 +24,7 @@ def add_export_args(p) -> None:
 
 def add_quant_args(p) -> None:
     """Options of --precision int8|int4 with --target onnx (fusion_edge.quantize, docs/quantization.md)."""
-    g = p.add_argument_group("quantization (--target onnx --precision int8|int4)")
+    g = p.add_argument_group("quantization (--target onnx|trt --precision int8|int4)")
     g.add_argument("--calib", default=None, help="calibration: a recording folder (fusion-edge calibrate), an "
                    "image folder with questions.txt, or a .jsonl file; default: built-in set")
     g.add_argument("--calib-samples", type=int, default=32, help="most calibration pairs recorded")
@@ -55,10 +55,20 @@ def gguf_kwargs(args) -> dict:
     return {**kw, "quant": args.gguf_quant} if getattr(args, "gguf_quant", None) else kw
 
 
+def trt_kwargs(args) -> dict:
+    """--target trt: the GPU the precision plan is made for (fp16; int8/int4 pass it in quant_kwargs)."""
+    return {"sm": args.sm} if args.target == "trt" and args.precision == "fp16" else {}
+
+
 def quant_kwargs(args) -> dict:
-    """The quantization options as keyword arguments, for the onnx int8/int4 exporter only."""
-    if args.target != "onnx" or args.precision not in ("int8", "int4") or not hasattr(args, "flavour"):
+    """The quantization options as keyword arguments, for the onnx and trt int8/int4 exporters only
+    (a trt bundle is always --for trt)."""
+    if args.target not in ("onnx", "trt") or args.precision not in ("int8", "int4") or not hasattr(args, "flavour"):
         return {}
+    if args.target == "trt":
+        return {"calib": args.calib, "calib_samples": args.calib_samples, "calib_questions": args.calib_questions,
+                "sm": args.sm, "block_size": args.block_size, "accuracy_level": args.accuracy_level or None,
+                "keep_float": args.keep_float, "eval_cases": args.eval_cases}
     return {"calib": args.calib, "calib_samples": args.calib_samples, "calib_questions": args.calib_questions,
             "flavour": args.flavour, "sm": args.sm, "block_size": args.block_size,
             "accuracy_level": args.accuracy_level or None, "keep_float": args.keep_float,

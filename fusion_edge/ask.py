@@ -61,6 +61,8 @@ def _ask_bundle(args, stream: bool) -> dict:
     pipe = Pipeline.open(args.bundle, strict=args.strict, **device_kwargs(args))
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
+    if pipe.device_notice:
+        print(f"notice: {pipe.device_notice}", file=sys.stderr, flush=True)
     if args.image_tokens and args.image_tokens != pipe.image_tokens:
         raise ExportError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {args.image_tokens}.",
                           f"re-export it with --image-tokens {args.image_tokens}, or leave --image-tokens out")
@@ -74,5 +76,6 @@ def _ask_bundle(args, stream: bool) -> dict:
             sys.stdout.flush()
     r = pipe.last_result
     return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
-            "timings": pipe.last_stats, "devices": pipe.devices, "tf32": pipe.tf32, "first_logits": r.first_logits,
+            "timings": pipe.last_stats, "devices": pipe.devices, "device_notice": pipe.device_notice,
+            "tf32": pipe.tf32, "first_logits": r.first_logits,
             "verification": pipe.bundle.verification_status}

@@ -20,6 +20,8 @@ PLUGIN_COMMANDS = [
      "benchmark every backend against the PyTorch reference"),
     ("calibrate", "fusion_edge.calibration.cli", "fusion_edge.targets:run_calibrate",
      "record graph inputs over a calibration set"),
+    ("build-engines", "fusion_edge.export.trt_engines", "fusion_edge.export.trt_engines:run_build_engines",
+     "build a trt bundle's TensorRT engines on this GPU (resumable; --rebuild)"),
     ("camera", "fusion_edge.apps.camera_qa.cli", "fusion_edge.apps.camera_qa.cli:run",
      "live camera question answering in the browser"),
     ("ros2", "fusion_edge.apps.ros2.cli", "fusion_edge.apps.ros2.cli:run",
@@ -34,8 +36,12 @@ EPILOGS = {
                "  fusion-export tiny-phi3 --target onnx --precision int8 -o q8        (built-in calibration set)\n"
                "  fusion-export tiny-phi3 --target onnx --precision int8 --calib my_images/ --for trt -o q8trt\n"
                "  fusion-export tiny-phi3 --target gguf --precision int4 -o g4\n"
+               "  fusion-export tiny-phi3 --target trt --precision int8 -o t8     (engines: built here with TensorRT, "
+               "else pending)\n"
                "  fusion-export starriver030515/FUSION-X-Phi3.5-3B --target onnx --precision fp16 -o b16"),
     "verify": "example:\n  fusion-edge verify b --model tiny-phi3",
+    "build-engines": ("examples:\n  fusion-edge build-engines t8                 (on the Jetson / RTX machine)\n"
+                      "  fusion-edge build-engines t8 --rebuild --model tiny-phi3"),
 }
 
 

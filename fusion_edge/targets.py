@@ -105,12 +105,37 @@ def reference_answer(model: str | Path) -> Callable:
     return answer
 
 
-def trt_not_available(model, out, **kw):
-    raise ExportError(
-        "TensorRT engine bundles are not built by this fusion-edge version yet.",
-        f"export TensorRT-ready graphs instead: fusion-export MODEL --target onnx --precision "
-        f"{kw.get('precision', 'int8')} -o BUNDLE (symmetric Q/DQ for int8, see docs/quantization.md), "
-        "and run them with onnxruntime-gpu on the device")
+def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, progress: bool = True, log=print,
+               **kw) -> Path:
+    """TensorRT bundle: the TensorRT-ready ONNX graphs (fp16 weights, or --for trt Q/DQ int8 /
+    int4 blocks) through the onnx exporters, gated the same way, plus the trt manifest sections
+    (profiles, precision plan, engines). Where a TensorRT EP and a GPU are usable the engines
+    are built now and the bundle verified on them; elsewhere they stay `pending`."""
+    from fusion_edge.quantize.planner import plan
+    from fusion_edge.runtime.trt.manifest import trt_fields
+    the_plan = plan("tensorrt", precision, sm)
+    kw.pop("target", None)
+
+    def extend(fields: dict) -> dict:
+        return trt_fields(fields, the_plan.to_dict())
+    common = dict(target="trt", precision=precision, verify=verify, progress=progress, log=log,
+                  manifest_extend=extend)
+    if precision == "fp16":
+        log(the_plan.explain())
+        kw = {k: v for k, v in kw.items() if k not in QUANT_ONLY}
+        path = export_onnx(model, out, **common, **kw)
+    else:
+        path = export_onnx_quantized(model, out, **common, flavour="trt", sm=sm, **kw)
+    from fusion_edge.calibration.source import is_bundle
+    from fusion_edge.export.trt_engines import build_after_export
+    checkpoint = None if (not verify or is_bundle(model)) else model     # the reference needs a checkpoint
+    build_after_export(path, checkpoint, progress=progress, log=log)
+    return path
+
+
+# options of the quantizer that an fp16 export does not take
+QUANT_ONLY = ("calib", "calib_samples", "calib_questions", "flavour", "block_size", "accuracy_level",
+              "keep_float", "eval_cases")
 
 
 # target → precision → exporter(model, out, target=, precision=, query_len=, image_tokens=, overwrite=,
@@ -118,7 +143,7 @@ def trt_not_available(model, out, **kw):
 TARGETS: dict[str, dict[str, Callable]] = {
     "onnx": {"fp32": export_onnx, "fp16": export_onnx, "int8": export_onnx_quantized, "int4": export_onnx_quantized},
     "gguf": {p: export_gguf for p in ("fp32", "fp16", "int8", "int4")},
-    "trt": {p: trt_not_available for p in ("fp16", "int8", "int4")},
+    "trt": {p: export_trt for p in ("fp16", "int8", "int4")},
 }
 
 
@@ -168,10 +193,11 @@ def fp32_source(model: str, query_len: int | None = None, image_tokens: int | No
 
 def run_export(args) -> int:
     """`fusion-edge export` / `fusion-export` (arguments: export/cli_export.py)."""
-    from fusion_edge.export.cli_export import gguf_kwargs, quant_kwargs
+    from fusion_edge.export.cli_export import gguf_kwargs, quant_kwargs, trt_kwargs
     out = export_bundle(args.model, args.out, args.target, args.precision, args.query_len, args.image_tokens,
                         overwrite=args.overwrite, verify=not args.no_verify, force=args.force,
-                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args), **gguf_kwargs(args))
+                        steps=args.verify_steps, progress=not args.quiet, **quant_kwargs(args), **gguf_kwargs(args),
+                        **trt_kwargs(args))
     print(f"bundle written to {out}")
     return 0
 

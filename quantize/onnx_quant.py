@@ -36,16 +36,21 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
                             accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
                             thresholds: dict | None = None, threads: int | None = None, reference=None,
-                            **extra) -> Path:
+                            manifest_extend=None, **extra) -> Path:
     """fp32 ONNX bundle → quantized, gated ONNX bundle at `out` (a checkpoint is exported to
     fp32 first by fusion_edge/targets.py). reference: (pipe, image, question, steps) →
-    (layout, tokens, logits), the PyTorch reference's side of the gate (targets.py builds it)."""
+    (layout, tokens, logits), the PyTorch reference's side of the gate (targets.py builds it).
+    target "trt": the same TensorRT-flavoured graphs (--for trt) in a trt bundle;
+    manifest_extend(fields) → fields adds its sections."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
-    if target != "onnx" or precision not in ("int8", "int4"):
-        raise ExportError(f"this exporter writes onnx int8/int4 bundles, not {target}/{precision}.",
-                          "use --target onnx --precision int8|int4")
+    if target not in ("onnx", "trt") or precision not in ("int8", "int4"):
+        raise ExportError(f"this exporter writes onnx and trt int8/int4 bundles, not {target}/{precision}.",
+                          "use --target onnx|trt --precision int8|int4")
+    if target == "trt" and flavour != "trt":
+        raise ExportError(f"a trt bundle holds TensorRT-flavoured graphs, not --for {flavour}.",
+                          "drop --for (trt bundles use --for trt)")
     if flavour not in FLAVOURS:
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
     the_plan = plan(FLAVOURS[flavour], precision, sm)
@@ -57,7 +62,8 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
         opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
         return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
                                thresholds=thresholds, overwrite=overwrite, threads=threads,
-                               progress=progress, log=log, reference=reference)
+                               progress=progress, log=log, reference=reference, target=target,
+                               manifest_extend=manifest_extend)
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -88,7 +94,8 @@ def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
 def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple],
                     opts: QuantOptions = QuantOptions(), *, verify: bool = True, force: bool = False,
                     steps: int = 16, thresholds: dict | None = None, overwrite: bool = False,
-                    threads: int | None = None, progress: bool = True, log=print, reference=None) -> Path:
+                    threads: int | None = None, progress: bool = True, log=print, reference=None,
+                    target: str = "onnx", manifest_extend=None) -> Path:
     """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
     src = Bundle.open(src_path)
     rec.check_source(src.manifest["source"]["fingerprint"])
@@ -96,8 +103,11 @@ def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[
     def gate(folder: Path) -> dict:
         return gate_folder(folder, src.path, the_plan.precision, cases, steps, thresholds, force, threads,
                            progress, log, reference)
-    return write_bundle(out, lambda writer: write_quantized(src, writer, the_plan, rec, opts, progress, log),
-                        gate if verify else None, overwrite)
+
+    def fill(writer) -> dict:
+        fields = {**write_quantized(src, writer, the_plan, rec, opts, progress, log), "target": target}
+        return manifest_extend(fields) if manifest_extend else fields
+    return write_bundle(out, fill, gate if verify else None, overwrite)
 
 
 # ---- the gate ----------------------------------------------------------------------------------

@@ -1,26 +1,31 @@
-"""Per-component device placement: vision, align and llm each get "cpu" or "cuda".
+"""Per-component device placement: vision, align and llm each get "cpu", "cuda" or "tensorrt".
 
 `resolve_devices` is a pure function of the request and of what is installed
 (`Capabilities`): onnxruntime's execution providers for ONNX components, llama.cpp's GPU
-offload for a GGUF LLM. `auto` takes the fastest device a component can use; `cuda` on a
-component that cannot run there is a DeviceError naming that component and the fix.
+offload for a GGUF LLM, a TensorRT platform (runtime/trt) for ONNX parts. `auto` takes the
+fastest device a component can use (TensorRT only for trt bundles, whose engines and profiles
+are made for it); `cuda` / `tensorrt` on a component that cannot run there is a DeviceError
+naming that component and the fix.
 `probe` fills Capabilities from the installed packages (imports lazily).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import DeviceError
+from .errors import DeviceError, TensorRTError
 
 COMPONENTS = ("vision", "align", "llm")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 CUDA_EP = "CUDAExecutionProvider"
+TRT_FIX = ("install onnxruntime-gpu built with TensorRT (Jetson: JetPack's TensorRT + the Jetson AI Lab wheel; "
+           "RTX laptops: pip install onnxruntime-ep-nv-tensorrt-rtx), see docs/tensorrt.md")
 
 
 @dataclass(frozen=True)
 class Capabilities:
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     llama_gpu: bool = False              # llama_supports_gpu_offload() of the installed llama-cpp-python
+    trt: object | None = None            # runtime.trt.stamp.Platform where a TensorRT EP and a GPU are usable
 
     def has_cuda(self, backend: str) -> bool:
         if backend == "onnxruntime":
@@ -28,6 +33,9 @@ class Capabilities:
         if backend == "llama.cpp":
             return self.llama_gpu
         return False
+
+    def has_trt(self, backend: str) -> bool:
+        return backend == "onnxruntime" and self.trt is not None
 
 
 _FIX = {
@@ -46,11 +54,16 @@ def requests(device: str = "auto", vision: str | None = None, align: str | None 
     return req
 
 
-def resolve_devices(req: dict[str, str], backends: dict[str, str], caps: Capabilities) -> dict[str, str]:
-    """req {component: auto|cpu|cuda}, backends {component: onnxruntime|llama.cpp} → {component: cpu|cuda}."""
+def resolve_devices(req: dict[str, str], backends: dict[str, str], caps: Capabilities,
+                    prefer_trt: bool = False) -> dict[str, str]:
+    """req {component: auto|cpu|cuda|tensorrt}, backends {component: onnxruntime|llama.cpp} →
+    {component: cpu|cuda|tensorrt}. prefer_trt: `auto` takes TensorRT where it can (trt bundles)."""
     out = {}
     for comp in COMPONENTS:
         want, backend = req[comp], backends[comp]
+        if want == "tensorrt" or (want == "auto" and prefer_trt and caps.has_trt(backend)):
+            out[comp] = _tensorrt(comp, backend, caps)
+            continue
         can = caps.has_cuda(backend)
         if want == "cuda" and not can:
             have = (f"this onnxruntime has no CUDA execution provider (available: {', '.join(caps.ort_providers)})"
@@ -62,17 +75,29 @@ def resolve_devices(req: dict[str, str], backends: dict[str, str], caps: Capabil
     return out
 
 
+def _tensorrt(comp: str, backend: str, caps: Capabilities) -> str:
+    if not caps.has_trt(backend):
+        have = ("TensorRT runs ONNX parts only" if backend != "onnxruntime" else
+                "this onnxruntime has no usable TensorRT execution provider "
+                f"(available: {', '.join(caps.ort_providers)})")
+        raise TensorRTError(f"the {comp} part ({backend}) cannot run on 'tensorrt': {have}.",
+                            f"{TRT_FIX}; or pass --device auto to run on CUDA or the CPU")
+    return "tensorrt"
+
+
 def probe(backends: dict[str, str]) -> Capabilities:
     """What the installed packages offer, importing only the backends the bundle uses."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    llama_gpu = False
+    llama_gpu, trt = False, None
     if "onnxruntime" in backends.values():
         from .backends.ort_session import import_ort
-        providers = tuple(import_ort().get_available_providers())
+        from .trt.ep import probe_platform
+        ort = import_ort()
+        providers, trt = tuple(ort.get_available_providers()), probe_platform(ort)
     if "llama.cpp" in backends.values():
         from .backends.llamacpp_llm import import_llama_cpp
         llama_gpu = bool(import_llama_cpp().llama_supports_gpu_offload())
-    return Capabilities(providers, llama_gpu)
+    return Capabilities(providers, llama_gpu, trt)
 
 
 @dataclass
@@ -81,10 +106,11 @@ class Placement:
     devices: dict[str, str]
     tf32: bool = False
     providers: dict[str, list] = field(default_factory=dict)   # component → onnxruntime providers (name, options)
+    notice: str | None = None    # why the parts run elsewhere than the bundle is made for (trt without TensorRT)
 
     def describe(self) -> dict:
         """JSON-ready: for stats, verification figures and status reports."""
-        return {"devices": dict(self.devices), "tf32": self.tf32,
+        return {"devices": dict(self.devices), "tf32": self.tf32, "notice": self.notice,
                 "providers": {c: [p if isinstance(p, str) else {"name": p[0], "options": p[1]} for p in chain]
                               for c, chain in self.providers.items()}}
 

@@ -104,3 +104,15 @@ class ExportError(FusionEdgeError):
 
 class SourceError(FusionEdgeError):
     """A camera / video / image-folder source cannot be opened or stopped delivering."""
+
+
+class TensorRTError(DeviceError):
+    """TensorRT was asked for but is not installed, or a bundle's engines cannot run here."""
+
+
+class EngineMismatchError(TensorRTError):
+    """A bundle's TensorRT engines were built for another TensorRT version or GPU, or were modified."""
+
+
+class EnginesPendingError(TensorRTError):
+    """The bundle's engines are not built yet and building was refused (--no-build)."""

@@ -82,12 +82,12 @@ def check(figures: dict, bounds: dict) -> list[str]:
 def gate_reference(figures: dict, precision: str, target: str = "onnx") -> tuple[bool, list[str]]:
     """(passed, reasons) of a comparison with the PyTorch reference (export/verify.py figures).
 
-    fp32 bundles of every target and onnx fp16 bundles are held to GATES["reference"]; other
-    quantized bundles (onnx int8/int4, gguf F16/Q8_0/Q4_*: gated at export, teacher-forced,
-    against the fp32 pipeline and the reference, GATES["fp32_pipeline"]) only need finite
-    logits here.
+    fp32 bundles of every target and onnx / trt fp16 bundles (the same fp16 graphs) are held to
+    GATES["reference"]; other quantized bundles (onnx / trt int8/int4, gguf F16/Q8_0/Q4_*: gated
+    at export, teacher-forced, against the fp32 pipeline and the reference,
+    GATES["fp32_pipeline"]) only need finite logits here.
     """
-    gated = precision == "fp32" or (target == "onnx" and precision == "fp16")
+    gated = precision == "fp32" or (target in ("onnx", "trt") and precision == "fp16")
     reasons = check(figures, GATES["reference"].get(precision, {}) if gated else {})
     if not np.isfinite(figures["max_dlogit"]):
         reasons.append("logits are not finite")
@@ -104,8 +104,8 @@ def gate_fp32_pipeline(figures: dict, precision: str, thresholds: dict | None = 
 
 def figures_key(target: str, precision: str) -> str:
     """Where `fusion-edge verify` stores reference figures in the manifest: quantized onnx and
-    gguf bundles keep their export-time gate figures (teacher-forced agreement with the fp32
-    pipeline and the PyTorch reference) under `verification`."""
+    gguf and trt bundles keep their export-time gate figures (teacher-forced agreement with the
+    fp32 pipeline and the PyTorch reference) under `verification`."""
     quantized = precision in ("int8", "int4") or (target == "gguf" and precision == "fp16")
     return "reference_comparison" if quantized else "verification"
 
@@ -125,7 +125,7 @@ def placement_lines(p: dict | None) -> list[str]:
     d = p["devices"]
     where = ", ".join(f"{part} {d[part]}" for part in ("vision", "align", "llm"))
     lines = [f"  measured on: {where}" + (" (TF32 on)" if p.get("tf32") else "")]
-    if "cuda" not in d.values():
+    if not {"cuda", "tensorrt"} & set(d.values()):
         lines.append("  holds for the CPU; on a GPU re-check: fusion-edge verify BUNDLE --model CKPT --device cuda")
     return lines
 

@@ -67,17 +67,23 @@ class Pipeline:
     @classmethod
     def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True, *,
              vision_device: str | None = None, align_device: str | None = None, llm_device: str | None = None,
-             tf32: bool = False, strict: bool = False) -> "Pipeline":
+             tf32: bool = False, strict: bool = False, no_build: bool = False, capabilities=None,
+             log=None) -> "Pipeline":
         """device: auto | cpu | cuda for every part; vision_device / align_device / llm_device
         override it per part. tf32: let the CUDA EP run fp32 MatMuls in TF32 (faster, ~1e-2 off).
         strict: refuse a bundle whose verification was skipped, forced or failed (else
-        `verification_warning` says so, for the caller to show)."""
+        `verification_warning` says so, for the caller to show). device "tensorrt" (and
+        auto on a trt bundle where TensorRT is usable) checks or builds the bundle's engines
+        first; no_build refuses to build them. Without TensorRT a trt bundle runs on CUDA or
+        the CPU and `placement.notice` says so. capabilities: what is installed (default:
+        probed; runtime/devices.py). log: engine-building progress (default stderr)."""
         from .backends import open_backends
         bundle = Bundle.open(path, check_hashes=check_hashes)
         if strict:
             check_verified(bundle)
         vision, llm, placement = open_backends(bundle, device, threads, vision_device=vision_device,
-                                               align_device=align_device, llm_device=llm_device, tf32=tf32)
+                                               align_device=align_device, llm_device=llm_device, tf32=tf32,
+                                               no_build=no_build, capabilities=capabilities, log=log)
         return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), placement)
 
     @property
@@ -85,8 +91,13 @@ class Pipeline:
         return self.bundle.verification_warning()
 
     @property
+    def device_notice(self) -> str | None:
+        """One line when the parts run elsewhere than the bundle is made for (trt without TensorRT)."""
+        return self.placement.notice
+
+    @property
     def devices(self) -> dict[str, str]:
-        """{"vision", "align", "llm"} → "cpu" | "cuda": where each part runs."""
+        """{"vision", "align", "llm"} → "cpu" | "cuda" | "tensorrt": where each part runs."""
         return dict(self.placement.devices)
 
     @property
@@ -193,6 +204,12 @@ class Pipeline:
         return self._prefill_run(scene, layout, self._prefill_inputs(scene, layout, max_new))
 
     def _prefill_inputs(self, scene: Scene, layout: PromptLayout, max_new: int) -> np.ndarray:
+        limit = self.bundle.options.get("max_context")     # trt bundles: the engines' profiles end there
+        if limit and layout.seq_len + max_new - 1 > limit:
+            raise PromptError(f"the prompt ({layout.seq_len} tokens) and {max_new} new tokens pass the bundle's "
+                              f"context of {limit} positions.",
+                              f"lower --max-new-tokens to {max(limit - layout.seq_len + 1, 1)} or ask a shorter "
+                              "question")
         self.llm.reserve(layout.seq_len + max_new)
         return self.prompt_embeds(scene, layout)
 

@@ -92,6 +92,8 @@ def _open_app(args, spec):
     pipe = Pipeline.open(args.bundle, threads=args.threads, strict=args.strict, **device_kwargs(args))
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
+    if pipe.device_notice:
+        print(f"notice: {pipe.device_notice}", file=sys.stderr, flush=True)
     print(f"model: {pipe.backend_name} on {_devices_text(pipe.devices)}; source: {spec.label}",
           file=sys.stderr, flush=True)
     return CameraApp(pipe, spec, settings_from_args(args)).start()

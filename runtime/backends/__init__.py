@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import BundleError
-from ..devices import Placement, probe, requests, resolve_devices
+from ..devices import Capabilities, Placement, probe, requests, resolve_devices
 from .engines import GraphAccess, GreedyDecode, LLMEngine, VisionEngine
 
 __all__ = ["BACKENDS", "Backend", "GraphAccess", "GreedyDecode", "LLMEngine", "VisionEngine", "open_backends"]
@@ -46,9 +46,12 @@ def _engine_class(ref: str):
 
 
 def open_backends(bundle, device: str = "auto", threads: int | None = None, *, vision_device: str | None = None,
-                  align_device: str | None = None, llm_device: str | None = None, tf32: bool = False
+                  align_device: str | None = None, llm_device: str | None = None, tf32: bool = False,
+                  no_build: bool = False, capabilities: Capabilities | None = None, log=None
                   ) -> tuple[VisionEngine, LLMEngine, Placement]:
-    """→ (vision engine, llm engine, the placement actually used)."""
+    """→ (vision engine, llm engine, the placement actually used). capabilities: what is
+    installed (default: probed); no_build: refuse to build a trt bundle's pending engines;
+    log: where engine-building progress goes (default stderr)."""
     from .ort_session import provider_chain
     llm_backend = backend(bundle.manifest.llm_backend)
     vision_backend = backend(bundle.component("vision").backend)
@@ -58,11 +61,29 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
     names = {"vision": bundle.component("vision").backend, "align": bundle.component("vision").backend,
              "llm": bundle.manifest.llm_backend}
     req = requests(device, vision_device, align_device, llm_device)
-    devices = resolve_devices(req, names, probe(names))
-    chains = {c: provider_chain(devices[c], tf32) for c in names if names[c] == "onnxruntime"}
+    caps = capabilities or probe(names)
+    devices = resolve_devices(req, names, caps, prefer_trt=bundle.target == "trt")
+    trt_provider = caps.trt.provider if caps.trt is not None else None
+    chains = {c: provider_chain(devices[c], tf32, trt_provider) for c in names if names[c] == "onnxruntime"}
+    notice = _prepare_trt(bundle, devices, caps, chains, no_build, log)
     vision = _engine_class(vision_backend.vision)(bundle, devices["vision"], threads, providers=chains["vision"],
                                                   align_threads=llm_backend.align_threads,
                                                   align_providers=chains["align"])
     llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"))
     devices["llm"] = getattr(llm, "device", devices["llm"])     # llama.cpp says what it offloaded
-    return vision, llm, Placement(devices, tf32, chains)
+    return vision, llm, Placement(devices, tf32, chains, notice)
+
+
+def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_build: bool, log) -> str | None:
+    """Engines checked or built before a TensorRT session opens → the placement's notice."""
+    from ..trt.opening import ready_engines, unavailable_notice
+    if "tensorrt" not in devices.values():
+        return unavailable_notice(bundle, devices, caps.trt is not None)
+    if log is None:
+        import sys
+
+        def log(msg):
+            print(msg, file=sys.stderr, flush=True)
+    chain = next(chains[c] for c in chains if devices[c] == "tensorrt")
+    notes = ready_engines(bundle, caps.trt, chain, no_build, log)
+    return "; ".join(notes) or None

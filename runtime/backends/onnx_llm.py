@@ -38,7 +38,8 @@ class OnnxLLM:
         self.decode_sess = (component_session(bundle, bundle.component(DECODE), providers, threads,
                                               mem_arena=True)
                             if DECODE in bundle.components else None)
-        self.on_cuda = provider_name(providers[0]) == "CUDAExecutionProvider"
+        # the KV cache stays in device memory for the EPs of onnxruntime-gpu (CUDA and TensorRT)
+        self.on_cuda = provider_name(providers[0]) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.capacity = 0
         self.cache = None
         self.length = 0          # positions currently in the cache

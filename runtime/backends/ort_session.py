@@ -40,13 +40,20 @@ def cuda_options(tf32: bool = False, device_id: int = 0) -> dict[str, str]:
     return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0"}
 
 
-def provider_chain(device: str, tf32: bool = False) -> list:
-    """A resolved device ("cpu" | "cuda") → the `providers` argument of InferenceSession:
-    provider names, or (name, options) pairs where options are set."""
+def provider_chain(device: str, tf32: bool = False, trt_provider: str | None = None) -> list:
+    """A resolved device ("cpu" | "cuda" | "tensorrt") → the `providers` argument of
+    InferenceSession: provider names, or (name, options) pairs where options are set. TensorRT
+    (trt_provider: which TensorRT EP) falls back to CUDA then the CPU for nodes it does not
+    take; each graph's own TensorRT options are added by `component_session`."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
+    cuda = [("CUDAExecutionProvider", cuda_options(tf32)), "CPUExecutionProvider"]
+    if device == "tensorrt":
+        from ..trt.ep import RTX_EP
+        assert trt_provider, "a TensorRT device needs the provider found by devices.probe"
+        return [(trt_provider, {"device_id": "0"}), *(["CPUExecutionProvider"] if trt_provider == RTX_EP else cuda)]
     assert device == "cuda", device
-    return [("CUDAExecutionProvider", cuda_options(tf32)), "CPUExecutionProvider"]
+    return cuda
 
 
 def provider_name(p) -> str:
@@ -55,13 +62,16 @@ def provider_name(p) -> str:
 
 def component_session(bundle, comp, providers: list[str], threads: int | None = None, *,
                       mem_arena: bool = False):
-    """The session of one bundle Component (its first file), with the options it asks for."""
+    """The session of one bundle Component (its first file), with the options it asks for
+    (on TensorRT: the graph's profile and engine cache, runtime/trt/ep.py)."""
+    from ..trt.ep import graph_chain
+    providers, config = graph_chain(bundle, comp, providers)
     return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)),
-                        mem_arena=mem_arena)
+                        config=config, mem_arena=mem_arena)
 
 
 def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False,
-                 mem_arena: bool = False):
+                 config: dict[str, str] | None = None, mem_arena: bool = False):
     """mem_arena: keep onnxruntime's CPU memory arena (off by default, see below); worth it for
     a session that runs once per token over many nodes (the decode graph).
     exact_qdq: on the CPU EP, run Q/DQ pairs as float arithmetic instead of onnxruntime's
@@ -83,7 +93,9 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
         opts.intra_op_num_threads = threads
     if exact_qdq and provider_name(providers[0]) == "CPUExecutionProvider":
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    sess = _session(ort, path, opts, providers)
     wanted = provider_name(providers[0])
     if sess.get_providers()[0] != wanted:
         # onnxruntime falls back to the CPU with only a log line when the CUDA EP fails to load
@@ -92,3 +104,12 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
                           "check the CUDA / cuDNN libraries onnxruntime-gpu needs (LD_LIBRARY_PATH), "
                           "or use --device cpu")
     return sess
+
+
+def _session(ort, path: Path, opts, providers: list):
+    """A plugin EP (TensorRT-RTX) is appended to the options by device; built-in EPs by name."""
+    from ..trt.ep import RTX_EP, append_plugin
+    if provider_name(providers[0]) == RTX_EP:
+        append_plugin(ort, opts, providers[0][1])
+        return ort.InferenceSession(str(path), sess_options=opts)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)

@@ -63,3 +63,23 @@ def gguf_gpu_fixture(tiny_checkpoint, work_dir):
                                                   verify=False, progress=False, log=lambda *_: None)
         return cache[precision]
     return make
+
+
+@functools.cache
+def trt_reason() -> str | None:
+    """None where onnxruntime offers a TensorRT EP and a CUDA GPU answers, else why not."""
+    import onnxruntime as ort
+
+    from fusion_edge.runtime.trt.ep import available_provider, cuda_device, probe_platform
+    if available_provider(ort) is None:
+        return (f"onnxruntime {ort.__version__} has no TensorRT execution provider "
+                f"({', '.join(ort.get_available_providers())}): install onnxruntime-gpu built with TensorRT "
+                "(Jetson) or onnxruntime-ep-nv-tensorrt-rtx (RTX), see docs/tensorrt.md")
+    if cuda_device() is None:
+        return "a TensorRT EP is installed but the CUDA driver finds no GPU (libcuda.so.1)"
+    if probe_platform(ort) is None:
+        return "a TensorRT EP and a GPU are present but the TensorRT version cannot be read (libnvinfer)"
+    return None
+
+
+needs_trt = pytest.mark.skipif(trt_reason() is not None, reason=trt_reason() or "")

@@ -1,0 +1,88 @@
+"""Engines of a trt bundle: built right after export where TensorRT runs, else left `pending`;
+and `fusion-edge build-engines BUNDLE [--rebuild]` on the target.
+
+Both build through runtime/trt/build.py (onnxruntime's TensorRT EP builds and caches the
+engines). After an export on a TensorRT machine the bundle is verified on the engines against
+the PyTorch reference; the figures are stored as `verification_tensorrt`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fusion_edge.runtime.backends.ort_session import import_ort, provider_chain
+from fusion_edge.runtime.bundle import Bundle
+from fusion_edge.runtime.devices import TRT_FIX
+from fusion_edge.runtime.errors import TensorRTError
+from fusion_edge.runtime.trt import stamp
+from fusion_edge.runtime.trt.build import build_engines, require_trt_bundle
+from fusion_edge.runtime.trt.ep import probe_platform
+
+
+def current_platform(probe=probe_platform):
+    """The TensorRT platform here, or None (probe(ort) → Platform | None, injectable)."""
+    return probe(import_ort())
+
+
+def build_after_export(path: Path, model: str | None, progress: bool = True, log=print, probe=probe_platform) -> None:
+    """Build the engines now where TensorRT runs (then verify on them against `model`, unless
+    None); else say that they are pending and how to build them on the target."""
+    platform = current_platform(probe)
+    if platform is None:
+        log(f"engines: pending — no TensorRT execution provider here. Copy {path} to the target "
+            f"(Jetson / RTX machine) and run: fusion-edge build-engines {path}  (see docs/tensorrt.md)")
+        return
+    log(f"building TensorRT engines for {platform.gpu_name} (SM {platform.sm_text}, TensorRT "
+        f"{platform.tensorrt_version}); the timing cache is kept in {path}/engines/timing")
+    build_engines(path, platform, provider_chain("tensorrt", trt_provider=platform.provider), progress=progress,
+                  log=log)
+    if model is not None:
+        verify_on_engines(path, model, log)
+
+
+def verify_on_engines(path: Path, model: str, log=print, steps: int = 16) -> dict:
+    """Figures of the bundle on its engines against the PyTorch reference (stored, not gated
+    beyond finite logits for quantized bundles: the CPU gate ran at export)."""
+    from fusion_edge.runtime import versions
+    from fusion_edge.runtime.fidelity import format_reference, gate_reference
+    from fusion_edge.runtime.pipeline import Pipeline
+
+    from .checkpoint import open_checkpoint
+    from .reference import FusionReference
+    from .verify import verify
+    bundle = Bundle.open(path)
+    pipe = Pipeline.open(path, device="tensorrt", no_build=True)
+    figures = verify(pipe, FusionReference(open_checkpoint(model)), steps=steps)
+    passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
+    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
+                    "versions": versions.installed()})
+    log(format_reference(figures))
+    bundle.update_manifest(verification_tensorrt=figures)
+    return figures
+
+
+def run_build_engines(args) -> int:
+    """`fusion-edge build-engines BUNDLE [--rebuild]`."""
+    bundle = Bundle.open(args.bundle)
+    require_trt_bundle(bundle)
+    platform = current_platform()
+    if platform is None:
+        ort = import_ort()
+        raise TensorRTError(f"no TensorRT execution provider is usable here (onnxruntime {ort.__version__}: "
+                            f"{', '.join(ort.get_available_providers())}); engines are built on the target.",
+                            TRT_FIX)
+    engines = build_engines(bundle.path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
+                            rebuild=args.rebuild, progress=not args.quiet,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"engines {engines['state']}: {len(stamp.built_graphs(engines))} graphs for {platform.gpu_name} "
+          f"(SM {platform.sm_text}, TensorRT {platform.tensorrt_version}) in {bundle.path}")
+    if args.model:
+        verify_on_engines(bundle.path, args.model)
+    return 0
+
+
+def add_args(p) -> None:
+    p.add_argument("bundle", help="a trt bundle (fusion-export MODEL --target trt ... -o BUNDLE)")
+    p.add_argument("--rebuild", action="store_true", help="delete the recorded engines and build every graph again")
+    p.add_argument("--model", default=None, help="also verify the engines against this checkpoint's PyTorch reference")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
