@@ -68,7 +68,8 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         components = {}
         for spec in _progress(graph_specs(ckpt), f"export {target}/{precision}", progress):
             components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), precision)
-        components[DECODE] = build_shared(writer.tmp, components)
+        # TensorRT bundles keep the Concat attention: a com.microsoft op would split the engine
+        components[DECODE] = build_shared(writer.tmp, components, gqa=target == "onnx")
         tokenizer.save(writer.path("tokenizer"))
         fields = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
         return manifest_extend(fields) if manifest_extend else fields

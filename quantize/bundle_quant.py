@@ -58,7 +58,8 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
                             EXACT_QDQ_KEY: report.pop(EXACT_QDQ_KEY, False), "quantization": report}
         sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
     if DECODE in src.components:       # chained again from the quantized segments, weights shared
-        components[DECODE] = build_shared(writer.tmp, components)
+        # GroupQueryAttention only for the CPU flavour: onnxruntime has no float32 CUDA kernel
+        components[DECODE] = build_shared(writer.tmp, components, gqa=the_plan.flavour == "cpu")
     if the_plan.flavour == "trt":
         _check_trt(writer, components)
     shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))

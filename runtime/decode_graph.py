@@ -4,9 +4,15 @@ Prefill runs the segments one by one (the alignment runs between them); decoding
 token needs no alignment, so it runs `decode.onnx`: the segment graphs chained into one
 graph (segment n's `hidden_out` feeds segment n+1's `hidden`), one session run per token.
 
-    decode.onnx: hidden (1,1,H), cos/sin (1,hd), past_k_i/past_v_i (1,P,kv,hd) for every layer
+    decode.onnx: hidden (1,1,H), cos/sin (1,hd), seqlens_k (1,) int32, total_sequence_length ()
+      int32, past_k_i/past_v_i (1,kv,C,hd) for every layer: the whole cache, BNSH
       → logits (1,V), token (1,) int64 (argmax of the logits, in the graph),
-        new_k_i/new_v_i (1,1,kv,hd) for every layer
+        present_k_i/present_v_i (1,kv,C,hd): the same buffers, the new row written in place
+
+Its attention is onnxruntime's GroupQueryAttention (runtime/decode_attention.py; record key
+`attention`, cache layout `kv_layout` = BNSH). Bundles written before it (and TensorRT
+bundles, whose engines cannot hold the contrib op) have the Concat form instead:
+past_k_i/past_v_i (1,P,kv,hd) → new_k_i/new_v_i (1,1,kv,hd), no `attention` key.
 
 Every weight is stored once: all LLM initializers (segments and decode graph) live in one
 external-data file, `llm.onnx.data`, and both graphs reference the same bytes by offset.
@@ -22,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backends.ort_session import EXACT_QDQ_KEY
+from .decode_attention import KV_LAYOUT, OP, SEQLENS, TOTAL, NotRewritable, attention_to_gqa
 from .errors import MissingExtraError
 
 DECODE = "decode"
@@ -32,7 +39,7 @@ INLINE_BYTES = 1024          # smaller initializers (shapes, scalars) stay insid
 
 def _interface(name: str) -> bool:
     """Names the chained graph keeps as they are (its inputs and outputs)."""
-    return name in ("cos", "sin", "logits", "") or name.startswith(("past_", "new_"))
+    return name in ("cos", "sin", "logits", SEQLENS, TOTAL, "") or name.startswith(("past_", "new_", "present_"))
 
 
 def _renamer(n: int):
@@ -99,19 +106,18 @@ def _point(tensor, offset: int, length: int) -> None:
     tensor.data_location = TensorProto.EXTERNAL
 
 
-def build_shared(folder: Path, components: dict) -> dict:
+def build_shared(folder: Path, components: dict, gqa: bool = True) -> dict:
     """Rewrite the `segment_*` graphs in `folder` to keep their weights in `llm.onnx.data`,
     add `decode.onnx` referencing the same bytes → the decode component record; the
-    segment records' `files` are updated in place."""
+    segment records' `files` are updated in place. `gqa`: attention as GroupQueryAttention
+    over the shared cache; when a segment's attention does not have the exported form
+    (a graph from another exporter) every segment keeps the Concat form."""
     onnx = _onnx()
-    from onnx import helper
     names = sorted(n for n in components if n.startswith("segment_"))
-    graph = helper.make_graph([], "decode", [], [])
-    opsets, ir_version = {}, 0
-    inputs, outputs = {}, {}
-    offset = 0
+    models = []           # structure only: the weights are in the shared file by now
     with open(folder / SHARED_DATA, "wb") as out:
-        for n, name in enumerate(names):
+        offset = 0
+        for name in names:
             comp = components[name]
             path = folder / comp["files"][0]
             model = onnx.load(str(path), load_external_data=True)
@@ -121,31 +127,63 @@ def build_shared(folder: Path, components: dict) -> dict:
                 (folder / old).unlink()
             onnx.save_model(model, str(path))
             comp["files"] = [path.name, SHARED_DATA]
-            _add_segment(graph, model, n)
-            rename = _renamer(n)
-            inputs.update({rename(v.name): v for v in model.graph.input if _interface(v.name) or n == 0})
-            outputs.update({v.name: v for v in model.graph.output if _interface(v.name)})
-            opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
-            ir_version = max(ir_version, model.ir_version)
-    _io(graph, inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                              producer_name="fusion-edge")
-    model.ir_version = ir_version
-    onnx.save_model(model, str(folder / f"{DECODE}.onnx"))
+            models.append(model)
+    rewritten = _with_gqa(models) if gqa else None
+    graph = write_decode_graph(rewritten or models, folder)
     layers = [components[names[0]]["layers"][0], components[names[-1]]["layers"][1]]
     first = components[names[0]]
     return {"name": DECODE, "backend": "onnxruntime", "precision": first["precision"],
             **({EXACT_QDQ_KEY: True} if first.get(EXACT_QDQ_KEY) else {}),
+            **({"attention": OP, "kv_layout": KV_LAYOUT} if rewritten else {}),
             "files": [f"{DECODE}.onnx", SHARED_DATA], "inputs": [v.name for v in graph.input],
             "outputs": [v.name for v in graph.output], "layers": layers, "final": True,
             "weights": f"shared with segment_* through {SHARED_DATA}"}
 
 
+def _with_gqa(models: list) -> list | None:
+    """Copies of the segment models with GroupQueryAttention, or None if one cannot be."""
+    from onnx import ModelProto
+    out = []
+    for model in models:
+        copy = ModelProto()
+        copy.CopyFrom(model)
+        try:
+            attention_to_gqa(copy)
+        except NotRewritable:
+            return None
+        out.append(copy)
+    return out
+
+
+def write_decode_graph(models: list, folder: Path):
+    """The segment graphs (in order, weights already in the shared file) chained into
+    `folder`/decode.onnx → its graph."""
+    onnx = _onnx()
+    from onnx import helper
+    graph = helper.make_graph([], "decode", [], [])
+    opsets, ir_version = {}, 0
+    inputs, outputs = {}, {}
+    for n, model in enumerate(models):
+        _add_segment(graph, model, n)
+        rename = _renamer(n)
+        inputs.update({rename(v.name): v for v in model.graph.input if _interface(v.name) or n == 0})
+        outputs.update({v.name: v for v in model.graph.output if _interface(v.name)})
+        opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
+        ir_version = max(ir_version, model.ir_version)
+    _io(graph, inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              producer_name="fusion-edge")
+    model.ir_version = ir_version
+    onnx.save_model(model, str(folder / f"{DECODE}.onnx"))
+    return graph
+
+
 def _io(graph, inputs: dict, outputs: dict) -> None:
-    """Inputs: hidden, cos, sin, then past_k/past_v by layer; outputs: logits, token, then
-    new_k/new_v by layer (the order the runtime binds)."""
+    """Inputs: hidden, cos, sin (seqlens_k, total_sequence_length), then past_k/past_v by
+    layer; outputs: logits, token, then new_k/new_v (present_k/present_v) by layer (the
+    order the runtime binds)."""
     from onnx import TensorProto, helper
-    order = lambda d: sorted(d, key=lambda k: (k.startswith(("past_", "new_")), _layer(k), k))  # noqa: E731
+    order = lambda d: sorted(d, key=lambda k: (k.startswith(("past_", "new_", "present_")), _layer(k), k))  # noqa: E731
     graph.input.extend(inputs[k] for k in order(inputs))
     graph.node.append(helper.make_node("ArgMax", ["logits"], ["token"], name="argmax", axis=-1, keepdims=0))
     token = helper.make_tensor_value_info("token", TensorProto.INT64, [1])

@@ -3,7 +3,10 @@
 
 Prefill runs the segments (the alignment runs between them). Decoding runs the merged
 `decode` graph, one session run per token, when the bundle has one (runtime/decode_graph.py);
-bundles without it, and quantized bundles, decode through the segments."""
+bundles without it decode through the segments. A decode graph whose attention is
+GroupQueryAttention (runtime/decode_attention.py) takes the head-major cache, bound whole
+as its past and present (HeadMajorCache); on CUDA the op has no float32 kernel in
+onnxruntime (float16/bfloat16 only), so there such bundles decode through the segments."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +14,10 @@ import numpy as np
 from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
+from ..decode_attention import OP, SEQLENS, TOTAL, present_name
 from ..decode_graph import DECODE
 from ..errors import BackendError, PromptError
-from .kv_cache import CudaCache, HostCache
+from .kv_cache import CudaCache, HeadMajorCache, HostCache
 from .ort_session import component_session, provider_name, providers_for
 
 
@@ -35,11 +39,14 @@ class OnnxLLM:
         # attention intermediates of every layer ((1,P,kv,hd) each), measured 60 → 34-37 ms per
         # token at P=800 on the bench preset (2 threads), the segments' speed; segments keep
         # theirs off (RSS, ort_session.make_session).
-        self.decode_sess = (component_session(bundle, bundle.component(DECODE), providers, threads,
-                                              mem_arena=True)
-                            if DECODE in bundle.components else None)
         # the KV cache stays in device memory for the EPs of onnxruntime-gpu (CUDA and TensorRT)
         self.on_cuda = provider_name(providers[0]) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        decode = bundle.component(DECODE) if DECODE in bundle.components else None
+        self.gqa = decode is not None and decode.get("attention") == OP
+        if self.gqa and self.on_cuda:
+            decode, self.gqa = None, False
+        self.decode_sess = (component_session(bundle, decode, providers, threads, mem_arena=True)
+                            if decode is not None else None)
         self.capacity = 0
         self.cache = None
         self.length = 0          # positions currently in the cache
@@ -53,9 +60,14 @@ class OnnxLLM:
             return
         capacity = -(-capacity // CACHE_BLOCK) * CACHE_BLOCK
         c = self.cfg.llm
-        kind = CudaCache if self.on_cuda else HostCache
+        kind = CudaCache if self.on_cuda else HeadMajorCache if self.head_major else HostCache
         self.cache = kind(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
         self.capacity = capacity
+
+    @property
+    def head_major(self) -> bool:
+        """Whether the cache is (1,kv,C,hd): decoding runs the GroupQueryAttention graph."""
+        return self.gqa and self.decode_sess is not None
 
     @property
     def k(self):
@@ -100,7 +112,10 @@ class OnnxLLM:
         io.bind_cpu_input("sin", sin)
         io.bind_output("logits", logits_on)
         io.bind_output("token", "cpu")
-        self._bind_cache(io, range(self.cfg.llm.num_layers), P, 1)
+        if self.head_major:
+            self._bind_shared_cache(io, P)
+        else:
+            self._bind_cache(io, range(self.cfg.llm.num_layers), P, 1)
         self._run(self.decode_sess, io, DECODE)
         self.length = P + 1
         return io.get_outputs()
@@ -130,6 +145,7 @@ class OnnxLLM:
         io.bind_output(comp.outputs[0], "cpu")      # first: get_outputs() keeps binding order
         self._bind_cache(io, range(*comp.layers), P, S)
         self._run(sess, io, comp.file)
+        self.cache.flush()
         return io.get_outputs()[0].numpy()
 
     def _check_room(self, P: int, S: int) -> None:
@@ -143,6 +159,15 @@ class OnnxLLM:
             for name, buf in (("k", self.cache.k[i]), ("v", self.cache.v[i])):
                 self.cache.bind(io, f"past_{name}_{i}", buf, 0, P, output=False)
                 self.cache.bind(io, f"new_{name}_{i}", buf, P, S, output=True)
+
+    def _bind_shared_cache(self, io, P: int) -> None:
+        """GroupQueryAttention: each layer's whole buffer is past_* and present_*; the op
+        attends over rows [0, P] and writes row P in place (seqlens_k = P, total P + 1)."""
+        io.bind_cpu_input(SEQLENS, np.array([P], np.int32))
+        io.bind_cpu_input(TOTAL, np.array(P + 1, np.int32))
+        for i in range(self.cfg.llm.num_layers):
+            for name, buf in (("k", self.cache.k[i]), ("v", self.cache.v[i])):
+                self.cache.bind_shared(io, f"past_{name}_{i}", present_name(f"past_{name}_{i}"), buf)
 
     @staticmethod
     def _run(sess, io, what: str) -> None:
