@@ -64,7 +64,11 @@ def test_decode_graph_matches_segments_and_reference(onnx_bundle, reference, tmp
         got, seg = merged.decode(tok), segments.decode(tok)
         d_ref, d_seg = max(d_ref, np.abs(got - want).max()), max(d_seg, np.abs(got - seg).max())
     print(f"{llm}/{tower}: decode graph vs reference {d_ref:.2e}, vs segments {d_seg:.2e}, tokens {tokens}")
-    assert d_ref <= 1e-4 and d_seg <= 1e-5
+    # the decode graph attends through GroupQueryAttention, the segments through MatMul/Softmax:
+    # fp32 sums in another order (2.7e-5 / 1.9e-5 here, the segments' own distance to the
+    # reference is 2.3e-5 / 3.1e-5), so both meet the fidelity gate rather than bit equality
+    assert merged.head_major and not segments.head_major
+    assert d_ref <= 1e-4 and d_seg <= 1e-4
     assert merged.length == segments.length == PROMPT + STEPS
 
 
@@ -76,10 +80,11 @@ def test_argmax_output_is_the_greedy_token(onnx_bundle):
     c = bundle.config.llm
     rng = np.random.default_rng(2)
     feeds = {"hidden": rng.standard_normal((1, 1, c.hidden_size)).astype(np.float32),
-             "cos": np.ones((1, c.head_dim), np.float32), "sin": np.zeros((1, c.head_dim), np.float32)}
-    for i in range(c.num_layers):
+             "cos": np.ones((1, c.head_dim), np.float32), "sin": np.zeros((1, c.head_dim), np.float32),
+             "seqlens_k": np.array([3], np.int32), "total_sequence_length": np.array(4, np.int32)}
+    for i in range(c.num_layers):       # the whole (1,kv,C,hd) cache, 3 rows cached
         for kind in "kv":
-            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, 3, c.num_kv_heads, c.head_dim)).astype(np.float32)
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, c.num_kv_heads, 8, c.head_dim)).astype(np.float32)
     logits, token = engine.decode_sess.run(["logits", "token"], feeds)
     assert token.dtype == np.int64 and token.shape == (1,) and int(token[0]) == int(np.argmax(logits[0]))
 
