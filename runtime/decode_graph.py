@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backends.ort_session import EXACT_QDQ_KEY
-from .decode_attention import KV_LAYOUT, OP, SEQLENS, TOTAL, NotRewritable, attention_to_gqa
+from .decode_attention import COS, KV_LAYOUT, OP, SEQLENS, SIN, TOTAL, NotRewritable, attention_to_gqa
 from .errors import MissingExtraError
 
 DECODE = "decode"
@@ -39,7 +39,8 @@ INLINE_BYTES = 1024          # smaller initializers (shapes, scalars) stay insid
 
 def _interface(name: str) -> bool:
     """Names the chained graph keeps as they are (its inputs and outputs)."""
-    return name in ("cos", "sin", "logits", SEQLENS, TOTAL, "") or name.startswith(("past_", "new_", "present_"))
+    return (name in ("cos", "sin", "logits", SEQLENS, TOTAL, COS, SIN, "")
+            or name.startswith(("past_", "new_", "present_")))
 
 
 def _renamer(n: int):

@@ -70,3 +70,24 @@ def cos_sin(c: LLMConfig, start: int, length: int) -> tuple[np.ndarray, np.ndarr
     freqs = pos[:, None] * inv[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
     return (np.cos(emb) * np.float32(scale)).astype(np.float32), (np.sin(emb) * np.float32(scale)).astype(np.float32)
+
+
+def position_tables(c: LLMConfig, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (rows, head_dim/2) float32: row p is the first half of cos_sin(c, p, 1), the
+    table GroupQueryAttention's own rotary reads at position p (runtime/decode_qkv.py). Row p
+    uses the frequencies of a sequence of p + 1, as decoding position p does: for longrope
+    the rows before `original_max_position_embeddings` take the short factors, the rest
+    the long ones (two blocks; one for the other kinds)."""
+    half = c.head_dim // 2
+    cut = _longrope_cut(c, rows)
+    blocks = [(0, cut), (cut, rows - cut)] if 0 < cut < rows else [(0, rows)]
+    cos, sin = zip(*(cos_sin(c, start, n) for start, n in blocks))
+    return np.ascontiguousarray(np.concatenate(cos)[:, :half]), np.ascontiguousarray(np.concatenate(sin)[:, :half])
+
+
+def _longrope_cut(c: LLMConfig, rows: int) -> int:
+    """The first position whose table uses the long factors (rows if none)."""
+    if rope_kind(c) != "longrope":
+        return rows
+    s = c.rope_scaling or {}
+    return min(rows, int(c.original_max_position_embeddings or s["original_max_position_embeddings"]))

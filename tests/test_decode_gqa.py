@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fusion_edge.runtime import rope
 from fusion_edge.runtime.backends.kv_cache import HeadMajorCache, HostCache
 from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
@@ -22,9 +23,10 @@ from fusion_edge.runtime.decode_attention import OP
 from fusion_edge.runtime.decode_graph import DECODE, write_decode_graph
 
 CASES = [("phi3", "so400m"), ("llama3", "siglip2")]       # kv heads = heads, and grouped (4 / 2)
-# non-constant nodes per layer after onnxruntime's optimizer: 41 on both tiny models (the
-# Concat attention: 62 phi3 / 69 with the GQA repeat); the op, not per-node overhead, attends
-NODES_PER_LAYER = 42
+# non-constant nodes per token after onnxruntime's optimizer: 452 on both tiny models (14 per
+# layer: norms, projections, the op, residuals); the Concat attention with the graph's own
+# rotary had 41 per layer with the op, and 62-69 before it
+NODES_PER_LAYER = 15
 
 
 def _reference_cache(ref, embeds: np.ndarray, layers: int):
@@ -49,6 +51,9 @@ def test_decode_graph_attends_through_group_query_attention(onnx_bundle, tmp_pat
             assert [n.op_type for n in readers] == [OP]
             assert f"present_{kind}_{i}" in readers[0].output
     assert not any(o.name.startswith("new_") for o in graph.output)
+    # the op rotates q and k itself, from the position tables: no per-token cos/sin inputs
+    assert {"cos_cache", "sin_cache"} <= set(comp.inputs) and not {"cos", "sin"} & set(comp.inputs)
+    assert all(next(a.i for a in n.attribute if a.name == "do_rotary") == 1 for n in graph.node if n.op_type == OP)
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
@@ -183,3 +188,75 @@ def test_bundle_with_the_concat_decode_graph_still_decodes(onnx_bundle, tmp_path
     assert isinstance(new.cache, HeadMajorCache) and isinstance(old.cache, HostCache)
     assert old.cache.k[0].shape == (1, old.capacity, 2, 16)      # (1,C,kv,hd): rows bound as views
     assert toks[0] == toks[1] and len(set(toks[0])) > 1
+
+
+@pytest.mark.parametrize("llm,tower", CASES)
+def test_position_tables_are_the_decode_rows_of_cos_sin(onnx_bundle, llm, tower):
+    """Row p of the op's tables is the first half of rope.cos_sin(c, p, 1), the row a decode
+    step at position p used before (both halves of it are equal, the op's non-interleaved
+    rotary reads one); for longrope across original_max_position_embeddings too."""
+    c = Bundle.open(onnx_bundle(llm, tower)).config.llm
+    orig = c.original_max_position_embeddings or (c.rope_scaling or {}).get("original_max_position_embeddings")
+    rows = (orig or 256) + 64
+    cos, sin = rope.position_tables(c, rows)
+    assert cos.shape == sin.shape == (rows, c.head_dim // 2) and cos.flags.c_contiguous
+    half = c.head_dim // 2
+    for p in sorted({0, 1, 17, rows // 2, rows - 66, rows - 65, rows - 64, rows - 63, rows - 1}):
+        want_cos, want_sin = rope.cos_sin(c, p, 1)
+        assert np.array_equal(want_cos[0, :half], want_cos[0, half:]) and np.array_equal(want_sin[0, :half], want_sin[0, half:])
+        assert np.array_equal(cos[p], want_cos[0, :half]) and np.array_equal(sin[p], want_sin[0, :half]), p
+    if rope.rope_kind(c) == "longrope":        # rows before orig: short factors, not one block's long ones
+        assert not np.array_equal(cos[:orig], rope.cos_sin(c, 0, rows)[0][:orig, :half])
+
+
+def test_unpacked_form_matches_the_packed_one(onnx_bundle):
+    """The fallback (q, k, v after the graph's own rotary, do_rotary = 0, per-token cos/sin)
+    and the packed form with the op's rotary give the same layer outputs and cache rows."""
+    from fusion_edge.runtime.decode_attention import attention_to_gqa
+    path = onnx_bundle("llama3", "siglip2")
+    bundle = Bundle.open(path)
+    c = bundle.config.llm
+    seg = bundle.component("segment_01")
+    a, b = (int(x) for x in seg["layers"])
+    forms = {}
+    for packed in (True, False):
+        model = onnx.load(str(path / seg.file), load_external_data=False)
+        attention_to_gqa(model, packed=packed)
+        ops = [n for n in model.graph.node if n.op_type == OP]
+        assert len(ops) == b - a
+        assert all(next(x.i for x in n.attribute if x.name == "do_rotary") == int(packed) for n in ops)
+        onnx.save_model(model, str(path / f".gqa-{packed}.onnx"))
+        try:
+            forms[packed] = ort.InferenceSession(str(path / f".gqa-{packed}.onnx"), providers=["CPUExecutionProvider"])
+        finally:
+            (path / f".gqa-{packed}.onnx").unlink()
+    assert {"cos", "sin"} <= {i.name for i in forms[False].get_inputs()}
+    rng = np.random.default_rng(9)
+    P, C = 5, 16
+    hidden = rng.standard_normal((1, 1, c.hidden_size)).astype(np.float32)
+    caches = {i: [rng.standard_normal((1, c.num_kv_heads, C, c.head_dim)).astype(np.float32) for _ in "kv"]
+              for i in range(a, b)}
+    out = {}
+    for packed, sess in forms.items():
+        cos, sin = rope.cos_sin(c, P, 1)
+        tables = rope.position_tables(c, C)
+        feeds = {"hidden": hidden, "seqlens_k": np.array([P], np.int32), "total_sequence_length": np.array(P + 1, np.int32),
+                 **({"cos_cache": tables[0], "sin_cache": tables[1]} if packed else {"cos": cos, "sin": sin})}
+        bufs = {i: [x.copy() for x in kv] for i, kv in caches.items()}
+        io = sess.io_binding()
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        io.bind_output("hidden_out", "cpu")
+        for i, (k, v) in bufs.items():
+            for kind, buf in (("k", k), ("v", v)):
+                ptr = buf.__array_interface__["data"][0]
+                io.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, list(buf.shape), ptr)
+                io.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, list(buf.shape), ptr)
+        sess.run_with_iobinding(io)
+        out[packed] = (io.get_outputs()[0].numpy(), bufs)
+    assert np.abs(out[True][0] - out[False][0]).max() <= 1e-5
+    for i in range(a, b):
+        for j in range(2):
+            x, y = out[True][1][i][j], out[False][1][i][j]
+            assert np.abs(x - y).max() <= 1e-5 and not np.array_equal(x[:, :, P], caches[i][j][:, :, P])
+            assert np.array_equal(x[:, :, :P], caches[i][j][:, :, :P]) and np.array_equal(x[:, :, P + 1:], caches[i][j][:, :, P + 1:])

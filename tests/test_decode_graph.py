@@ -80,8 +80,9 @@ def test_argmax_output_is_the_greedy_token(onnx_bundle):
     c = bundle.config.llm
     rng = np.random.default_rng(2)
     feeds = {"hidden": rng.standard_normal((1, 1, c.hidden_size)).astype(np.float32),
-             "cos": np.ones((1, c.head_dim), np.float32), "sin": np.zeros((1, c.head_dim), np.float32),
+             "cos_cache": np.ones((8, c.head_dim // 2), np.float32), "sin_cache": np.zeros((8, c.head_dim // 2), np.float32),
              "seqlens_k": np.array([3], np.int32), "total_sequence_length": np.array(4, np.int32)}
+    assert set(comp.inputs) == set(feeds) | {f"past_{k}_{i}" for k in "kv" for i in range(c.num_layers)}
     for i in range(c.num_layers):       # the whole (1,kv,C,hd) cache, 3 rows cached
         for kind in "kv":
             feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, c.num_kv_heads, 8, c.head_dim)).astype(np.float32)

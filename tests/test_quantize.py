@@ -236,5 +236,6 @@ def test_int8_decode_graph_is_chained_from_the_int8_segments(q8, decode_parity, 
     out, _ = q8
     diff, (merged, segments), comp = decode_parity(out, tmp_path)
     assert comp["precision"] == "int8" and comp["files"] == ["decode.onnx", "llm.onnx.data"]
+    assert comp["attention"] == "GroupQueryAttention" and comp["kv_layout"] == "BNSH"      # CPU flavour
     assert not (out / "segment_04.onnx.data").exists() and (out / "llm.onnx.data").is_file()
     assert diff <= 1e-5 and merged == segments

@@ -120,6 +120,9 @@ def test_int4_decode_graph_is_chained_from_the_int4_segments(q4, decode_parity, 
     out, _ = q4
     diff, (merged, segments), comp = decode_parity(out, tmp_path)
     assert comp["precision"] == "int4" and comp["files"] == ["decode.onnx", "llm.onnx.data"]
+    assert comp["attention"] == "GroupQueryAttention" and comp["kv_layout"] == "BNSH"      # CPU flavour
     nbits = [n for n in graph_io.load(out / "decode.onnx").graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 4 * Bundle.open(out).config.llm.num_layers + 1      # every layer's 4 + the lm_head
-    assert diff <= 1e-5 and merged == segments
+    # GroupQueryAttention vs the segments' MatMul/Softmax attention: fp32 sums in another
+    # order (2.3e-5 here); the fidelity gate of the decode graph (1e-4), the same tokens
+    assert diff <= 1e-4 and merged == segments

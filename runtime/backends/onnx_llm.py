@@ -14,7 +14,7 @@ import numpy as np
 from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
-from ..decode_attention import OP, SEQLENS, TOTAL, present_name
+from ..decode_attention import COS, OP, SEQLENS, SIN, TOTAL, present_name
 from ..decode_graph import DECODE
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HeadMajorCache, HostCache
@@ -47,6 +47,9 @@ class OnnxLLM:
             decode, self.gqa = None, False
         self.decode_sess = (component_session(bundle, decode, providers, threads, mem_arena=True)
                             if decode is not None else None)
+        # the op's own rotary reads (C, hd/2) tables by position instead of per-token cos/sin
+        self.rotary_tables = self.gqa and COS in decode.get("inputs", [])
+        self.tables = None
         self.capacity = 0
         self.cache = None
         self.length = 0          # positions currently in the cache
@@ -62,6 +65,7 @@ class OnnxLLM:
         c = self.cfg.llm
         kind = CudaCache if self.on_cuda else HeadMajorCache if self.head_major else HostCache
         self.cache = kind(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
+        self.tables = rope.position_tables(c, capacity) if self.rotary_tables else None
         self.capacity = capacity
 
     @property
@@ -105,11 +109,15 @@ class OnnxLLM:
         `logits_on`, token (1,) on the CPU]."""
         P = self.length
         self._check_room(P, 1)
-        cos, sin = rope.cos_sin(self.cfg.llm, P, 1)
         io = self.decode_sess.io_binding()
         io.bind_cpu_input("hidden", np.ascontiguousarray(x, dtype=np.float32)[None])
-        io.bind_cpu_input("cos", cos)
-        io.bind_cpu_input("sin", sin)
+        if self.tables is not None:
+            io.bind_cpu_input(COS, self.tables[0])
+            io.bind_cpu_input(SIN, self.tables[1])
+        else:
+            cos, sin = rope.cos_sin(self.cfg.llm, P, 1)
+            io.bind_cpu_input("cos", cos)
+            io.bind_cpu_input("sin", sin)
         io.bind_output("logits", logits_on)
         io.bind_output("token", "cpu")
         if self.head_major:
