@@ -152,8 +152,10 @@ class OnnxLLM:
         io.bind_cpu_input("sin", sin)
         io.bind_output(comp.outputs[0], "cpu")      # first: get_outputs() keeps binding order
         self._bind_cache(io, range(*comp.layers), P, S)
-        self._run(sess, io, comp.file)
-        self.cache.flush()
+        try:
+            self._run(sess, io, comp.file)
+        finally:     # after a failed run rows [P, P+S) hold garbage, beyond `length`: never read
+            self.cache.flush()
         return io.get_outputs()[0].numpy()
 
     def _check_room(self, P: int, S: int) -> None:
