@@ -260,3 +260,26 @@ def test_unpacked_form_matches_the_packed_one(onnx_bundle):
             x, y = out[True][1][i][j], out[False][1][i][j]
             assert np.abs(x - y).max() <= 1e-5 and not np.array_equal(x[:, :, P], caches[i][j][:, :, P])
             assert np.array_equal(x[:, :, :P], caches[i][j][:, :, :P]) and np.array_equal(x[:, :, P + 1:], caches[i][j][:, :, P + 1:])
+
+
+def test_graph_of_another_form_keeps_the_concat_attention(onnx_bundle):
+    """A segment whose attention is not the exported form (here: an Identity between the
+    past input and its Transpose) is refused by the rewrite, and build_shared's chain then
+    keeps every segment's Concat attention rather than mixing forms."""
+    from onnx import helper
+
+    from fusion_edge.runtime.decode_attention import NotRewritable, attention_to_gqa
+    from fusion_edge.runtime.decode_graph import _with_gqa
+    path = onnx_bundle("phi3", "so400m")
+    bundle = Bundle.open(path)
+    names = bundle.component_names("segment_")
+    models = [onnx.load(str(path / bundle.component(n).file), load_external_data=False) for n in names[:2]]
+    assert _with_gqa(models) is not None
+    graph = models[1].graph
+    reader = next(n for n in graph.node if n.op_type == "Transpose" and n.input[0].startswith("past_k_"))
+    past = reader.input[0]
+    reader.input[0] = past + "/copy"
+    graph.node.insert(0, helper.make_node("Identity", [past], [past + "/copy"]))
+    assert _with_gqa(models) is None
+    with pytest.raises(NotRewritable, match="Identity"):
+        attention_to_gqa(models[1])
