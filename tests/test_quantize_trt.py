@@ -87,6 +87,7 @@ def test_trt_int4_bundle_is_plain_qdq_with_opset21_blocks(trt_int4):
     b = Bundle.open(trt_int4)
     assert b.manifest["quantization"]["flavour"] == "trt" and b.manifest["quantization"]["plan"]["sm"] == "8.7"
     assert b.components["embed"]["precision"] == "fp32"          # TensorRT flavour keeps the Gather table
+    assert "attention" not in b.components["decode"]           # and the Concat attention (no contrib op)
     for name, comp in b.components.items():
         if comp["precision"] == "fp32":
             continue
