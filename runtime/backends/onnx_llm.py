@@ -25,18 +25,20 @@ class OnnxLLM:
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
-                 providers: list | None = None):
+                 providers: list | None = None, low_memory: bool = False):
+        """low_memory: weights memory-mapped, not prepacked (ort_session.make_session)."""
         providers = providers or providers_for(device)
         self.cfg: FusionConfig = bundle.config
-        self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads)
-        self.segments = [(c, component_session(bundle, c, providers, threads))
+        self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads,
+                                            low_memory=low_memory)
+        self.segments = [(c, component_session(bundle, c, providers, threads, low_memory=low_memory))
                          for c in map(bundle.component, bundle.component_names("segment_"))]
         # The decode graph keeps its memory arena: without it every run mallocs and frees the
         # attention intermediates of every layer ((1,P,kv,hd) each), measured 60 → 34-37 ms per
         # token at P=800 on the bench preset (2 threads), the segments' speed; segments keep
         # theirs off (RSS, ort_session.make_session).
         self.decode_sess = (component_session(bundle, bundle.component(DECODE), providers, threads,
-                                              mem_arena=True)
+                                              mem_arena=True, low_memory=low_memory)
                             if DECODE in bundle.components else None)
         # the KV cache stays in device memory for the EPs of onnxruntime-gpu (CUDA and TensorRT)
         self.on_cuda = provider_name(providers[0]) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
