@@ -232,6 +232,25 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     assert not out.exists()
 
 
+def test_no_verify_quantizes_an_unverified_fp32_bundle_and_marks_it_unverified(onnx_bundle, recording, tmp_path,
+                                                                               capsys):
+    """--no-verify: no gate, so the source need not be verified (models whose fp32 reference does
+    not fit the machine, bench/real_size.py); the int8 bundle is marked skipped and --strict
+    refuses it."""
+    from fusion_edge.cli import main
+    from fusion_edge.runtime.errors import UnverifiedBundleError
+    out = tmp_path / "q8nv"
+    rc = main(["export", str(onnx_bundle("phi3", "so400m")), "--target", "onnx", "--precision", "int8",
+               "--calib", str(recording.path), "--no-verify", "-o", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    b = Bundle.open(out)
+    assert b.precision == "int8" and b.verification_status == "skipped"
+    assert "gate" not in capsys.readouterr().out
+    assert "exported with --no-verify" in Pipeline.open(out, device="cpu").verification_warning
+    with pytest.raises(UnverifiedBundleError):
+        Pipeline.open(out, device="cpu", strict=True)
+
+
 def test_int8_decode_graph_is_chained_from_the_int8_segments(q8, decode_parity, tmp_path):
     out, _ = q8
     diff, (merged, segments), comp = decode_parity(out, tmp_path)
