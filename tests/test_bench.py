@@ -299,3 +299,23 @@ def test_bf16_reference_is_the_same_model_at_half_the_bytes(tiny_checkpoint, ref
     got = raw["first_logits"][0]
     assert np.isfinite(got).all()
     assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) > 0.99
+
+
+def test_real_size_script_steps_are_valid_commands(tmp_path):
+    """bench/real_size.py runs for hours: every step's command must parse with today's CLI
+    (a renamed flag would otherwise surface an hour into a run)."""
+    from fusion_edge.bench import real_size
+    from fusion_edge.cli import _parser
+    names = []
+    for name, out, cmd in real_size.steps(tmp_path, calib_samples=2, threads=2):
+        names.append(name)
+        assert out.parent == tmp_path
+        if name == "checkpoint":
+            assert cmd[1:3] == ["-m", "fusion_edge.bench.real_size"] and "--make-checkpoint" in cmd
+            continue
+        args = _parser().parse_args(cmd[3:])            # after [python, -c, code]
+        assert args.command in ("export", "calibrate")
+        if args.command == "export":
+            assert args.no_verify and args.out == str(out)
+    assert names[:3] == ["checkpoint", "onnx-fp32", "calibrate"]
+    assert set(real_size.BUNDLES) <= set(names)
