@@ -232,6 +232,15 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     assert not out.exists()
 
 
+def test_segments_with_shared_weights_are_quantized_as_external_data(fp32):
+    """The segments keep their weights in the shared llm.onnx.data, not in segment_NN.onnx.data:
+    onnxruntime's calibrator must be told to write external data, or a segment above 2 GB
+    (FUSION-X-3B's last one: 2.05 GB) fails to serialize."""
+    assert graph_io.has_external_data(fp32 / "segment_01.onnx")
+    assert not list(fp32.glob("segment_01.onnx*.data"))
+    assert not graph_io.has_external_data(fp32 / "embed.onnx")
+
+
 def test_no_verify_quantizes_an_unverified_fp32_bundle_and_marks_it_unverified(onnx_bundle, recording, tmp_path,
                                                                                capsys):
     """--no-verify: no gate, so the source need not be verified (models whose fp32 reference does
