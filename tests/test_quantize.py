@@ -232,6 +232,26 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     assert not out.exists()
 
 
+def test_vision_precision_fp32_keeps_the_tower_and_quantizes_the_rest(fp32, recording, tmp_path, capsys):
+    """--vision-precision fp32: the vision graph is the fp32 bundle's, byte for byte; alignment
+    and LLM are int8 as planned. (Ungated here: the structure is under test; the gate is the
+    same code as every int8 bundle's, and 1 case × 6 steps on the tiny model is one token from
+    failing either way.)"""
+    from fusion_edge.cli import main
+    out = tmp_path / "q8v"
+    rc = main(["export", str(fp32), "--target", "onnx", "--precision", "int8", "--calib", str(recording.path),
+               "--vision-precision", "fp32", "--no-verify", "-o", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "unchanged fp32 graph" in text
+    m, src = Bundle.open(out).manifest, Bundle.open(fp32).manifest
+    assert m["components"]["vision"]["precision"] == "fp32"
+    assert m["components"]["align_00"]["precision"] == "int8" and m["components"]["segment_04"]["precision"] == "int8"
+    for f in src["components"]["vision"]["files"]:
+        assert m["files"][f]["sha256"] == src["files"][f]["sha256"]
+    assert m["quantization"]["plan"]["components"]["vision"]["precision"] == "fp32"
+
+
 def test_segments_with_shared_weights_are_quantized_as_external_data(fp32):
     """The segments keep their weights in the shared llm.onnx.data, not in segment_NN.onnx.data:
     onnxruntime's calibrator must be told to write external data, or a segment above 2 GB
