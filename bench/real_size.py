@@ -11,7 +11,9 @@ Each step is skipped when its output already exists, so an interrupted run resum
 3. one calibration recording of it (`fusion-edge calibrate`; the fp32 weights do not fit in
    RAM prepacked, so its sessions run memory-mapped, runtime/memory.py);
 4. ONNX int8 and int4 bundles from it with that recording, `--no-verify` (their gate
-   compares against the fp32 pipeline and the fp32 reference, which do not fit);
+   compares against the fp32 pipeline and the fp32 reference, which do not fit), vision
+   kept fp32 like the gguf bundles' (VISION below); one after the other (onnxruntime's
+   quantizer writes `<graph>-inferred.onnx` beside the source graph);
 5. the fp32 bundle is removed (21.6 GiB) unless --keep-fp32;
 6. GGUF Q8_0 (`--precision int8`) and Q4_K_M (`--precision int4`) bundles, `--no-verify`;
 7. `fusion-edge bench` on all four with the PyTorch reference in bfloat16 as the same-run
@@ -53,9 +55,9 @@ def steps(work: Path, calib_samples: int, threads: int) -> list[tuple[str, Path,
         ("calibrate", rec, cli("calibrate", fp32, "-o", rec, "--samples", calib_samples, "--holdout", 0,
                                "--threads", threads, "--quiet")),
         ("onnx-int8", work / "onnx-int8", cli("export", fp32, "--target", "onnx", "--precision", "int8",
-                                               "--calib", rec, *quiet, "-o", work / "onnx-int8")),
+                                               "--calib", rec, *VISION, *quiet, "-o", work / "onnx-int8")),
         ("onnx-int4", work / "onnx-int4", cli("export", fp32, "--target", "onnx", "--precision", "int4",
-                                               "--calib", rec, *quiet, "-o", work / "onnx-int4")),
+                                               "--calib", rec, *VISION, *quiet, "-o", work / "onnx-int4")),
         ("gguf-q8_0", work / "gguf-q8_0", cli("export", ckpt, "--target", "gguf", "--precision", "int8",
                                                *quiet, "-o", work / "gguf-q8_0")),
         ("gguf-q4_k_m", work / "gguf-q4_k_m", cli("export", ckpt, "--target", "gguf", "--precision", "int4",
@@ -64,6 +66,11 @@ def steps(work: Path, calib_samples: int, threads: int) -> list[tuple[str, Path,
 
 
 BUNDLES = ("onnx-int8", "onnx-int4", "gguf-q8_0", "gguf-q4_k_m")
+# The ONNX bundles keep the vision tower fp32, as the gguf bundles do, so the four differ in
+# their LLM only. Also a limit: onnxruntime's quantize_static holds several copies of the
+# 4.5 GB fp32 tower (loaded, shape-inferred, augmented, its session) and was killed by the
+# kernel at 23.7 GB anonymous memory on a 24 GiB machine.
+VISION = ("--vision-precision", "fp32")
 
 
 def run_step(name: str, out: Path, cmd: list[str], work: Path, report: dict) -> None:
