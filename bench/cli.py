@@ -21,6 +21,9 @@ def add_args(p) -> None:
     p.epilog = EPILOG
     p.add_argument("--model", required=True, help="the checkpoint the bundles were exported from "
                                                    "(runs the PyTorch reference, eager fp32)")
+    p.add_argument("--reference-dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="the reference's weights: bf16 where fp32 does not fit in memory (real size on a "
+                        "24 GiB machine); its fidelity figures then compare against a bf16 model")
     p.add_argument("--bundles", nargs="+", required=True, metavar="B", help="bundle folders to measure")
     p.add_argument("--native", nargs="+", default=[], metavar="B",
                    help="gguf bundles to measure through the native runtime too (docs/native.md; "
@@ -56,7 +59,8 @@ def run(args) -> int:
                  repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
                  vision_device=args.vision_device, align_device=args.align_device, llm_device=args.llm_device,
                  tf32=args.tf32,
-                 query_len=args.query_len, bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout)
+                 query_len=args.query_len, bandwidth_bytes=args.bandwidth_mib << 20, timeout_s=args.timeout,
+                 reference_dtype=args.reference_dtype)
     result = run_bench(s)
     print(format_report(result))
     if args.json_out:

@@ -52,6 +52,7 @@ class Settings:
     query_len: int | None = None
     bandwidth_bytes: int = 256 << 20
     timeout_s: float = 3600.0
+    reference_dtype: str = "fp32"        # bf16 where an fp32 reference does not fit (real-size runs)
 
     def check(self) -> None:
         for name, low in (("cases", 1), ("questions_per_image", 1), ("repeats", 1), ("threads", 1),
@@ -116,6 +117,8 @@ def run_worker(spec: tuple[str, str], images: list[str], s: Settings, out: Path)
            "--images", *images, "--questions-per-image", str(s.questions_per_image),
            "--max-new-tokens", str(s.max_new_tokens), "--repeats", "1", "--warmup", str(s.warmup),
            "--threads", str(s.threads), *device_argv(s)]
+    if spec[0] == "--reference":
+        cmd += ["--reference-dtype", s.reference_dtype]
     if s.query_len:
         cmd += ["--query-len", str(s.query_len)]
     env = dict(os.environ, OMP_NUM_THREADS=str(s.threads), PYTHONUNBUFFERED="1")

@@ -79,18 +79,22 @@ class BundleRunner:
                 "token_ids": list(r.token_ids), "text": r.text, "first_logits": r.first_logits}
 
 
-class ReferenceRunner:
-    """The PyTorch reference (eager, fp32). `look` is composed from its parts so that
-    preprocessing and the global tiles are timed separately."""
+REFERENCE_DTYPES = ("fp32", "bf16")
 
-    def __init__(self, model: str, threads: int, query_len: int | None):
+
+class ReferenceRunner:
+    """The PyTorch reference (eager; fp32, or bf16 where fp32 does not fit in memory). `look`
+    is composed from its parts so that preprocessing and the global tiles are timed separately."""
+
+    def __init__(self, model: str, threads: int, query_len: int | None, dtype: str = "fp32"):
         import torch
         torch.set_num_threads(threads)
         from fusion_edge.export.reference import FusionReference
-        self.ref = FusionReference.load(model)
+        self.ref = FusionReference.load(model, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
         self.query_len = query_len
-        self.info = {"kind": "reference", "name": "pytorch-reference", "path": str(model),
-                     "target": "pytorch", "precision": "fp32", "llm_backend": "torch", "device": "cpu",
+        self.info = {"kind": "reference", "name": "pytorch-reference" + ("" if dtype == "fp32" else f"-{dtype}"),
+                     "path": str(model),
+                     "target": "pytorch", "precision": dtype, "llm_backend": "torch", "device": "cpu",
                      "devices": {"vision": "cpu", "align": "cpu", "llm": "cpu"}, "tf32": False,
                      "torch_threads": torch.get_num_threads(),
                      "llm_bytes_per_token": torch_llm_bytes_per_token(self.ref.model.llm),
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
     from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None)
+    p.add_argument("--reference-dtype", choices=REFERENCE_DTYPES, default="fp32")
     args = p.parse_args(argv)
     from fusion_edge.runtime.device_args import device_kwargs
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +186,8 @@ def main(argv=None) -> int:
             from .native_runner import NativeRunner
             runner = NativeRunner(args.native, args.threads, args.device, args.query_len)
         else:
-            runner = (ReferenceRunner(args.reference, args.threads, args.query_len) if args.reference
+            runner = (ReferenceRunner(args.reference, args.threads, args.query_len, args.reference_dtype)
+                      if args.reference
                       else BundleRunner(args.bundle, args.threads, device_kwargs(args), args.query_len))
         result.update({"load_s": time.perf_counter() - t0, "rss_after_load_bytes": peak_rss_bytes(),
                        "backend": runner.info})

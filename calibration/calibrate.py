@@ -19,8 +19,11 @@ DEFAULT_MAX_MB = 2048.0
 def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int = DEFAULT_SAMPLES,
                      holdout: int = DEFAULT_HOLDOUT, max_mb: float = DEFAULT_MAX_MB, dtype: str = "float16",
                      overwrite: bool = False, threads: int | None = None, progress: bool = True,
-                     log=print) -> Recordings:
-    """Record the fp32 bundle's graph inputs over a data set (None = built in)."""
+                     log=print, low_memory: bool | None = None) -> Recordings:
+    """Record the fp32 bundle's graph inputs over a data set (None = built in). low_memory:
+    weights memory-mapped instead of prepacked (None: when they would not fit in RAM)."""
+    from fusion_edge.runtime.bundle import Bundle
+    from fusion_edge.runtime.memory import needs_low_memory
     from fusion_edge.runtime.pipeline import Pipeline
     dataset = load_calibration_set(data, questions)
     if data is None:
@@ -31,7 +34,11 @@ def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int =
         items, held_out = dataset.items, builtin_set("eval", holdout).items if holdout > 0 else []
     else:
         items, held_out = dataset.split(holdout)
-    pipe = Pipeline.open(bundle_path, device="cpu", threads=threads)
+    if low_memory is None and needs_low_memory(Bundle.open(bundle_path, check_hashes=False).manifest):
+        low_memory = True
+        log("notice: the fp32 bundle's weights do not fit in this machine's free memory; they stay "
+            "memory-mapped (low-memory sessions: slower, same results)")
+    pipe = Pipeline.open(bundle_path, device="cpu", threads=threads, low_memory=bool(low_memory))
     info = {"kind": dataset.kind, "source": dataset.source, "pairs": len(dataset), "held_out": len(held_out),
             "skipped": [{"where": s.where, "reason": s.reason} for s in dataset.skipped]}
     rec = record_calibration(pipe, items, out, samples=samples, max_mb=max_mb, dtype=dtype,

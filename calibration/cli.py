@@ -32,6 +32,9 @@ def add_args(p) -> None:
     p.add_argument("--query-len", type=int, default=None, help="latent count to calibrate with")
     p.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--low-memory", action="store_true", default=None,
+                   help="keep the fp32 weights memory-mapped instead of prepacked copies (default: when they "
+                        "do not fit in free memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing recording folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -39,6 +39,8 @@ def add_quant_args(p) -> None:
     g.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
                    help="leave weighted nodes whose name matches REGEX unquantized (repeatable)")
     g.add_argument("--eval-cases", type=int, default=4, help="held-out cases of the quality gate")
+    g.add_argument("--vision-precision", choices=["int8", "fp32"], default=None,
+                   help="--target onnx: fp32 keeps the vision tower unquantized (default: the plan's int8)")
 
 
 def add_gguf_args(p) -> None:
@@ -72,7 +74,7 @@ def quant_kwargs(args) -> dict:
     return {"calib": args.calib, "calib_samples": args.calib_samples, "calib_questions": args.calib_questions,
             "flavour": args.flavour, "sm": args.sm, "block_size": args.block_size,
             "accuracy_level": args.accuracy_level or None, "keep_float": args.keep_float,
-            "eval_cases": args.eval_cases}
+            "eval_cases": args.eval_cases, "vision_precision": args.vision_precision}
 
 
 def add_verify_args(p) -> None:

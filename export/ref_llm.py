@@ -104,12 +104,12 @@ class FusionLLM(nn.Module):
 
     def empty_cache(self, device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         c = self.c
-        z = torch.zeros(1, c.num_kv_heads, 0, c.head_dim, device=device)
+        z = torch.zeros(1, c.num_kv_heads, 0, c.head_dim, device=device, dtype=self.embed.weight.dtype)
         return [(z, z) for _ in range(c.num_layers)]
 
     def run_layers(self, x, start: int, end: int, position0: int, cache) -> torch.Tensor:
         """Layers [start, end) on x (1,S,H) at positions position0.., updating cache in place."""
-        cos, sin = rope_cos_sin(self.c, position0, x.shape[1])
+        cos, sin = (t.to(x.dtype) for t in rope_cos_sin(self.c, position0, x.shape[1]))
         for i in range(start, end):
             x, k, v, _, _ = self.layers[i](x, cos, sin, *cache[i])
             cache[i] = (k, v)

@@ -46,14 +46,13 @@ class FusionReference:
         self.ckpt = checkpoint
         self.cfg = checkpoint.config
         self.tokenizer = checkpoint.tokenizer()
-        self.model = FusionModel(self.cfg).to(dtype)
-        self.model.load_canonical(checkpoint.state_dict())
-        self.model.eval()
+        self.dtype = dtype                 # float32 (the gate's reference) or bfloat16 (bench only)
+        self.model = FusionModel.from_checkpoint(checkpoint, dtype).eval()
         self.interactions_enabled = True   # tests switch this off to prove the layers matter
 
     @classmethod
-    def load(cls, model: str, revision: str | None = None) -> "FusionReference":
-        return cls(open_checkpoint(model, revision))
+    def load(cls, model: str, revision: str | None = None, dtype=torch.float32) -> "FusionReference":
+        return cls(open_checkpoint(model, revision), dtype)
 
     # ---- vision ------------------------------------------------------------------------
     @torch.no_grad()
@@ -64,7 +63,7 @@ class FusionReference:
     @torch.no_grad()
     def encode_global(self, global_tiles: np.ndarray) -> torch.Tensor:
         m = self.model
-        feats = m.vision(torch.from_numpy(global_tiles))            # (4,N,3Dv)
+        feats = m.vision(torch.from_numpy(global_tiles).to(self.dtype))     # (4,N,3Dv)
         return global_grid(m.mm_projector(feats))                   # (2P,2P,H)
 
     @torch.no_grad()
@@ -79,7 +78,7 @@ class FusionReference:
         m = self.model
         ids = torch.from_numpy(np.asarray(instruct_ids, dtype=np.int64))[None]
         states = m.aux_projector(m.llm.embed(ids))                  # (1,T,Dv)
-        feats = m.vision(torch.from_numpy(main_tile)[None], states, ids != 0)
+        feats = m.vision(torch.from_numpy(main_tile)[None].to(self.dtype), states, ids != 0)
         return m.mm_projector(feats)[0]
 
     # ---- LLM ---------------------------------------------------------------------------

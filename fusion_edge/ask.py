@@ -58,7 +58,7 @@ def _ask_reference(args, stream: bool) -> dict:
 def _ask_bundle(args, stream: bool) -> dict:
     from fusion_edge.runtime.pipeline import Pipeline
     from fusion_edge.runtime.device_args import device_kwargs
-    pipe = Pipeline.open(args.bundle, strict=args.strict, **device_kwargs(args))
+    pipe = Pipeline.open(args.bundle, strict=args.strict, low_memory=args.low_memory, **device_kwargs(args))
     if pipe.verification_warning:
         print(f"warning: {pipe.verification_warning}", file=sys.stderr, flush=True)
     if pipe.device_notice:

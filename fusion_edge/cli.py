@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--strict", action="store_true",
                    help="refuse a bundle whose verification was skipped (--no-verify), forced or failed")
     a.add_argument("--logits-out", help="save the first generated step's logits (float32 .npy)")
+    a.add_argument("--low-memory", action="store_true",
+                   help="onnxruntime keeps the weights memory-mapped from the bundle, no prepacked copies: "
+                        "for bundles larger than free RAM (decoding is slower)")
 
     from fusion_edge.export.cli_export import add_export_args, add_verify_args
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))

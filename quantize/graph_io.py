@@ -21,7 +21,13 @@ def load(path: Path):
 
 
 def has_external_data(path: Path) -> bool:
-    return any(Path(path).parent.glob(Path(path).name + "*.data"))
+    """Whether any initializer of the graph at `path` lives in an external file — its own
+    `<name>.data` or a shared one (the LLM segments' `llm.onnx.data`). Read without the
+    weights."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in model.graph.initializer)
 
 
 def save(model, path: Path) -> list[str]:

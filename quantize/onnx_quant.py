@@ -36,12 +36,14 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
                             accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
                             thresholds: dict | None = None, threads: int | None = None, reference=None,
-                            manifest_extend=None, **extra) -> Path:
+                            manifest_extend=None, vision_precision: str | None = None, **extra) -> Path:
     """fp32 ONNX bundle → quantized, gated ONNX bundle at `out` (a checkpoint is exported to
     fp32 first by fusion_edge/targets.py). reference: (pipe, image, question, steps) →
     (layout, tokens, logits), the PyTorch reference's side of the gate (targets.py builds it).
     target "trt": the same TensorRT-flavoured graphs (--for trt) in a trt bundle;
-    manifest_extend(fields) → fields adds its sections."""
+    manifest_extend(fields) → fields adds its sections. vision_precision "fp32": the vision
+    graph stays fp32 (copied), the rest as planned — the LLM-only comparison with gguf bundles,
+    whose vision is fp32 too, or a tower too large for onnxruntime's quantizer in RAM."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
@@ -54,6 +56,10 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
     if flavour not in FLAVOURS:
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
     the_plan = plan(FLAVOURS[flavour], precision, sm)
+    if vision_precision not in (None, "int8", "fp32"):
+        raise ExportError(f"unknown --vision-precision {vision_precision!r}.", "choose int8 or fp32")
+    if vision_precision == "fp32":
+        the_plan = the_plan.keep_fp32("vision", "asked for (--vision-precision fp32)")
     log(the_plan.explain())
     src = check_fp32_bundle(fp32, query_len, image_tokens)
     with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:

@@ -68,6 +68,12 @@ class Plan:
         """Q/DQ flavour of the ONNX quantizers: cpu (asymmetric activations), cuda or trt."""
         return {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "trt"}[self.target]
 
+    def keep_fp32(self, component: str, reason: str) -> "Plan":
+        """The same plan with `component` left as the fp32 graph (copied unchanged)."""
+        assert component in self.components, component
+        comps = {**self.components, component: Choice("fp32", "unchanged fp32 graph", reason)}
+        return Plan(self.target, self.precision, self.sm, comps, list(self.notes))
+
     def to_dict(self) -> dict:
         return {"target": self.target, "precision": self.precision,
                 "sm": f"{self.sm[0]}.{self.sm[1]}" if self.sm else None,

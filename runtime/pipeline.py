@@ -68,7 +68,7 @@ class Pipeline:
     def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True, *,
              vision_device: str | None = None, align_device: str | None = None, llm_device: str | None = None,
              tf32: bool = False, strict: bool = False, no_build: bool = False, capabilities=None,
-             log=None) -> "Pipeline":
+             log=None, low_memory: bool = False) -> "Pipeline":
         """device: auto | cpu | cuda for every part; vision_device / align_device / llm_device
         override it per part. tf32: let the CUDA EP run fp32 MatMuls in TF32 (faster, ~1e-2 off).
         strict: refuse a bundle whose verification was skipped, forced or failed (else
@@ -76,14 +76,17 @@ class Pipeline:
         auto on a trt bundle where TensorRT is usable) checks or builds the bundle's engines
         first; no_build refuses to build them. Without TensorRT a trt bundle runs on CUDA or
         the CPU and `placement.notice` says so. capabilities: what is installed (default:
-        probed; runtime/devices.py). log: engine-building progress (default stderr)."""
+        probed; runtime/devices.py). log: engine-building progress (default stderr).
+        low_memory: onnxruntime keeps the weights memory-mapped from the bundle instead of a
+        prepacked copy per session: a bundle larger than RAM opens; decoding is slower."""
         from .backends import open_backends
         bundle = Bundle.open(path, check_hashes=check_hashes)
         if strict:
             check_verified(bundle)
         vision, llm, placement = open_backends(bundle, device, threads, vision_device=vision_device,
                                                align_device=align_device, llm_device=llm_device, tf32=tf32,
-                                               no_build=no_build, capabilities=capabilities, log=log)
+                                               no_build=no_build, capabilities=capabilities, log=log,
+                                               low_memory=low_memory)
         return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), placement)
 
     @property

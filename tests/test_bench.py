@@ -277,3 +277,45 @@ def test_gpu_check_table_lists_gpu_tests_with_reasons_and_bench_devices(bench_ru
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
         assert "SKIP" in text and "no CUDAExecutionProvider" in text
     assert rc == (1 if " FAIL " in text else 0)
+
+
+def test_bf16_reference_is_the_same_model_at_half_the_bytes(tiny_checkpoint, reference, tmp_path):
+    """--reference-dtype bf16 (real-size runs, where fp32 does not fit): loaded tensor by tensor
+    in bfloat16, it answers, weighs half per token, and its first-step logits follow the fp32
+    reference's (cosine; bfloat16 keeps ~3 significant digits)."""
+    from fusion_edge.bench.cases import questions_for
+    ckpt = tiny_checkpoint("phi3", "so400m")
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(image)
+    s = Settings(str(ckpt), ["unused"], threads=1, max_new_tokens=2, questions_per_image=1, warmup=0,
+                 reference_dtype="bf16")
+    raw = run_worker(("--reference", str(ckpt)), [str(image)], s, tmp_path / "w")
+    assert raw["ok"], raw.get("error")
+    info = raw["backend"]
+    fp32 = reference("phi3", "so400m")
+    assert info["precision"] == "bf16" and info["name"] == "pytorch-reference-bf16"
+    assert info["llm_bytes_per_token"] == torch_llm_bytes_per_token(fp32.model.llm) // 2
+    want = fp32.ask(fp32.look(str(image)), questions_for(0, 1)[0], max_new_tokens=1).first_logits
+    got = raw["first_logits"][0]
+    assert np.isfinite(got).all()
+    assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) > 0.99
+
+
+def test_real_size_script_steps_are_valid_commands(tmp_path):
+    """bench/real_size.py runs for hours: every step's command must parse with today's CLI
+    (a renamed flag would otherwise surface an hour into a run)."""
+    from fusion_edge.bench import real_size
+    from fusion_edge.cli import _parser
+    names = []
+    for name, out, cmd in real_size.steps(tmp_path, calib_samples=2, threads=2):
+        names.append(name)
+        assert out.parent == tmp_path
+        if name == "checkpoint":
+            assert cmd[1:3] == ["-m", "fusion_edge.bench.real_size"] and "--make-checkpoint" in cmd
+            continue
+        args = _parser().parse_args(cmd[3:])            # after [python, -c, code]
+        assert args.command in ("export", "calibrate")
+        if args.command == "export":
+            assert args.no_verify and args.out == str(out)
+    assert names[:3] == ["checkpoint", "onnx-fp32", "calibrate"]
+    assert set(real_size.BUNDLES) <= set(names)

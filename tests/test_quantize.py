@@ -232,6 +232,54 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     assert not out.exists()
 
 
+def test_vision_precision_fp32_keeps_the_tower_and_quantizes_the_rest(fp32, recording, tmp_path, capsys):
+    """--vision-precision fp32: the vision graph is the fp32 bundle's, byte for byte; alignment
+    and LLM are int8 as planned. (Ungated here: the structure is under test; the gate is the
+    same code as every int8 bundle's, and 1 case × 6 steps on the tiny model is one token from
+    failing either way.)"""
+    from fusion_edge.cli import main
+    out = tmp_path / "q8v"
+    rc = main(["export", str(fp32), "--target", "onnx", "--precision", "int8", "--calib", str(recording.path),
+               "--vision-precision", "fp32", "--no-verify", "-o", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "unchanged fp32 graph" in text
+    m, src = Bundle.open(out).manifest, Bundle.open(fp32).manifest
+    assert m["components"]["vision"]["precision"] == "fp32"
+    assert m["components"]["align_00"]["precision"] == "int8" and m["components"]["segment_04"]["precision"] == "int8"
+    for f in src["components"]["vision"]["files"]:
+        assert m["files"][f]["sha256"] == src["files"][f]["sha256"]
+    assert m["quantization"]["plan"]["components"]["vision"]["precision"] == "fp32"
+
+
+def test_segments_with_shared_weights_are_quantized_as_external_data(fp32):
+    """The segments keep their weights in the shared llm.onnx.data, not in segment_NN.onnx.data:
+    onnxruntime's calibrator must be told to write external data, or a segment above 2 GB
+    (FUSION-X-3B's last one: 2.05 GB) fails to serialize."""
+    assert graph_io.has_external_data(fp32 / "segment_01.onnx")
+    assert not list(fp32.glob("segment_01.onnx*.data"))
+    assert not graph_io.has_external_data(fp32 / "embed.onnx")
+
+
+def test_no_verify_quantizes_an_unverified_fp32_bundle_and_marks_it_unverified(onnx_bundle, recording, tmp_path,
+                                                                               capsys):
+    """--no-verify: no gate, so the source need not be verified (models whose fp32 reference does
+    not fit the machine, bench/real_size.py); the int8 bundle is marked skipped and --strict
+    refuses it."""
+    from fusion_edge.cli import main
+    from fusion_edge.runtime.errors import UnverifiedBundleError
+    out = tmp_path / "q8nv"
+    rc = main(["export", str(onnx_bundle("phi3", "so400m")), "--target", "onnx", "--precision", "int8",
+               "--calib", str(recording.path), "--no-verify", "-o", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    b = Bundle.open(out)
+    assert b.precision == "int8" and b.verification_status == "skipped"
+    assert "gate" not in capsys.readouterr().out
+    assert "exported with --no-verify" in Pipeline.open(out, device="cpu").verification_warning
+    with pytest.raises(UnverifiedBundleError):
+        Pipeline.open(out, device="cpu", strict=True)
+
+
 def test_int8_decode_graph_is_chained_from_the_int8_segments(q8, decode_parity, tmp_path):
     out, _ = q8
     diff, (merged, segments), comp = decode_parity(out, tmp_path)

@@ -25,7 +25,7 @@ class Backend:
     #                                     inside the LLM engine's own threads (llama.cpp's eval callback)
 
 
-# name → engines; engine constructors take (bundle, device, threads, *, providers[, align_threads])
+# name → engines; engine constructors take (bundle, device, threads, *, providers, low_memory[, align_threads])
 BACKENDS: dict[str, Backend] = {
     "onnxruntime": Backend(llm="onnx_llm:OnnxLLM", vision="onnx_vision:OnnxVision"),
     "llama.cpp": Backend(llm="llamacpp_llm:LlamaCppLLM", vision=None, align_threads=1),
@@ -47,11 +47,12 @@ def _engine_class(ref: str):
 
 def open_backends(bundle, device: str = "auto", threads: int | None = None, *, vision_device: str | None = None,
                   align_device: str | None = None, llm_device: str | None = None, tf32: bool = False,
-                  no_build: bool = False, capabilities: Capabilities | None = None, log=None
-                  ) -> tuple[VisionEngine, LLMEngine, Placement]:
+                  no_build: bool = False, capabilities: Capabilities | None = None, log=None,
+                  low_memory: bool = False) -> tuple[VisionEngine, LLMEngine, Placement]:
     """→ (vision engine, llm engine, the placement actually used). capabilities: what is
     installed (default: probed); no_build: refuse to build a trt bundle's pending engines;
-    log: where engine-building progress goes (default stderr)."""
+    log: where engine-building progress goes (default stderr); low_memory: weights stay
+    memory-mapped from the bundle, no per-session copies (ort_session.make_session)."""
     from .ort_session import provider_chain
     llm_backend = backend(bundle.manifest.llm_backend)
     vision_backend = backend(bundle.component("vision").backend)
@@ -68,8 +69,9 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
     notice = _prepare_trt(bundle, devices, caps, chains, no_build, log)
     vision = _engine_class(vision_backend.vision)(bundle, devices["vision"], threads, providers=chains["vision"],
                                                   align_threads=llm_backend.align_threads,
-                                                  align_providers=chains["align"])
-    llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"))
+                                                  align_providers=chains["align"], low_memory=low_memory)
+    llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"),
+                                         low_memory=low_memory)
     devices["llm"] = getattr(llm, "device", devices["llm"])     # llama.cpp says what it offloaded
     return vision, llm, Placement(devices, tf32, chains, notice)
 

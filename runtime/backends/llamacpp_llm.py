@@ -177,8 +177,9 @@ class LlamaCppLLM:
     name = "llama.cpp"
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None,
-                 max_batch: int | None = None, *, providers: list[str] | None = None):
-        """providers: part of the engine constructor; llama.cpp picks its device itself."""
+                 max_batch: int | None = None, *, providers: list[str] | None = None, low_memory: bool = False):
+        """providers: part of the engine constructor; llama.cpp picks its device itself.
+        low_memory: part of the engine constructor; llama.cpp memory-maps the GGUF always."""
         self.llama = import_llama_cpp()
         self.cfg = bundle.config
         comp = bundle.components.get("llm")

@@ -29,11 +29,13 @@ class OnnxLLM:
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
-                 providers: list | None = None):
+                 providers: list | None = None, low_memory: bool = False):
+        """low_memory: weights memory-mapped, not prepacked (ort_session.make_session)."""
         providers = providers or providers_for(device)
         self.cfg: FusionConfig = bundle.config
-        self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads)
-        self.segments = [(c, component_session(bundle, c, providers, threads))
+        self.embed_sess = component_session(bundle, bundle.component("embed"), providers, threads,
+                                            low_memory=low_memory)
+        self.segments = [(c, component_session(bundle, c, providers, threads, low_memory=low_memory))
                          for c in map(bundle.component, bundle.component_names("segment_"))]
         # The decode graph keeps its memory arena: without it every run mallocs and frees the
         # attention intermediates of every layer ((1,P,kv,hd) each), measured 60 → 34-37 ms per
@@ -45,7 +47,8 @@ class OnnxLLM:
         self.gqa = decode is not None and decode.get("attention") == OP
         if self.gqa and self.on_cuda:
             decode, self.gqa = None, False
-        self.decode_sess = (component_session(bundle, decode, providers, threads, mem_arena=True)
+        self.decode_sess = (component_session(bundle, decode, providers, threads, mem_arena=True,
+                                              low_memory=low_memory)
                             if decode is not None else None)
         # the op's own rotary reads (C, hd/2) tables by position instead of per-token cos/sin
         self.rotary_tables = self.gqa and COS in decode.get("inputs", [])

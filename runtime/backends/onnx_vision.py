@@ -13,17 +13,19 @@ class OnnxVision:
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None, *,
                  providers: list | None = None, align_threads: int | None = None,
-                 align_providers: list | None = None):
-        """align_threads: intra-op threads of the alignment sessions (1 when they run inside
+                 align_providers: list | None = None, low_memory: bool = False):
+        """low_memory: weights memory-mapped, not prepacked (ort_session.make_session).
+        align_threads: intra-op threads of the alignment sessions (1 when they run inside
         llama.cpp's eval callback, so they do not fight ggml's own threads). align_providers:
         the alignment graphs' own providers (default: the vision's)."""
         providers = providers or providers_for(device)
         align_providers = align_providers or providers
         self.names = ["vision"] + bundle.component_names("align_")
-        self.sessions = {name: (component_session(bundle, bundle.component(name), providers, threads)
+        self.sessions = {name: (component_session(bundle, bundle.component(name), providers, threads,
+                                                  low_memory=low_memory)
                                 if name == "vision" else
                                 component_session(bundle, bundle.component(name), align_providers,
-                                                  align_threads or threads))
+                                                  align_threads or threads, low_memory=low_memory))
                          for name in self.names}
         self.aligns = [self.sessions[n] for n in self.names[1:]]
         self.calls = {"vision_global": 0, "vision_main": 0, "align": 0}

@@ -61,19 +61,25 @@ def provider_name(p) -> str:
 
 
 def component_session(bundle, comp, providers: list[str], threads: int | None = None, *,
-                      mem_arena: bool = False):
+                      mem_arena: bool = False, low_memory: bool = False):
     """The session of one bundle Component (its first file), with the options it asks for
     (on TensorRT: the graph's profile and engine cache, runtime/trt/ep.py)."""
     from ..trt.ep import graph_chain
     providers, config = graph_chain(bundle, comp, providers)
     return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)),
-                        config=config, mem_arena=mem_arena)
+                        config=config, mem_arena=mem_arena, low_memory=low_memory)
 
 
 def make_session(path: Path, providers: list[str], threads: int | None = None, exact_qdq: bool = False,
-                 config: dict[str, str] | None = None, mem_arena: bool = False):
+                 config: dict[str, str] | None = None, mem_arena: bool = False, low_memory: bool = False):
     """mem_arena: keep onnxruntime's CPU memory arena (off by default, see below); worth it for
     a session that runs once per token over many nodes (the decode graph).
+    low_memory: no prepacked weight copies. onnxruntime memory-maps page-aligned external
+    data (every large bundle graph); prepacking copies each MatMul weight into its own
+    layout in anonymous memory, once per session (the segments and the decode graph each:
+    twice the LLM). Without it the weights stay clean file pages, shared between sessions
+    and dropped under pressure: an fp32 bundle larger than RAM still runs (prefill speed
+    about the same, decode slower: B is packed per call).
     exact_qdq: on the CPU EP, run Q/DQ pairs as float arithmetic instead of onnxruntime's
     integer kernels. For int8-activation graphs (the TensorRT/CUDA flavour): x86 CPUs without
     VNNI compute int8×int8 with pairwise int16-saturating products (vpmaddubsw), which would
@@ -89,6 +95,8 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
     opts.enable_cpu_mem_arena = mem_arena
     if mem_arena:   # weights outside the arena: its power-of-two growth would round them up
         opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+    if low_memory:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = threads
     if exact_qdq and provider_name(providers[0]) == "CPUExecutionProvider":
