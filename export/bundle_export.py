@@ -13,7 +13,7 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
-from fusion_edge.runtime.decode_graph import DECODE, build_shared
+from fusion_edge.runtime.decode_graph import build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference, gate_reference
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
@@ -69,7 +69,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         for spec in _progress(graph_specs(ckpt), f"export {target}/{precision}", progress):
             components[spec["name"]] = export_graph(ckpt, spec, writer.path(f"{spec['name']}.onnx"), precision)
         # TensorRT bundles keep the Concat attention: a com.microsoft op would split the engine
-        components[DECODE] = build_shared(writer.tmp, components, gqa=target == "onnx")
+        components.update(build_shared(writer.tmp, components, gqa=target == "onnx"))
         tokenizer.save(writer.path("tokenizer"))
         fields = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
         return manifest_extend(fields) if manifest_extend else fields

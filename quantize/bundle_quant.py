@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fusion_edge import __version__
 from fusion_edge.calibration.reader import GraphFeeds
-from fusion_edge.runtime.decode_graph import DECODE, build_shared
+from fusion_edge.runtime.decode_graph import DECODE, DECODE_GRAPHS, build_shared
 from fusion_edge.calibration.record import Recordings
 from fusion_edge.runtime.backends.ort_session import EXACT_QDQ_KEY
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
@@ -50,7 +50,7 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
     """Quantize every component of `src` into the writer's folder → the manifest (no files list)."""
     from tqdm import tqdm
     components, sizes = {}, {}
-    graphs = [n for n in sorted(src.components) if n != DECODE]
+    graphs = [n for n in sorted(src.components) if n not in DECODE_GRAPHS]
     for name in tqdm(graphs, desc=f"quantize {the_plan.precision}", unit="graph", disable=not progress, leave=False):
         comp = src.components[name]
         report = _quantize_component(src, writer, name, comp, the_plan, rec, opts)
@@ -59,7 +59,7 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
         sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
     if DECODE in src.components:       # chained again from the quantized segments, weights shared
         # GroupQueryAttention only for the CPU flavour: onnxruntime has no float32 CUDA kernel
-        components[DECODE] = build_shared(writer.tmp, components, gqa=the_plan.flavour == "cpu")
+        components.update(build_shared(writer.tmp, components, gqa=the_plan.flavour == "cpu"))
     if the_plan.flavour == "trt":
         _check_trt(writer, components)
     shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))

@@ -32,6 +32,11 @@ from .decode_attention import COS, KV_LAYOUT, OP, SEQLENS, SIN, TOTAL, NotRewrit
 from .errors import MissingExtraError
 
 DECODE = "decode"
+# Beside a GroupQueryAttention decode graph, the same chain with the Concat attention: for the
+# CUDA EP, whose GroupQueryAttention has float16/bfloat16 kernels only. Same weights (the shared
+# file), its own structure (~0.8 MB on the bench preset); no session opens it on the CPU.
+DECODE_CONCAT = "decode_concat"
+DECODE_GRAPHS = (DECODE, DECODE_CONCAT)
 SHARED_DATA = "llm.onnx.data"
 ALIGN = 4096                 # page-aligned offsets, as onnx's own writer does (mmap-friendly)
 INLINE_BYTES = 1024          # smaller initializers (shapes, scalars) stay inside each graph
@@ -109,10 +114,11 @@ def _point(tensor, offset: int, length: int) -> None:
 
 def build_shared(folder: Path, components: dict, gqa: bool = True) -> dict:
     """Rewrite the `segment_*` graphs in `folder` to keep their weights in `llm.onnx.data`,
-    add `decode.onnx` referencing the same bytes → the decode component record; the
-    segment records' `files` are updated in place. `gqa`: attention as GroupQueryAttention
-    over the shared cache; when a segment's attention does not have the exported form
-    (a graph from another exporter) every segment keeps the Concat form."""
+    add `decode.onnx` referencing the same bytes → {name: component record} of the decode
+    graph(s); the segment records' `files` are updated in place. `gqa`: attention as
+    GroupQueryAttention over the shared cache, plus `decode_concat.onnx` in the Concat form
+    for CUDA; when a segment's attention does not have the exported form (a graph from
+    another exporter) every segment keeps the Concat form and `decode.onnx` is that."""
     onnx = _onnx()
     names = sorted(n for n in components if n.startswith("segment_"))
     models = []           # structure only: the weights are in the shared file by now
@@ -130,15 +136,21 @@ def build_shared(folder: Path, components: dict, gqa: bool = True) -> dict:
             comp["files"] = [path.name, SHARED_DATA]
             models.append(model)
     rewritten = _with_gqa(models) if gqa else None
-    graph = write_decode_graph(rewritten or models, folder)
-    layers = [components[names[0]]["layers"][0], components[names[-1]]["layers"][1]]
-    first = components[names[0]]
-    return {"name": DECODE, "backend": "onnxruntime", "precision": first["precision"],
+    first, last = components[names[0]], components[names[-1]]
+    records = {DECODE: _record(DECODE, write_decode_graph(rewritten or models, folder), first, last, rewritten)}
+    if rewritten:
+        records[DECODE_CONCAT] = _record(DECODE_CONCAT, write_decode_graph(models, folder, DECODE_CONCAT),
+                                         first, last, None)
+    return records
+
+
+def _record(name: str, graph, first: dict, last: dict, gqa) -> dict:
+    return {"name": name, "backend": "onnxruntime", "precision": first["precision"],
             **({EXACT_QDQ_KEY: True} if first.get(EXACT_QDQ_KEY) else {}),
-            **({"attention": OP, "kv_layout": KV_LAYOUT} if rewritten else {}),
-            "files": [f"{DECODE}.onnx", SHARED_DATA], "inputs": [v.name for v in graph.input],
-            "outputs": [v.name for v in graph.output], "layers": layers, "final": True,
-            "weights": f"shared with segment_* through {SHARED_DATA}"}
+            **({"attention": OP, "kv_layout": KV_LAYOUT} if gqa else {}),
+            "files": [f"{name}.onnx", SHARED_DATA], "inputs": [v.name for v in graph.input],
+            "outputs": [v.name for v in graph.output], "layers": [first["layers"][0], last["layers"][1]],
+            "final": True, "weights": f"shared with segment_* through {SHARED_DATA}"}
 
 
 def _with_gqa(models: list) -> list | None:
@@ -156,12 +168,12 @@ def _with_gqa(models: list) -> list | None:
     return out
 
 
-def write_decode_graph(models: list, folder: Path):
+def write_decode_graph(models: list, folder: Path, name: str = DECODE):
     """The segment graphs (in order, weights already in the shared file) chained into
-    `folder`/decode.onnx → its graph."""
+    `folder`/<name>.onnx → its graph."""
     onnx = _onnx()
     from onnx import helper
-    graph = helper.make_graph([], "decode", [], [])
+    graph = helper.make_graph([], name, [], [])
     opsets, ir_version = {}, 0
     inputs, outputs = {}, {}
     for n, model in enumerate(models):
@@ -175,7 +187,7 @@ def write_decode_graph(models: list, folder: Path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="fusion-edge")
     model.ir_version = ir_version
-    onnx.save_model(model, str(folder / f"{DECODE}.onnx"))
+    onnx.save_model(model, str(folder / f"{name}.onnx"))
     return graph
 
 

@@ -20,7 +20,7 @@ from fusion_edge.runtime.backends.kv_cache import HeadMajorCache, HostCache
 from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
 from fusion_edge.runtime.decode_attention import OP
-from fusion_edge.runtime.decode_graph import DECODE, write_decode_graph
+from fusion_edge.runtime.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA, write_decode_graph
 
 CASES = [("phi3", "so400m"), ("llama3", "siglip2")]       # kv heads = heads, and grouped (4 / 2)
 # non-constant nodes per token after onnxruntime's optimizer: 452 on both tiny models and the
@@ -164,6 +164,38 @@ def _with_concat_decode_graph(src, dst):
     m["files"]["decode.onnx"] = {"sha256": sha256_file(dst / "decode.onnx"), "bytes": (dst / "decode.onnx").stat().st_size}
     (dst / MANIFEST).write_text(json.dumps(m))
     return dst
+
+
+def test_concat_twin_for_cuda_shares_the_weights_and_decodes_the_same_tokens(onnx_bundle, tmp_path):
+    """Beside the GroupQueryAttention graph the bundle keeps its Concat twin (onnxruntime's CUDA
+    op is float16/bfloat16 only; OnnxLLM opens the twin on CUDA). The twin reads the same
+    llm.onnx.data, has no contrib op, and — run here as the decode graph of a copy — decodes
+    the same tokens over the row-major cache."""
+    path = onnx_bundle("phi3", "so400m")
+    bundle = Bundle.open(path)
+    twin = bundle.component(DECODE_CONCAT)
+    assert twin.files == (f"{DECODE_CONCAT}.onnx", SHARED_DATA) and "attention" not in twin
+    graph = onnx.load(str(path / f"{DECODE_CONCAT}.onnx"), load_external_data=False).graph
+    assert not any(n.op_type == OP for n in graph.node)
+    assert {t.external_data[0].value for t in graph.initializer if t.external_data} == {SHARED_DATA}
+    assert OnnxLLM(bundle, "cpu").gqa                       # the CPU opens the op's graph
+    copy = tmp_path / "twin"
+    shutil.copytree(path, copy)
+    m = json.loads((copy / MANIFEST).read_text())
+    m["components"][DECODE] = {**m["components"][DECODE_CONCAT], "name": DECODE}
+    (copy / MANIFEST).write_text(json.dumps(m))
+    engines = (OnnxLLM(bundle, "cpu"), OnnxLLM(Bundle.open(copy, check_hashes=False), "cpu"))
+    assert not engines[1].gqa and engines[1].decode_sess is not None
+    embeds = np.random.default_rng(9).standard_normal((12, bundle.config.llm.hidden_size)).astype(np.float32)
+    toks = []
+    for engine in engines:
+        engine.reserve(40)
+        tok, out = int(np.argmax(engine.prefill(embeds))), []
+        for _ in range(10):
+            tok = engine.decode_greedy(tok)
+            out.append(tok)
+        toks.append(out)
+    assert toks[0] == toks[1] and len(set(toks[0])) > 1
 
 
 def test_bundle_with_the_concat_decode_graph_still_decodes(onnx_bundle, tmp_path):

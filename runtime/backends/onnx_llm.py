@@ -6,7 +6,8 @@ Prefill runs the segments (the alignment runs between them). Decoding runs the m
 bundles without it decode through the segments. A decode graph whose attention is
 GroupQueryAttention (runtime/decode_attention.py) takes the head-major cache, bound whole
 as its past and present (HeadMajorCache); on CUDA the op has no float32 kernel in
-onnxruntime (float16/bfloat16 only), so there such bundles decode through the segments."""
+onnxruntime (float16/bfloat16 only), so there such bundles decode through the graph's Concat
+twin (`decode_concat`), or through the segments when a bundle has none."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
 from ..decode_attention import COS, OP, SEQLENS, SIN, TOTAL, present_name
-from ..decode_graph import DECODE
+from ..decode_graph import DECODE, DECODE_CONCAT
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HeadMajorCache, HostCache
 from .ort_session import component_session, provider_name, providers_for
@@ -45,8 +46,9 @@ class OnnxLLM:
         self.on_cuda = provider_name(providers[0]) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         decode = bundle.component(DECODE) if DECODE in bundle.components else None
         self.gqa = decode is not None and decode.get("attention") == OP
-        if self.gqa and self.on_cuda:
-            decode, self.gqa = None, False
+        if self.gqa and self.on_cuda:     # the op has no float32 CUDA kernel: its Concat twin, or the segments
+            decode = bundle.component(DECODE_CONCAT) if DECODE_CONCAT in bundle.components else None
+            self.gqa = False
         self.decode_sess = (component_session(bundle, decode, providers, threads, mem_arena=True,
                                               low_memory=low_memory)
                             if decode is not None else None)

@@ -82,3 +82,24 @@ def test_verify_on_cuda_records_device_provider_and_options(tiny_checkpoint, onn
     assert rc == 0 and figures["passed"] and figures["device"] == "cuda"
     llm = figures["placement"]["providers"]["llm"][0]
     assert llm == {"name": "CUDAExecutionProvider", "options": {"device_id": "0", "use_tf32": "0"}}
+
+
+def test_cuda_decodes_through_the_concat_twin_of_the_gqa_graph(onnx_bundle):
+    """GroupQueryAttention has no float32 CUDA kernel: on CUDA the fp32 bundle's LLM opens the
+    decode graph's Concat twin (one run per token), with the cache in device memory."""
+    from fusion_edge.runtime.backends.kv_cache import CudaCache
+    from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
+    from fusion_edge.runtime.bundle import Bundle
+    bundle = Bundle.open(onnx_bundle("phi3", "so400m"))
+    gpu, cpu = OnnxLLM(bundle, "cuda"), OnnxLLM(bundle, "cpu")
+    assert not gpu.gqa and gpu.decode_sess is not None and cpu.gqa
+    x = np.random.default_rng(4).standard_normal((12, bundle.config.llm.hidden_size)).astype(np.float32)
+    toks = []
+    for engine in (gpu, cpu):
+        engine.reserve(40)
+        tok, out = int(np.argmax(engine.prefill(x))), []
+        for _ in range(10):
+            tok = engine.decode_greedy(tok)
+            out.append(tok)
+        toks.append(out)
+    assert isinstance(gpu.cache, CudaCache) and toks[0] == toks[1]
