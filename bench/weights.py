@@ -4,7 +4,7 @@ At batch 1 a decode step reads every decoder weight once, the final norm and lm_
 and ONE row of the embedding table. From a bundle's manifest alone:
   * ONNX LLM (any precision): the files of the `segment_*` components (decoder layers,
     norm, lm_head, as stored) + the `embed` component's bytes / vocab;
-  * GGUF LLM: the .gguf files, minus all but one row of `token_embd` when lm_head is a
+  * GGUF LLM: the LLM component's .gguf (not vision.gguf), minus all but one row of `token_embd` when lm_head is a
     separate `output` tensor (read from the GGUF header with the `gguf` package when it
     is installed; otherwise the whole file counts, and `method` says so).
 For the PyTorch reference: the fp32 parameter bytes of the same tensors.
@@ -30,7 +30,10 @@ def bundle_llm_bytes_per_token(path: str | os.PathLike, manifest: dict) -> dict:
     """→ {bytes, method}: LLM weight bytes read per decoded token for a bundle."""
     files = manifest["files"]
     vocab = int(manifest["fusion"]["llm"]["vocab_size"])
-    ggufs = sorted(n for n in files if n.endswith(".gguf"))
+    llm = manifest.get("components", {}).get("llm")
+    # the LLM's GGUF only: a gguf bundle also carries vision.gguf (tower and projectors, for the
+    # native runtime), which decoding never reads
+    ggufs = sorted(f for f in (llm["files"] if llm else files) if f.endswith(".gguf") and f != "vision.gguf")
     if ggufs:
         total = sum(int(files[n]["bytes"]) for n in ggufs)
         embed = sum(_gguf_untied_embedding_bytes(Path(path) / n) or 0 for n in ggufs)

@@ -154,11 +154,14 @@ def test_gguf_weight_bytes_count_one_embedding_row(tmp_path):
     w.write_tensors_to_file()
     w.close()
     size = (tmp_path / "llm.gguf").stat().st_size
-    manifest = {"files": {"llm.gguf": {"bytes": size}, "vision.onnx": {"bytes": 10 ** 9}},
+    manifest = {"files": {"llm.gguf": {"bytes": size}, "vision.onnx": {"bytes": 10 ** 9},
+                          "vision.gguf": {"bytes": 10 ** 9}},
                 "fusion": {"llm": {"vocab_size": V}}, "components": {}}
     got = bundle_llm_bytes_per_token(tmp_path, manifest)
-    assert got["bytes"] == pytest.approx(size - V * H * 4 + H * 4)
+    assert got["bytes"] == pytest.approx(size - V * H * 4 + H * 4)       # vision.gguf is not read per token
     assert "embedding" in got["method"]
+    manifest["components"]["llm"] = {"files": ["llm.gguf"]}
+    assert bundle_llm_bytes_per_token(tmp_path, manifest)["bytes"] == pytest.approx(got["bytes"])
 
 
 def test_a_failing_backend_is_reported_not_hidden(onnx_bundle, tmp_path):
