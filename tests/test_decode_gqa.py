@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from engine_helpers import greedy_tokens
 
 from fusion_edge.runtime import rope
 from fusion_edge.runtime.backends.kv_cache import HeadMajorCache, HostCache
@@ -186,15 +187,7 @@ def test_concat_twin_for_cuda_shares_the_weights_and_decodes_the_same_tokens(onn
     (copy / MANIFEST).write_text(json.dumps(m))
     engines = (OnnxLLM(bundle, "cpu"), OnnxLLM(Bundle.open(copy, check_hashes=False), "cpu"))
     assert not engines[1].gqa and engines[1].decode_sess is not None
-    embeds = np.random.default_rng(9).standard_normal((12, bundle.config.llm.hidden_size)).astype(np.float32)
-    toks = []
-    for engine in engines:
-        engine.reserve(40)
-        tok, out = int(np.argmax(engine.prefill(embeds))), []
-        for _ in range(10):
-            tok = engine.decode_greedy(tok)
-            out.append(tok)
-        toks.append(out)
+    toks = [greedy_tokens(engine, seed=9) for engine in engines]
     assert toks[0] == toks[1] and len(set(toks[0])) > 1
 
 
@@ -208,15 +201,7 @@ def test_bundle_with_the_concat_decode_graph_still_decodes(onnx_bundle, tmp_path
     assert "attention" not in old_bundle.component(DECODE) and old.decode_sess is not None
     assert not any(n.op_type == OP for n in onnx.load(str(tmp_path / "old" / "decode.onnx"),
                                                       load_external_data=False).graph.node)
-    embeds = np.random.default_rng(8).standard_normal((12, old_bundle.config.llm.hidden_size)).astype(np.float32)
-    toks = []
-    for engine in (new, old):
-        engine.reserve(40)
-        tok, out = int(np.argmax(engine.prefill(embeds))), []
-        for _ in range(10):
-            tok = engine.decode_greedy(tok)
-            out.append(tok)
-        toks.append(out)
+    toks = [greedy_tokens(engine, seed=8) for engine in (new, old)]
     assert isinstance(new.cache, HeadMajorCache) and isinstance(old.cache, HostCache)
     assert old.cache.k[0].shape == (1, old.capacity, 2, 16)      # (1,C,kv,hd): rows bound as views
     assert toks[0] == toks[1] and len(set(toks[0])) > 1

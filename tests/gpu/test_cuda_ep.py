@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from engine_helpers import greedy_tokens
 from gpu_helpers import first_logits_gap, needs_ort_cuda
 
 from fusion_edge.cli import main
@@ -93,13 +94,5 @@ def test_cuda_decodes_through_the_concat_twin_of_the_gqa_graph(onnx_bundle):
     bundle = Bundle.open(onnx_bundle("phi3", "so400m"))
     gpu, cpu = OnnxLLM(bundle, "cuda"), OnnxLLM(bundle, "cpu")
     assert not gpu.gqa and gpu.decode_sess is not None and cpu.gqa
-    x = np.random.default_rng(4).standard_normal((12, bundle.config.llm.hidden_size)).astype(np.float32)
-    toks = []
-    for engine in (gpu, cpu):
-        engine.reserve(40)
-        tok, out = int(np.argmax(engine.prefill(x))), []
-        for _ in range(10):
-            tok = engine.decode_greedy(tok)
-            out.append(tok)
-        toks.append(out)
+    toks = [greedy_tokens(engine, seed=4) for engine in (gpu, cpu)]
     assert isinstance(gpu.cache, CudaCache) and toks[0] == toks[1]
