@@ -17,6 +17,7 @@ import functools
 from importlib import metadata
 from pathlib import Path
 
+from ..cuda_driver import cuda_device
 from .profiles import ort_shape_strings
 from .stamp import ENGINES_DIR, Platform
 
@@ -85,22 +86,6 @@ def tensorrt_version() -> str | None:
             continue
         return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
     return None
-
-
-def cuda_device(index: int = 0) -> tuple[str, tuple[int, int]] | None:
-    """(name, (major, minor)) of CUDA device `index` through the driver API, or None."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    name = ctypes.create_string_buffer(256)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), index) != 0:
-        return None
-    cuda.cuDeviceGetName(name, 256, dev)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)    # …_MINOR
-    return name.value.decode(errors="replace"), (major.value, minor.value)
 
 
 # ---- options --------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def trt_reason() -> str | None:
     """None where onnxruntime offers a TensorRT EP and a CUDA GPU answers, else why not."""
     import onnxruntime as ort
 
-    from fusion_edge.runtime.trt.ep import available_provider, cuda_device, probe_platform
+    from fusion_edge.runtime.cuda_driver import cuda_device
+    from fusion_edge.runtime.trt.ep import available_provider, probe_platform
     if available_provider(ort) is None:
         return (f"onnxruntime {ort.__version__} has no TensorRT execution provider "
                 f"({', '.join(ort.get_available_providers())}): install onnxruntime-gpu built with TensorRT "
