@@ -40,9 +40,11 @@ def pct(v) -> str:
 
 
 def devices_text(b: dict) -> str:
-    """vision/align/llm devices, e.g. cpu/cpu/cuda; "+tf32" where the CUDA EP ran TF32."""
+    """vision/align/llm devices, e.g. cpu/cpu/cuda; "+tf32" where a part ran TF32 (the CUDA EP's
+    opt-in, or llama.cpp's CUDA backend on compute capability ≥ 8.0)."""
     d = b.get("devices") or {}
-    return "/".join(d.get(p, "?") for p in ("vision", "align", "llm")) + ("+tf32" if b.get("tf32") else "")
+    tf32 = b.get("tf32") or b.get("tf32_parts")
+    return "/".join(d.get(p, "?") for p in ("vision", "align", "llm")) + ("+tf32" if tf32 else "")
 
 
 def format_report(result: dict) -> str:

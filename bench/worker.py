@@ -58,7 +58,7 @@ class BundleRunner:
         self.info = {"kind": "bundle", "name": f"{m['target']}-{m['precision']}", "path": str(path),
                      "target": m["target"], "precision": m["precision"],
                      "llm_backend": m.get("llm_backend", "onnxruntime"), "device": self.pipe.device,
-                     "devices": self.pipe.devices, "tf32": self.pipe.tf32,
+                     "devices": self.pipe.devices, "tf32": self.pipe.tf32, "tf32_parts": self.pipe.tf32_parts,
                      "decode_graph": "decode" in m.components,     # one run per token (ONNX)
                      "llm_bytes_per_token": llm["bytes"], "llm_bytes_method": llm["method"],
                      "disk_bytes": disk_bytes(path), "verification": self.pipe.bundle.verification_status,

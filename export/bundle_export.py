@@ -15,7 +15,7 @@ from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
 from fusion_edge.runtime.decode_graph import build_shared
 from fusion_edge.runtime.errors import ExportError
-from fusion_edge.runtime.fidelity import format_reference, gate_reference
+from fusion_edge.runtime.fidelity import format_reference
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 from fusion_edge.runtime.prompt import stop_token_ids
 
@@ -94,15 +94,13 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
     """Figures vs the PyTorch reference (export/verify.py), gated by target and precision
     (runtime/fidelity.py); below the gate an ExportError unless `force`."""
     from .reference import FusionReference
-    from .verify import verify
+    from .verify import verify_gated
     pipe = Pipeline.open(folder, device="cpu")
     try:
-        figures = verify(pipe, FusionReference(ckpt), steps=steps)
+        figures = verify_gated(pipe, FusionReference(ckpt), precision, target, steps=steps)
     finally:
         pipe.llm.close()
-    passed, reasons = gate_reference(figures, precision, target)
-    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
-                    "versions": versions.installed()})
+    passed, reasons = figures["passed"], figures["gate"]
     log(format_reference(figures))
     if not passed and not force:
         raise ExportError(f"the exported {target} bundle does not match the reference closely enough: "

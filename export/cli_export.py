@@ -89,13 +89,10 @@ def add_verify_args(p) -> None:
 def run_verify(args) -> int:
     from fusion_edge.runtime import versions
     from fusion_edge.runtime.bundle import Bundle
-    from fusion_edge.runtime.pipeline import Pipeline
-
-    from fusion_edge.runtime.fidelity import figures_key, format_reference, gate_reference
+    from fusion_edge.runtime.device_args import device_kwargs
+    from fusion_edge.runtime.fidelity import figures_key, format_reference
 
     from .checkpoint import open_checkpoint
-    from .reference import FusionReference
-    from .verify import verify
     bundle = Bundle.open(args.bundle)
     ckpt = open_checkpoint(args.model)
     bundle.check_source(ckpt.fingerprint)
@@ -103,14 +100,25 @@ def run_verify(args) -> int:
     if changes:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
               "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
-    from fusion_edge.runtime.device_args import device_kwargs
-    pipe = Pipeline.open(args.bundle, **device_kwargs(args))
-    figures = verify(pipe, FusionReference(ckpt), steps=args.steps)
-    passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
-    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
-                    "versions": versions.installed(),
-                    "version_drift": [list(c) for c in changes]})
+    figures = verify_measure(args.bundle, args.model, bundle.precision, bundle.target, device_kwargs(args), args.steps)
+    passed = figures["passed"]
+    figures["version_drift"] = [list(c) for c in changes]
     bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures},
                            verification_status="passed" if passed else "failed")
     print(json.dumps(figures, indent=2) if args.json else format_reference(figures))
     return 0 if passed else 1
+
+
+def verify_measure(bundle: str, model: str, precision: str, target: str, device: dict, steps: int,
+                   log=print) -> dict:
+    """`verify`'s figures and gate for a bundle opened with the device keywords `device`."""
+    from fusion_edge.runtime.pipeline import Pipeline
+
+    from .checkpoint import open_checkpoint
+    from .reference import FusionReference
+    from .verify import verify_gated
+    pipe = Pipeline.open(bundle, **device)
+    try:
+        return verify_gated(pipe, FusionReference(open_checkpoint(model)), precision, target, steps=steps)
+    finally:
+        pipe.llm.close()

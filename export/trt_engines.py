@@ -43,19 +43,15 @@ def build_after_export(path: Path, model: str | None, progress: bool = True, log
 def verify_on_engines(path: Path, model: str, log=print, steps: int = 16) -> dict:
     """Figures of the bundle on its engines against the PyTorch reference (stored, not gated
     beyond finite logits for quantized bundles: the CPU gate ran at export)."""
-    from fusion_edge.runtime import versions
-    from fusion_edge.runtime.fidelity import format_reference, gate_reference
+    from fusion_edge.runtime.fidelity import format_reference
     from fusion_edge.runtime.pipeline import Pipeline
 
     from .checkpoint import open_checkpoint
     from .reference import FusionReference
-    from .verify import verify
+    from .verify import verify_gated
     bundle = Bundle.open(path)
     pipe = Pipeline.open(path, device="tensorrt", no_build=True)
-    figures = verify(pipe, FusionReference(open_checkpoint(model)), steps=steps)
-    passed, reasons = gate_reference(figures, bundle.precision, bundle.target)
-    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": pipe.placement.describe(),
-                    "versions": versions.installed()})
+    figures = verify_gated(pipe, FusionReference(open_checkpoint(model)), bundle.precision, bundle.target, steps)
     log(format_reference(figures))
     bundle.update_manifest(verification_tensorrt=figures)
     return figures

@@ -3,8 +3,8 @@
 Per graph: max |Δ| of each graph's output when fed the inputs the pipeline actually
 produced (vision global/main, every alignment layer, every LLM segment's prefill).
 End to end: max |Δlogit| of the first generated step and greedy-token agreement over
-`steps` tokens. Figures go into the bundle manifest; runtime/fidelity.py `gate_reference`
-decides pass/fail.
+`steps` tokens. `verify_gated` adds the gate (runtime/fidelity.py `gate_reference`) and where
+the figures hold (device, placement, versions); they go into the bundle manifest.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import Component
-from fusion_edge.runtime.fidelity import Recorder, greedy_prefix, max_abs
+from fusion_edge.runtime.fidelity import Recorder, gate_reference, greedy_prefix, max_abs
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 
 from .reference import FusionReference
@@ -95,3 +96,14 @@ def verify(pipe: Pipeline, ref: FusionReference, cases=None, steps: int = 16) ->
     return {"cases": len(cases), "steps": steps, "per_graph_max_abs": per_graph,
             "max_dlogit": max(dlogit), "top1_agreement": float(np.mean(top1)),
             "greedy_agreement": float(np.mean(agree)), "greedy_prefix_min": int(min(prefix))}
+
+
+def verify_gated(pipe: Pipeline, ref: FusionReference, precision: str, target: str, steps: int = 16) -> dict:
+    """`verify` figures with the gate for `precision`/`target` applied on the pipeline's placement:
+    + passed, gate (reasons), device, placement, versions."""
+    figures = verify(pipe, ref, steps=steps)
+    placement = pipe.placement.describe()
+    passed, reasons = gate_reference(figures, precision, target, placement)
+    figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": placement,
+                    "versions": versions.installed()})
+    return figures

@@ -77,5 +77,5 @@ def _ask_bundle(args, stream: bool) -> dict:
     r = pipe.last_result
     return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
             "timings": pipe.last_stats, "devices": pipe.devices, "device_notice": pipe.device_notice,
-            "tf32": pipe.tf32, "first_logits": r.first_logits,
+            "tf32": pipe.tf32, "tf32_parts": pipe.tf32_parts, "first_logits": r.first_logits,
             "verification": pipe.bundle.verification_status}

@@ -17,6 +17,13 @@ from .errors import DeviceError, TensorRTError
 COMPONENTS = ("vision", "align", "llm")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 CUDA_EP = "CUDAExecutionProvider"
+# llama.cpp's CUDA backend (ggml-cuda, vendored by llama-cpp-python 0.3.x) computes F32 matrix
+# products in TF32 from compute capability 8.0 on (Ampere, Jetson Orin, Ada, Hopper): it creates
+# every cuBLAS handle with CUBLAS_TF32_TENSOR_OP_MATH (common.cuh), products of 4–16 rows use its
+# tf32 mma kernels (mmf.cu), and only 1–3-row products stay fp32 (mmvf.cu). ggml has no switch
+# for it, so an fp32 GGUF LLM on such a GPU is not fp32 (docs/gpu.md).
+LLAMA_CUDA_TF32 = ("llama.cpp's CUDA backend computes F32 matrix products in TF32 on compute capability 8.0 "
+                   "and newer, and has no switch to turn that off")
 TRT_FIX = ("install onnxruntime-gpu built with TensorRT (Jetson: JetPack's TensorRT + the Jetson AI Lab wheel; "
            "RTX laptops: pip install onnxruntime-ep-nv-tensorrt-rtx), see docs/tensorrt.md")
 
@@ -85,6 +92,14 @@ def _tensorrt(comp: str, backend: str, caps: Capabilities) -> str:
     return "tensorrt"
 
 
+def llama_cpp_tf32(device: str, capability: tuple[int, int] | None) -> str | None:
+    """Why a llama.cpp LLM on `device` runs its F32 matrix products in TF32 whatever --tf32
+    says (None: it does not); capability: the GPU's compute capability (None: unknown)."""
+    if device == "cuda" and capability is not None and tuple(capability) >= (8, 0):
+        return f"{LLAMA_CUDA_TF32} (this GPU: {capability[0]}.{capability[1]})"
+    return None
+
+
 def probe(backends: dict[str, str]) -> Capabilities:
     """What the installed packages offer, importing only the backends the bundle uses."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -104,13 +119,21 @@ def probe(backends: dict[str, str]) -> Capabilities:
 class Placement:
     """What a Pipeline runs with: the device map, TF32 mode, and per-component provider chains."""
     devices: dict[str, str]
-    tf32: bool = False
+    tf32: bool = False           # the CUDA EP's TF32 opt-in (--tf32)
     providers: dict[str, list] = field(default_factory=dict)   # component → onnxruntime providers (name, options)
     notice: str | None = None    # why the parts run elsewhere than the bundle is made for (trt without TensorRT)
+    forced_tf32: dict[str, str] = field(default_factory=dict)  # component → why it computes in TF32 regardless
+
+    @property
+    def tf32_parts(self) -> list[str]:
+        """The parts whose fp32 matrix products ran in TF32 (opt-in on a CUDA EP, or forced)."""
+        opt_in = [c for c, d in self.devices.items() if self.tf32 and d == "cuda" and c in self.providers]
+        return [c for c in ("vision", "align", "llm") if c in opt_in or c in self.forced_tf32]
 
     def describe(self) -> dict:
         """JSON-ready: for stats, verification figures and status reports."""
         return {"devices": dict(self.devices), "tf32": self.tf32, "notice": self.notice,
+                "forced_tf32": dict(self.forced_tf32), "tf32_parts": self.tf32_parts,
                 "providers": {c: [p if isinstance(p, str) else {"name": p[0], "options": p[1]} for p in chain]
                               for c, chain in self.providers.items()}}
 

@@ -21,7 +21,8 @@ import numpy as np
 GATES = {
     "reference": {
         # measured on CPU, tiny and bench presets: onnx ≤ 2.7e-5, gguf ≤ 3.6e-5; CUDA EP with
-        # TF32 off 2.9e-5 (with TF32 on 1.9e-2: TF32 is an opt-in that fails this gate)
+        # TF32 off 2.9e-5 (with TF32 on 1.9e-2: TF32 is an opt-in that fails this gate); llama.cpp's
+        # CUDA backend is TF32 on sm ≥ 8.0 with no way out: same bound, and the reasons say so
         "fp32": {"max_dlogit": 1e-3, "greedy_agreement": 1.0},
         "fp16": {"top1_agreement": 0.66},
     },
@@ -79,19 +80,36 @@ def check(figures: dict, bounds: dict) -> list[str]:
     return reasons
 
 
-def gate_reference(figures: dict, precision: str, target: str = "onnx") -> tuple[bool, list[str]]:
+def gate_reference(figures: dict, precision: str, target: str = "onnx", placement: dict | None = None
+                   ) -> tuple[bool, list[str]]:
     """(passed, reasons) of a comparison with the PyTorch reference (export/verify.py figures).
 
     fp32 bundles of every target and onnx / trt fp16 bundles (the same fp16 graphs) are held to
     GATES["reference"]; other quantized bundles (onnx / trt int8/int4, gguf F16/Q8_0/Q4_*: gated
     at export, teacher-forced, against the fp32 pipeline and the reference,
-    GATES["fp32_pipeline"]) only need finite logits here.
+    GATES["fp32_pipeline"]) only need finite logits here. placement (Placement.describe()):
+    where the figures were measured; a bound missed with parts in TF32 says so (the bound stays).
     """
     gated = precision == "fp32" or (target in ("onnx", "trt") and precision == "fp16")
     reasons = check(figures, GATES["reference"].get(precision, {}) if gated else {})
+    if reasons and precision == "fp32":
+        reasons += tf32_reasons(placement)
     if not np.isfinite(figures["max_dlogit"]):
         reasons.append("logits are not finite")
     return not reasons, reasons
+
+
+def tf32_reasons(placement: dict | None) -> list[str]:
+    """Why fp32 figures measured with parts in TF32 miss the fp32 bound, and the way back to fp32."""
+    p = placement or {}
+    out = []
+    for part, why in (p.get("forced_tf32") or {}).items():
+        out.append(f"the {part} part ran in TF32: {why}; fp32 parity: --{part}-device cpu, or an onnx bundle "
+                   "on the CUDA EP (TF32 off by default)")
+    opt_in = [c for c in p.get("tf32_parts", []) if c not in (p.get("forced_tf32") or {})]
+    if opt_in:
+        out.append(f"TF32 was turned on (--tf32) for {', '.join(opt_in)}; without it the CUDA EP computes in fp32")
+    return out
 
 
 def gate_fp32_pipeline(figures: dict, precision: str, thresholds: dict | None = None
@@ -124,7 +142,9 @@ def placement_lines(p: dict | None) -> list[str]:
         return []
     d = p["devices"]
     where = ", ".join(f"{part} {d[part]}" for part in ("vision", "align", "llm"))
-    lines = [f"  measured on: {where}" + (" (TF32 on)" if p.get("tf32") else "")]
+    forced = ", ".join(p.get("forced_tf32") or {})
+    lines = [f"  measured on: {where}" + (" (TF32 on)" if p.get("tf32") else "")
+             + (f" (TF32 forced by its backend: {forced})" if forced else "")]
     if not {"cuda", "tensorrt"} & set(d.values()):
         lines.append("  holds for the CPU; on a GPU re-check: fusion-edge verify BUNDLE --model CKPT --device cuda")
     return lines

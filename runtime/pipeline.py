@@ -113,6 +113,11 @@ class Pipeline:
         return self.placement.tf32
 
     @property
+    def tf32_parts(self) -> list[str]:
+        """Parts whose fp32 products run in TF32: --tf32 on the CUDA EP, or forced by the backend."""
+        return self.placement.tf32_parts
+
+    @property
     def recorder(self):
         return self._recorder
 
@@ -176,7 +181,7 @@ class Pipeline:
         out: list[int] = []
         stats = {**scene.stats, "vision_main_s": t1 - t0, "prefill_s": t2 - t1, "ttft_s": t2 - t0,
                  "prompt_tokens": layout.seq_len, "query_len": layout.num_latents,
-                 "devices": self.devices, "tf32": self.tf32}
+                 "devices": self.devices, "tf32": self.tf32, "tf32_parts": self.tf32_parts}
         self.last_stats = stats
         # greedy: the engine's own argmax where it has one (the logits stay on the device)
         greedy = self.llm.decode_greedy if sampler.temperature == 0 and isinstance(self.llm, GreedyDecode) else None

@@ -182,7 +182,7 @@ def test_page_static_files_and_state(http):
     assert {k: model[k] for k in ("backend", "device", "verification", "devices")} == \
         {"backend": "onnx-fp32", "device": "cpu", "verification": "skipped",
          "devices": {"vision": "cpu", "align": "cpu", "llm": "cpu"}}
-    assert "exported with --no-verify" in model["warning"]
+    assert "exported with --no-verify" in model["warning"] and model["tf32_parts"] == []
     assert 'id="verify-warning"' in page.text
     assert st["limits"]["max_question_chars"] == MAX_Q and st["source"]["label"] == "clip.avi"
 

@@ -10,7 +10,7 @@ import pytest
 from fusion_edge.cli import main
 from fusion_edge.runtime.backends.ort_session import (cuda_options, import_ort, make_session, provider_chain,
                                                       provider_name)
-from fusion_edge.runtime.devices import Capabilities, Placement, requests, resolve_devices
+from fusion_edge.runtime.devices import Capabilities, Placement, llama_cpp_tf32, requests, resolve_devices
 from fusion_edge.runtime.errors import DeviceError
 
 CPU = ("CPUExecutionProvider",)
@@ -166,3 +166,47 @@ def test_gate_lines_say_which_device_the_figures_hold_for():
     gpu = placement_lines(Placement(devs("cpu", "cpu", "cuda"), tf32=True).describe())
     assert gpu == ["  measured on: vision cpu, align cpu, llm cuda (TF32 on)"]
     assert placement_lines(None) == []
+
+
+@pytest.mark.parametrize("device,capability,forced", [
+    ("cuda", (8, 0), True), ("cuda", (8, 7), True), ("cuda", (9, 0), True),     # A100, Jetson Orin, H100/H200
+    ("cuda", (7, 5), False), ("cuda", (6, 1), False), ("cpu", (9, 0), False), ("cuda", None, False)])
+def test_llama_cpp_on_ampere_or_newer_is_recorded_as_tf32(device, capability, forced):
+    """ggml-cuda computes F32 products in TF32 from compute capability 8.0 (docs/gpu.md)."""
+    why = llama_cpp_tf32(device, capability)
+    assert (why is not None) == forced
+    if forced:
+        assert "TF32" in why and f"{capability[0]}.{capability[1]}" in why
+
+
+def test_forced_tf32_shows_in_the_placement_the_gate_lines_and_the_gate():
+    from fusion_edge.runtime.fidelity import gate_reference, placement_lines
+    why = llama_cpp_tf32("cuda", (8, 7))
+    p = Placement(devs("cpu", "cpu", "cuda"), False, {"vision": provider_chain("cpu")}, None, {"llm": why})
+    d = json.loads(json.dumps(p.describe()))
+    assert d["forced_tf32"] == {"llm": why} and d["tf32_parts"] == ["llm"] and d["tf32"] is False
+    assert placement_lines(d)[0].endswith("llm cuda (TF32 forced by its backend: llm)")
+    drift = {"max_dlogit": 1.2e-2, "greedy_agreement": 1.0, "top1_agreement": 1.0}
+    ok, reasons = gate_reference(drift, "fp32", "gguf", d)
+    assert not ok and reasons[0].startswith("max_dlogit = 0.012 (needs ≤ 0.001)")
+    assert "the llm part ran in TF32" in reasons[1] and "--llm-device cpu" in reasons[1]
+    assert gate_reference({**drift, "max_dlogit": 2e-5}, "fp32", "gguf", d) == (True, [])
+    assert gate_reference(drift, "fp32", "gguf", Placement(devs("cpu", "cpu", "cpu")).describe())[1] == \
+        reasons[:1]
+
+
+def test_tf32_opt_in_counts_only_for_parts_on_the_cuda_ep():
+    from fusion_edge.runtime.fidelity import gate_reference
+    chains = {"vision": provider_chain("cuda", True), "align": provider_chain("cpu", True)}
+    p = Placement(devs("cuda", "cpu", "cuda"), True, chains).describe()
+    assert p["tf32_parts"] == ["vision"] and p["forced_tf32"] == {}
+    _, reasons = gate_reference({"max_dlogit": 0.02, "greedy_agreement": 1.0}, "fp32", "onnx", p)
+    assert reasons[-1] == "TF32 was turned on (--tf32) for vision; without it the CUDA EP computes in fp32"
+
+
+def test_bench_device_column_marks_tf32_from_either_source():
+    from fusion_edge.bench.report import devices_text
+    d = devs("cpu", "cpu", "cuda")
+    assert devices_text({"devices": d, "tf32": False, "tf32_parts": []}) == "cpu/cpu/cuda"
+    assert devices_text({"devices": d, "tf32": False, "tf32_parts": ["llm"]}) == "cpu/cpu/cuda+tf32"
+    assert devices_text({"devices": d, "tf32": True}) == "cpu/cpu/cuda+tf32"

@@ -459,6 +459,23 @@ def test_gguf_placement_follows_what_llama_cpp_and_onnxruntime_offer(gguf_bundle
     pipe.llm.close()
 
 
+def test_gguf_on_the_cpu_reports_no_forced_tf32(gguf_bundle, images, capsys):
+    """llama.cpp reports its own placement (engines.OwnPlacement); on the CPU nothing runs in TF32."""
+    import json
+
+    from fusion_edge.cli import main
+    from fusion_edge.runtime.backends import OwnPlacement
+    pipe = Pipeline.open(gguf_bundle("phi3", "so400m"), device="cpu", threads=1)
+    assert isinstance(pipe.llm, OwnPlacement) and pipe.llm.forced_tf32 is None
+    d = pipe.placement.describe()
+    assert d["forced_tf32"] == {} and d["tf32_parts"] == [] and not pipe.llm.op_offload
+    pipe.llm.close()
+    rc = main(["ask", "--bundle", str(gguf_bundle("phi3", "so400m")), "--image", str(images["wide"]),
+               "--question", "What?", "--json", "--max-new-tokens", "1", "--device", "cpu"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["tf32_parts"] == [] and out["timings"]["tf32_parts"] == []
+
+
 @pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks the refusal on a llama.cpp without GPU")
 def test_gguf_llm_on_cuda_without_gpu_offload_names_the_llm_and_the_fix(gguf_bundle):
     from fusion_edge.runtime.errors import DeviceError

@@ -143,7 +143,7 @@ class CameraApp:
                 "model": {"backend": self.pipeline.backend_name, "device": self.pipeline.device,
                           "verification": self.pipeline.bundle.verification_status,
                           "warning": self.pipeline.verification_warning,
-                          "devices": self.pipeline.devices},
+                          "devices": self.pipeline.devices, "tf32_parts": self.pipeline.tf32_parts},
                 "limits": {"max_question_chars": self.settings.max_question_chars,
                            "max_upload_bytes": self.settings.max_upload_bytes,
                            "max_new_tokens": self.settings.max_new_tokens}}

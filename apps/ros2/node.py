@@ -220,6 +220,7 @@ class FusionEdgeNode(Node):
         busy = snap["waiting"] is not None if ending else snap["running"] is not None
         body = {"event": event, "state": "answering" if busy else "idle", "queued": snap["waiting"] is not None,
                 "device": self.pipe.device, "devices": self.pipe.devices, "tf32": self.pipe.tf32,
+                "tf32_parts": self.pipe.tf32_parts,
                 "device_map": self._device_map, "device_notice": self.pipe.device_notice,
                 "backend": self.pipe.backend_name,
                 "verification": self.pipe.bundle.verification_status,

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from ..errors import BundleError
 from ..devices import Capabilities, Placement, probe, requests, resolve_devices
-from .engines import GraphAccess, GreedyDecode, LLMEngine, VisionEngine
+from .engines import GraphAccess, GreedyDecode, LLMEngine, OwnPlacement, VisionEngine
 
-__all__ = ["BACKENDS", "Backend", "GraphAccess", "GreedyDecode", "LLMEngine", "VisionEngine", "open_backends"]
+__all__ = ["BACKENDS", "Backend", "GraphAccess", "GreedyDecode", "LLMEngine", "OwnPlacement", "VisionEngine",
+           "open_backends"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,11 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
                                                   align_providers=chains["align"], low_memory=low_memory)
     llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"),
                                          low_memory=low_memory)
-    devices["llm"] = getattr(llm, "device", devices["llm"])     # llama.cpp says what it offloaded
-    return vision, llm, Placement(devices, tf32, chains, notice)
+    forced = {}
+    if isinstance(llm, OwnPlacement):             # llama.cpp says what it offloaded
+        devices["llm"] = llm.device
+        forced = {"llm": llm.forced_tf32} if llm.forced_tf32 else {}
+    return vision, llm, Placement(devices, tf32, chains, notice, forced)
 
 
 def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_build: bool, log) -> str | None:

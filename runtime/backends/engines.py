@@ -6,6 +6,8 @@ A bundle runs on two engines, chosen by name from the backend table in `__init__
   `Aligner` it is given (runtime/pipeline.py) wherever its graph allows.
 * `GreedyDecode` (optional, LLM engine): a greedy decode step that returns only the token,
   so the logits can stay where they were computed (the decode graph's in-graph argmax).
+* `OwnPlacement` (optional, LLM engine): an engine that decides its offload itself
+  (llama.cpp) says where it ended up and whether it computes fp32 in TF32 regardless.
 * `GraphAccess` (optional, either engine): run one named graph of the bundle on recorded
   inputs, for per-graph verification and the quantization gate.
 Shapes: H hidden size, S prompt rows, V vocabulary, q latents, w window.
@@ -66,6 +68,12 @@ class GreedyDecode(Protocol):
         """One token after the cached positions → argmax of the next position's logits
         (the same token as argmax(decode(token_id)), the logits not copied out)."""
         ...
+
+
+@runtime_checkable
+class OwnPlacement(Protocol):
+    device: str                 # where it runs after its own offload decision: cpu | cuda
+    forced_tf32: str | None     # why its fp32 matrix products run in TF32 whatever --tf32 says, else None
 
 
 @runtime_checkable

@@ -29,6 +29,8 @@ from collections import deque
 import numpy as np
 
 from ..bundle import Bundle
+from ..cuda_driver import cuda_device
+from ..devices import llama_cpp_tf32
 from ..errors import BackendError, BundleFileError, DeviceError, MissingExtraError, PromptError
 from . import ggml_ctypes as gg
 
@@ -196,6 +198,7 @@ class LlamaCppLLM:
                                "only output rows in llama.cpp.", "export this checkpoint with --target onnx")
         self.ctx = self.model = None
         self.device, self.n_gpu_layers, self.op_offload = "cpu", 0, False
+        self.forced_tf32: str | None = None
         self.embed_rows = TokenEmbedding(self.path)      # reads (and so checks) the GGUF first
         self.model = self._load_model(device)
         self.n_embd = self.llama.llama_model_n_embd(self.model)
@@ -223,10 +226,13 @@ class LlamaCppLLM:
             raise DeviceError(f"unknown device '{device}'.", "use auto, cpu or cuda")
         self.n_gpu_layers = 999 if (gpu and device != "cpu") else 0
         self.device = "cuda" if self.n_gpu_layers else "cpu"
-        # On a GPU build with the weights on the host, llama.cpp still sends large-batch ops
-        # to the GPU ("op_offload"); keep a cpu placement on the CPU (the fp32 drift of issue 11
-        # is suspected to come from there: unverified, see docs/gpu.md).
+        # On a GPU build with the weights on the host, ggml's scheduler still sends every weight
+        # product of ≥ 32 rows (GGML_OP_OFFLOAD_MIN_BATCH) to the GPU ("op_offload", on by
+        # default), where F32 products run in TF32: the 1e-2 drift of a cpu placement on a CUDA
+        # build (issue 11). A cpu placement keeps every op on the CPU.
         self.op_offload = self.device == "cuda"
+        gpu = cuda_device() if self.device == "cuda" else None
+        self.forced_tf32 = llama_cpp_tf32(self.device, gpu[1] if gpu else None)
         return load_model(self.path, self.n_gpu_layers)
 
     def reserve(self, capacity: int) -> None:
