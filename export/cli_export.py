@@ -86,6 +86,10 @@ def add_verify_args(p) -> None:
     add_device_args(p, default="cpu")
 
 
+VERIFY_CRASH_FIX = ("the bundle was not changed. Re-check it with --llm-device cpu (llama.cpp then keeps every op "
+                    "on the CPU); please report the crash with the frames above")
+
+
 def run_verify(args) -> int:
     from fusion_edge.runtime import versions
     from fusion_edge.runtime.bundle import Bundle
@@ -100,7 +104,13 @@ def run_verify(args) -> int:
     if changes:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
               "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
-    figures = verify_measure(args.bundle, args.model, bundle.precision, bundle.target, device_kwargs(args), args.steps)
+    measure = (args.bundle, args.model, bundle.precision, bundle.target, device_kwargs(args), args.steps)
+    if bundle.manifest.llm_backend == "llama.cpp":      # a native crash in llama.cpp becomes an error here
+        from .isolated import run_isolated
+        figures = run_isolated(verify_measure, *measure, log=print, what="verifying the bundle with llama.cpp",
+                               fix=VERIFY_CRASH_FIX)
+    else:
+        figures = verify_measure(*measure)
     passed = figures["passed"]
     figures["version_drift"] = [list(c) for c in changes]
     bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures},

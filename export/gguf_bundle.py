@@ -23,11 +23,16 @@ from fusion_edge.runtime.errors import ExportError
 
 from .bundle_export import _progress, export_options, manifest_for, verify_folder
 from .checkpoint import Checkpoint, open_checkpoint
+from .isolated import run_isolated
 from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
 from .onnx_export import export_graph, graph_specs
 from .vision_gguf import PRECISION_VISION_QUANT, VISION_GGUF, write_vision_gguf
 
 LLM_FILE = "llm.gguf"
+CRASH_FIX = ("nothing was kept. Export with --no-verify to keep the bundle marked unverified and check it with "
+             "`fusion-edge verify BUNDLE --model CKPT --device cpu`; on a CUDA build of llama-cpp-python, a CPU "
+             "build for the export avoids its GPU code (CMAKE_ARGS=\"-DGGML_CUDA=off\" pip install "
+             "--force-reinstall llama-cpp-python). Please report the crash with the frames above")
 
 
 def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precision: str = "fp32",
@@ -79,11 +84,19 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
             f"{components['llm']['type_counts']}")
         return manifest
 
-    def check(folder: Path) -> dict:
-        if quant != "F32":
-            return gate(folder, quant)
-        return verify_folder(folder, ckpt, steps, precision, force, log, target="gguf")
+    def check(folder: Path) -> dict:        # llama.cpp runs in a child: a native crash there is an error here
+        return run_isolated(verify_llm, folder, model, quant, gate, steps, precision, force, log=log,
+                            what=f"verifying the bundle ({LLM_FILE}, {quant}) with llama.cpp", fix=CRASH_FIX)
     return write_bundle(out, fill, check if verify else None, overwrite)
+
+
+def verify_llm(folder: Path, model: str, quant: str, gate, steps: int, precision: str, force: bool,
+               log=print) -> dict:
+    """The verification step of a gguf export: the quality gate of a quantized llm.gguf, or
+    the fp32 comparison with the PyTorch reference. Runs in export/isolated.py's child."""
+    if quant != "F32":
+        return gate(folder, quant, log=log)
+    return verify_folder(folder, open_checkpoint(model), steps, precision, force, log, target="gguf")
 
 
 def copy_onnx_parts(source: str | Path, ckpt: Checkpoint, writer: BundleWriter, precision: str) -> dict:

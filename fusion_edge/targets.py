@@ -12,6 +12,7 @@ import importlib
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError
@@ -54,18 +55,35 @@ def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool
 
 
 def gguf_gate(model, fp32: Path, eval_cases: int = 4, steps: int = 16, force: bool = False,
-              threads: int | None = None, progress: bool = True, log=print) -> Callable:
+              threads: int | None = None, progress: bool = True, log=print) -> GgufGate:
     """The quality gate of a quantized gguf bundle: (folder, quant type) → figures, raising
     ExportError below GATES["fp32_pipeline"][quant type] against the verified fp32 ONNX
     bundle `fp32` or the PyTorch reference of checkpoint `model`, unless forced."""
-    gate_folder = _load("fusion_edge.quantize.agreement", "gate_folder", "gguf quality gate")
-    from fusion_edge.calibration.builtin import builtin_pairs
-    cases = [(img, q) for _, img, q in builtin_pairs("eval", eval_cases)]
-    reference = reference_answer(model)
+    return GgufGate(str(model), Path(fp32), eval_cases, steps, force, threads, progress, log)
 
-    def gate(folder: Path, kind: str) -> dict:
-        return gate_folder(folder, fp32, kind, cases, steps, None, force, threads, progress, log, reference, GGUF_FIX)
-    return gate
+
+@dataclass
+class GgufGate:
+    """gguf_gate's gate as data, so the export can run it in a child process (export/isolated.py):
+    the PyTorch reference is loaded where the gate runs; `log` stays with the caller."""
+    model: str
+    fp32: Path
+    eval_cases: int
+    steps: int
+    force: bool
+    threads: int | None
+    progress: bool
+    log: Callable = print
+
+    def __call__(self, folder: Path, kind: str, log: Callable | None = None) -> dict:
+        gate_folder = _load("fusion_edge.quantize.agreement", "gate_folder", "gguf quality gate")
+        from fusion_edge.calibration.builtin import builtin_pairs
+        cases = [(img, q) for _, img, q in builtin_pairs("eval", self.eval_cases)]
+        return gate_folder(folder, self.fp32, kind, cases, self.steps, None, self.force, self.threads, self.progress,
+                           log or self.log, reference_answer(self.model), GGUF_FIX)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "log": print}      # the caller's log does not travel
 
 
 def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
