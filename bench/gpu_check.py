@@ -1,7 +1,8 @@
 """One table from a GPU check (scripts/gpu_check.sh): every tests/gpu result with its skip
-or failure reason, then the short bench's backends with their device maps.
+or failure reason, the short bench's backends with their device maps, and the llama.cpp
+probe's variants (bench/llama_probe.py: a crash is a FAIL, a drift is information).
 
-    python -m fusion_edge.bench.gpu_check --junit results.xml --bench bench.json
+    python -m fusion_edge.bench.gpu_check --junit results.xml --bench bench.json --probe probe.json …
 """
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def bench_rows(bench_path: str) -> list[list[str]]:
     return rows
 
 
+def probe_rows(probe_path: str) -> list[list[str]]:
+    """[[llama.cpp <bundle>: <variant>, PASS|FAIL, max|Δ| or the crash]] from a llama_probe --json file."""
+    from .llama_probe import label
+    data = json.loads(open(probe_path, encoding="utf-8").read())
+    name = data["bundle"].rstrip("/").rsplit("/", 1)[-1]
+    return [[f"llama.cpp {name}: {label(r['variant'])}", "PASS" if r["ok"] else "FAIL",
+             f"max|dlogit| vs cpu/f32 {r['max_dlogit']:.2g}" if r["ok"] else r["error"][:110]]
+            for r in data["rows"]]
+
+
 def format_table(rows: list[list[str]]) -> str:
     header = ["check", "result", "detail"]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(2)]
@@ -60,8 +71,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--junit", required=True)
     p.add_argument("--bench", default=None)
+    p.add_argument("--probe", nargs="*", default=[])
     args = p.parse_args(argv)
     rows = test_rows(args.junit) + (bench_rows(args.bench) if args.bench else [])
+    rows += [row for path in args.probe for row in probe_rows(path)]
     print(format_table(rows))
     return 1 if any(r[1] == "FAIL" for r in rows) else 0
 

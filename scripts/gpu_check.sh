@@ -31,6 +31,7 @@ echo "== tests/gpu" | tee -a "$OUT/log.txt"
 echo "== short bench (bench preset, --device auto)" | tee -a "$OUT/log.txt"
 BENCH_JSON=""
 BENCH_FAILED=0
+PROBES=()
 if "$PY" -m fusion_edge.cli make-tiny "$OUT/ckpt" --preset bench >>"$OUT/log.txt" 2>&1 \
    && "$PY" -m fusion_edge.cli export "$OUT/ckpt" --target onnx -o "$OUT/onnx-fp32" --quiet --overwrite \
         --verify-steps 4 >>"$OUT/log.txt" 2>&1; then
@@ -39,6 +40,14 @@ if "$PY" -m fusion_edge.cli make-tiny "$OUT/ckpt" --preset bench >>"$OUT/log.txt
        && "$PY" -m fusion_edge.cli export "$OUT/ckpt" --target gguf -o "$OUT/gguf-fp32" --quiet --overwrite \
             --verify-steps 4 >>"$OUT/log.txt" 2>&1; then
         BUNDLES+=("$OUT/gguf-fp32")
+        echo "== llama.cpp probe" | tee -a "$OUT/log.txt"
+        "$PY" -m fusion_edge.cli export "$OUT/ckpt" --target gguf --precision int4 -o "$OUT/gguf-q4_k_m" --quiet \
+            --overwrite --no-verify >>"$OUT/log.txt" 2>&1
+        for b in gguf-fp32 gguf-q4_k_m; do
+            [ -d "$OUT/$b" ] && "$PY" -m fusion_edge.bench.llama_probe "$OUT/$b" --json "$OUT/probe-$b.json" \
+                2>>"$OUT/log.txt" | tee -a "$OUT/log.txt"
+            [ -f "$OUT/probe-$b.json" ] && PROBES+=("$OUT/probe-$b.json")
+        done
     fi
     "$PY" -m fusion_edge.cli bench --model "$OUT/ckpt" --bundles "${BUNDLES[@]}" --device auto --cases 1 \
         --questions-per-image 2 --max-new-tokens 16 --repeats 1 --warmup 1 --bandwidth-mib 64 \
@@ -51,6 +60,7 @@ fi
 
 echo "== GPU check ($OUT)"
 # shellcheck disable=SC2086
-"$PY" -m fusion_edge.bench.gpu_check --junit "$OUT/gpu_tests.xml" $BENCH_JSON | tee "$OUT/table.txt"
+"$PY" -m fusion_edge.bench.gpu_check --junit "$OUT/gpu_tests.xml" $BENCH_JSON ${PROBES[@]+--probe "${PROBES[@]}"} \
+    | tee "$OUT/table.txt"
 rc=$?
 exit $(( rc || BENCH_FAILED ))

@@ -476,6 +476,32 @@ def test_gguf_on_the_cpu_reports_no_forced_tf32(gguf_bundle, images, capsys):
     assert rc == 0 and out["tf32_parts"] == [] and out["timings"]["tf32_parts"] == []
 
 
+@pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks that op_offload is inert without a GPU")
+def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, tmp_path):
+    """bench/llama_probe.py (issue 11's diagnostic, run by scripts/gpu_check.sh): on a CPU-only
+    build op_offload has nowhere to send ops (identical logits); an f16 KV cache moves them a
+    little; a variant that cannot run is a FAIL row of the GPU check's table, not the end of the run."""
+    import json
+
+    from fusion_edge.bench.gpu_check import probe_rows
+    from fusion_edge.bench.llama_probe import format_rows, probe
+    v = {"place": "cpu", "offload": False, "kv": "f32", "align": True}
+    logs: list[str] = []
+    bundle = str(gguf_bundle("phi3", "so400m"))
+    rows = probe(bundle, log=logs.append, only=[v, {**v, "offload": True}, {**v, "kv": "f16"}, {**v, "place": "cuda"}])
+    assert [r["ok"] for r in rows] == [True, True, True, False], rows
+    assert rows[0]["max_dlogit"] == 0.0 and rows[1]["max_dlogit"] == 0.0
+    assert 0.0 < rows[2]["max_dlogit"] < 1e-2          # measured 1.1e-3 (tiny phi3)
+    assert "the llm part (llama.cpp) cannot run on 'cuda'" in rows[3]["error"]
+    assert logs == [f"cpu, offload {o}, kv {kv}, align on: llm on cpu, 0 layers offloaded"
+                    for o, kv in (("off", "f32"), ("on", "f32"), ("off", "f16"))]
+    assert format_rows(rows).count("\n") == 4
+    (tmp_path / "probe.json").write_text(json.dumps({"bundle": bundle, "rows": rows}))
+    table = probe_rows(str(tmp_path / "probe.json"))
+    assert [r[1] for r in table] == ["PASS", "PASS", "PASS", "FAIL"]
+    assert table[2][0].endswith("cpu, offload off, kv f16, align on") and table[2][2].startswith("max|dlogit|")
+
+
 @pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks the refusal on a llama.cpp without GPU")
 def test_gguf_llm_on_cuda_without_gpu_offload_names_the_llm_and_the_fix(gguf_bundle):
     from fusion_edge.runtime.errors import DeviceError
