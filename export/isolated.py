@@ -2,8 +2,12 @@
 
 llama.cpp runs FUSION's alignment inside its own eval callback; on CUDA builds a verification
 has died with SIGSEGV (issue 11), which no Python code can catch in-process. `run_isolated`
-runs a picklable function in a *spawned* child (fork is unsafe once CUDA, OpenMP or
-onnxruntime threads exist) and hands back what it returned. Inside the child:
+runs a picklable function in a fresh interpreter (`python -c`, not multiprocessing: fork is
+unsafe once CUDA, OpenMP or onnxruntime threads exist, and spawn would re-import the caller's
+`__main__`, re-running a user's unguarded export script) and hands back what it returned. The
+request goes in on the child's stdin (the caller's sys.path, then the function and its
+arguments); messages come back on a pipe of their own, so the child's stdout and stderr stay
+the caller's. Inside the child:
 * `log` lines travel back and go to the caller's `log`;
 * a FusionEdgeError comes back as the same type with its problem and fix;
 * any other exception comes back as the child's traceback inside an IsolatedStepError;
@@ -13,16 +17,21 @@ onnxruntime threads exist) and hands back what it returned. Inside the child:
 from __future__ import annotations
 
 import faulthandler
-import multiprocessing as mp
+import os
+import pickle
 import signal
+import subprocess
+import sys
 import tempfile
 import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from fusion_edge.runtime import errors
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError
 
 CRASH_FRAMES = 6        # innermost Python frames of a crash quoted in the error
+CHILD = "from fusion_edge.export.isolated import child_main; child_main({fd}, {trace!r})"
 
 
 class IsolatedStepError(ExportError):
@@ -30,19 +39,25 @@ class IsolatedStepError(ExportError):
 
 
 def run_isolated(fn, *args, log=print, what: str = "this step", fix: str = "", **kwargs):
-    """fn(*args, log=<child log>, **kwargs) in a spawned child → its (picklable) result."""
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
+    """fn(*args, log=<child log>, **kwargs) in a child process → its (picklable) result."""
+    request = pickle.dumps((list(sys.path), pickle.dumps((fn, args, kwargs))))
+    read_fd, write_fd = os.pipe()
     with tempfile.TemporaryDirectory(prefix="fusion-isolated-") as tmp:
-        trace = Path(tmp) / "faulthandler.txt"
-        child = ctx.Process(target=_child, args=(send, str(trace), fn, args, kwargs), daemon=True)
-        child.start()
-        send.close()                            # the child holds the only writer: EOF when it dies
-        reply = _relay(recv, log)
-        child.join()
-        frames = trace.read_text(errors="replace") if trace.exists() else ""
+        trace = str(Path(tmp) / "faulthandler.txt")
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(fd=write_fd, trace=trace)],
+                                 stdin=subprocess.PIPE, pass_fds=(write_fd,))
+        os.close(write_fd)                      # the child holds the only writer: EOF when it ends
+        with Connection(read_fd, writable=False) as conn:
+            try:
+                child.stdin.write(request)
+                child.stdin.close()
+            except BrokenPipeError:             # it died before reading: its exit code says how
+                pass
+            reply = _relay(conn, log)
+        child.wait()
+        frames = Path(trace).read_text(errors="replace") if Path(trace).exists() else ""
     if reply is None:
-        raise IsolatedStepError(f"{what} crashed: {_death(child.exitcode)}{_where(frames)}.", fix or None)
+        raise IsolatedStepError(f"{what} crashed: {_death(child.returncode)}{_where(frames)}.", fix or None)
     kind, *payload = reply
     if kind == "ok":
         return payload[0]
@@ -69,10 +84,15 @@ def _relay(recv, log):
             return msg
 
 
-def _child(send, trace: str, fn, args, kwargs) -> None:
+def child_main(fd: int, trace: str) -> None:
+    """The child's side: read the request from stdin, run it, send the outcome on `fd`."""
+    send = Connection(fd, readable=False)
     with open(trace, "w") as fh:
         faulthandler.enable(file=fh, all_threads=False)
         try:
+            path, payload = pickle.loads(sys.stdin.buffer.read())
+            sys.path[:] = path
+            fn, args, kwargs = pickle.loads(payload)
             result = ("ok", fn(*args, log=lambda m: send.send(("log", str(m))), **kwargs))
         except FusionEdgeError as e:
             result = ("typed", type(e).__name__, e.problem, e.fix)
@@ -84,6 +104,7 @@ def _child(send, trace: str, fn, args, kwargs) -> None:
 
 
 def _death(exitcode: int | None) -> str:
+    """How the child ended: a signal (negative return code) or an exit without a result."""
     if exitcode is not None and exitcode < 0:
         try:
             return f"the process died with {signal.Signals(-exitcode).name}"
@@ -95,7 +116,7 @@ def _death(exitcode: int | None) -> str:
 def _where(frames: str) -> str:
     """' in f (file:line) ← g (file:line) …' from faulthandler's dump (innermost first)."""
     lines = [ln.strip() for ln in frames.splitlines() if ln.strip().startswith("File ")
-             and __file__ not in ln and "multiprocessing" not in ln]     # not the isolation's own frames
+             and __file__ not in ln and '"<string>"' not in ln]     # not the isolation's own frames
     if not lines:
         return ""
     spots = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -58,6 +60,24 @@ def test_a_native_crash_is_an_error_naming_the_signal_and_the_frames():
     assert "segfault (test_isolated.py:" in e.value.problem and e.value.fix == "do not"
     assert logs == ["about to read address 0"]
     assert run_isolated(square, 3, log=logs.append)["square"] == 9       # and the next step still runs
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_in_the_child(tmp_path):
+    """multiprocessing's spawn would re-import the caller's __main__: an unguarded user script
+    (exporting at top level) would run again inside the child. The child must not import it."""
+    (tmp_path / "helper.py").write_text("def square(x, log):\n    log('in the child')\n    return x * x\n")
+    (tmp_path / "script.py").write_text(textwrap.dedent('''
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from helper import square
+        from fusion_edge.export.isolated import run_isolated
+        print("script body ran")
+        print("result", run_isolated(square, 4))
+    '''))
+    r = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["script body ran", "in the child", "result 16"]
 
 
 CRASH_PREFILL = textwrap.dedent('''
