@@ -40,6 +40,8 @@ class IsolatedStepError(ExportError):
 
 def run_isolated(fn, *args, log=print, what: str = "this step", fix: str = "", **kwargs):
     """fn(*args, log=<child log>, **kwargs) in a child process → its (picklable) result."""
+    if os.name == "nt":     # no pass_fds on Windows: in-process there (a native crash ends the process, as before)
+        return fn(*args, log=log, **kwargs)
     request = pickle.dumps((list(sys.path), pickle.dumps((fn, args, kwargs))))
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryDirectory(prefix="fusion-isolated-") as tmp:
