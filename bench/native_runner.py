@@ -2,8 +2,9 @@
 with ctypes: `look` = fe_look on the decoded RGB8 frame, `ask` = fe_ask; the figures are the
 library's own fe_stats (same names and meaning as the Python pipeline's last_stats).
 
-The library: $FUSION_NATIVE_LIB, else build/libfusion_edge.so of this checkout
-(scripts/build_native.sh).
+The library: $FUSION_NATIVE_LIB, else build/libfusion_edge.so when fusion-edge runs from its
+source checkout (scripts/build_native.sh builds it there); an installed package has no build
+folder, so there the variable is required.
 """
 from __future__ import annotations
 
@@ -33,16 +34,27 @@ class _Stats(ctypes.Structure):
                [(n, ctypes.c_int32) for n in ("prompt_tokens", "new_tokens", "query_len")]
 
 
-def library_path() -> Path:
+BUILD_FIX = ("build the native runtime from a fusion-edge source checkout (bash scripts/build_native.sh, "
+             "docs/native.md) and set FUSION_NATIVE_LIB=/path/to/build/libfusion_edge.so")
+
+
+def library_path() -> Path | None:
+    """$FUSION_NATIVE_LIB, else the checkout's build/libfusion_edge.so (None: not a checkout)."""
     env = os.environ.get("FUSION_NATIVE_LIB")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "build" / "libfusion_edge.so"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout / "build" / "libfusion_edge.so" if (checkout / "CMakeLists.txt").is_file() else None
 
 
 def load_library(path: Path | None = None):
     path = path or library_path()
+    if path is None:
+        raise BackendError("the native runtime library was not given: FUSION_NATIVE_LIB is not set and this "
+                           "fusion-edge is an installed package, not a source checkout with a build folder.",
+                           BUILD_FIX)
     if not path.is_file():
-        raise BackendError(f"the native runtime library {path} does not exist.",
-                           "build it with scripts/build_native.sh, or set FUSION_NATIVE_LIB")
+        raise BackendError(f"the native runtime library {path} does not exist.", BUILD_FIX)
     lib = ctypes.CDLL(str(path))
     P, c = ctypes.POINTER, ctypes
     lib.fe_open.argtypes = [c.c_char_p, P(_OpenOptions), P(c.c_void_p)]

@@ -10,22 +10,24 @@ import importlib
 import sys
 
 from fusion_edge.runtime.arch import tiny_names
-from fusion_edge.runtime.errors import FusionEdgeError
+from fusion_edge.runtime.errors import FusionEdgeError, missing_module_error
 
 # Commands whose code lives in their own package: (name, module with add_args(parser),
-# "module:function" that runs it, help). calibrate runs from targets.py, which composes
-# calibration with the fp32 export.
+# "module:function" that runs it, help, the extra its imports need). calibrate runs from
+# targets.py, which composes calibration with the fp32 export. A command whose module cannot
+# be imported (its extra is not installed) stays listed and fails alone, with an error naming
+# the extra; the other commands are unaffected.
 PLUGIN_COMMANDS = [
     ("bench", "fusion_edge.bench.cli", "fusion_edge.bench.cli:run",
-     "benchmark every backend against the PyTorch reference"),
+     "benchmark every backend against the PyTorch reference", "bench"),
     ("calibrate", "fusion_edge.calibration.cli", "fusion_edge.targets:run_calibrate",
-     "record graph inputs over a calibration set"),
+     "record graph inputs over a calibration set", "export"),
     ("build-engines", "fusion_edge.export.trt_engines", "fusion_edge.export.trt_engines:run_build_engines",
-     "build a trt bundle's TensorRT engines on this GPU (resumable; --rebuild)"),
+     "build a trt bundle's TensorRT engines on this GPU (resumable; --rebuild)", "trt"),
     ("camera", "fusion_edge.apps.camera_qa.cli", "fusion_edge.apps.camera_qa.cli:run",
-     "live camera question answering in the browser"),
+     "live camera question answering in the browser", "camera"),
     ("ros2", "fusion_edge.apps.ros2.cli", "fusion_edge.apps.ros2.cli:run",
-     "run the fusion_edge ROS 2 node (answers on ROS 2 topics)"),
+     "run the fusion_edge ROS 2 node (answers on ROS 2 topics)", "ros2"),
 ]
 
 EPILOGS = {
@@ -90,27 +92,25 @@ def _parser() -> argparse.ArgumentParser:
     from fusion_edge.export.cli_export import add_export_args, add_verify_args
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
     add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
-    for name, module, _, help_ in PLUGIN_COMMANDS:
-        mod = _plugin(module)
-        if mod is not None:
-            mod.add_args(cmd(name, help_))
+    for name, module, _, help_, extra in PLUGIN_COMMANDS:
+        try:
+            importlib.import_module(module).add_args(cmd(name, help_))
+        except ModuleNotFoundError as e:
+            # its arguments are unknown: main() lets them through for this command only
+            cmd(name, f"{help_} (unavailable here: {_missing(e, name, extra).problem})").set_defaults(
+                unavailable=_missing(e, name, extra))
     return p
 
 
-def _plugin(module: str):
-    """The command module, or None when its package is not part of this build. Any other
-    import failure is a bug in the command and is raised, never hidden (a command's optional
-    dependencies are imported when it runs, with a MissingExtraError naming the extra)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            return None
-        raise
+def _missing(e: ModuleNotFoundError, command: str, extra: str) -> FusionEdgeError:
+    return missing_module_error(e, f"`fusion-edge {command}`", extra)
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "unavailable", None) is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return _dispatch(args)
     except FusionEdgeError as e:
@@ -126,6 +126,8 @@ def export_main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    if getattr(args, "unavailable", None) is not None:
+        raise args.unavailable
     if args.command == "make-tiny":
         from fusion_edge.export.tiny import make_tiny_checkpoint
         out = make_tiny_checkpoint(args.out, args.llm, args.tower, args.preset, args.query_len,
@@ -141,7 +143,7 @@ def _dispatch(args) -> int:
     if args.command == "verify":
         from fusion_edge.export.cli_export import run_verify
         return run_verify(args)
-    for name, _, runner, _ in PLUGIN_COMMANDS:
+    for name, _, runner, _, _ in PLUGIN_COMMANDS:
         if args.command == name:
             module, func = runner.split(":")
             return getattr(importlib.import_module(module), func)(args)

@@ -15,15 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion_edge.runtime.errors import ExportError, FusionEdgeError
+from fusion_edge.runtime.errors import ExportError, FusionEdgeError, missing_module_error
 
 
 def _load(module: str, name: str, what: str) -> Callable:
+    """A lazily imported step; a missing package is a typed error naming the extra that installs it."""
     try:
         return getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        raise ExportError(f"the {what} exporter is not available in this build ({e}).",
-                          "install the matching extra, or choose --target onnx --precision fp32|fp16") from None
+    except ModuleNotFoundError as e:
+        raise missing_module_error(e, f"the {what} exporter", "export") from None
 
 
 def export_onnx(model, out, **kw) -> Path:

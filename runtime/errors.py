@@ -75,15 +75,43 @@ class BundleMismatchError(BundleError):
 
 
 class MissingExtraError(FusionEdgeError):
-    """An optional dependency (extra) is not installed."""
+    """An optional dependency (extra) is not installed; extra None: a core dependency is missing."""
 
-    def __init__(self, package: str, extra: str, purpose: str):
-        super().__init__(
-            f"{purpose} needs the Python package '{package}', which is not installed.",
-            f"pip install 'fusion-edge[{extra}]'  (or: pip install {package})",
-        )
+    def __init__(self, package: str, extra: str | None, purpose: str):
+        fix = (f"pip install 'fusion-edge[{extra}]'  (or: pip install {package})" if extra else
+               f"pip install {package}  (a core dependency of fusion-edge: a plain `pip install fusion-edge` "
+               "installs it)")
+        super().__init__(f"{purpose} needs the Python package '{package}', which is not installed.", fix)
         self.package = package
         self.extra = extra
+
+
+# import name → the extra of pyproject.toml that installs it (tests/test_cli.py checks the table
+# against pyproject), so a failed import names what to install
+EXTRA_OF_MODULE = {
+    "torch": "export", "onnx": "export", "onnxscript": "export", "huggingface_hub": "export",
+    "sentencepiece": "export", "gguf": "gguf", "llama_cpp": "gguf", "fastapi": "camera", "uvicorn": "camera",
+    "websockets": "camera", "cv2": "camera", "rclpy": "ros2", "psutil": "bench", "matplotlib": "bench",
+}
+
+
+def missing_module_error(e: ModuleNotFoundError, purpose: str, extra: str | None = None) -> FusionEdgeError:
+    """The typed error for a failed import: the extra that installs the missing package (from
+    EXTRA_OF_MODULE, else `extra`), or a reinstall when a module of fusion-edge itself is missing."""
+    name = e.name or "?"
+    if name == "fusion_edge" or name.startswith("fusion_edge."):
+        return IncompleteInstallError(name, purpose)
+    top = name.split(".")[0]
+    return MissingExtraError(top, EXTRA_OF_MODULE.get(top, extra), purpose)
+
+
+class IncompleteInstallError(FusionEdgeError):
+    """A module of fusion-edge itself is missing from this installation."""
+
+    def __init__(self, module: str, purpose: str):
+        super().__init__(f"{purpose} needs the module {module}, which this installation of fusion-edge lacks.",
+                         "reinstall fusion-edge: pip install --force-reinstall fusion-edge")
+        self.module = module
 
 
 class OptionError(FusionEdgeError):

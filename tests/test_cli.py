@@ -70,18 +70,46 @@ def test_every_plugin_command_is_registered(capsys):
     assert all(name in out for name, *_ in PLUGIN_COMMANDS)
 
 
-def test_a_plugin_with_a_broken_import_is_an_error_not_a_missing_command(tmp_path, monkeypatch):
-    """A command package absent from the build is skipped; a command module whose own import
-    fails (a bug) raises instead of silently dropping the command."""
+def test_a_plugin_whose_import_fails_hides_only_itself(tmp_path, monkeypatch, capsys):
+    """A command module whose dependency is missing stays listed, and running it is one error
+    naming the extra (exit 2); a missing module of fusion-edge itself names a reinstall; the
+    other commands still parse and run."""
     import sys
 
     import fusion_edge.cli as cli
     (tmp_path / "fe_broken_plugin.py").write_text("import fe_no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("absent", "fe_not_in_this_build.cli", "fe_not_in_this_build.cli:run", "absent")])
-    assert cli._plugin("fe_not_in_this_build.cli") is None
-    cli._parser()                                               # the absent command is just left out
-    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [("broken", "fe_broken_plugin", "fe_broken_plugin:run", "broken")])
-    with pytest.raises(ModuleNotFoundError, match="fe_no_such_dependency_xyz"):
-        cli._parser()
+    monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [
+        ("broken", "fe_broken_plugin", "fe_broken_plugin:run", "broken", "camera"),
+        ("absent", "fusion_edge.fe_not_in_this_build", "fusion_edge.fe_not_in_this_build:run", "absent", "bench")])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert "broken" in listing and "absent" in listing and "unavailable here" in listing
+    assert main(["broken", "--some-flag", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: `fusion-edge broken` needs the Python package 'fe_no_such_dependency_xyz'")
+    assert "fix: pip install 'fusion-edge[camera]'" in err and "Traceback" not in err
+    assert main(["absent"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks" in err and "fusion_edge.fe_not_in_this_build" in err and "pip install --force-reinstall" in err
+    assert main(["make-tiny", str(tmp_path / "t")]) == 0          # the rest of the CLI is unaffected
     sys.modules.pop("fe_broken_plugin", None)
+
+
+def test_every_module_extra_pair_matches_pyproject():
+    """runtime/errors.py EXTRA_OF_MODULE names, for each optional import, the extra whose
+    requirements install it: checked against pyproject.toml and the installed distributions."""
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+    from pathlib import Path
+
+    from fusion_edge.runtime.errors import EXTRA_OF_MODULE
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+    dists = packages_distributions()
+    for module, extra in EXTRA_OF_MODULE.items():
+        listed = {norm(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in extras[extra]}
+        assert {norm(d) for d in dists.get(module, [])} & listed, (module, extra, dists.get(module))

@@ -13,7 +13,7 @@ def import_ort():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MissingExtraError("onnxruntime", "onnx", "running ONNX bundles") from None
+        raise MissingExtraError("onnxruntime", None, "running ONNX bundles") from None
     return ort
 
 
