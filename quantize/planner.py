@@ -12,10 +12,11 @@ Hardware facts used (vendor documentation):
   and later). TensorRT's dequantize layer accepts symmetric INT4 only (zero-points 0).
 * FP8: Ada (SM 8.9) and newer; FP4 (NVFP4): Blackwell (SM 10.0) and newer. Orin (SM 8.7)
   and Ampere laptops (SM 8.6) therefore have no FP8/FP4.
-* onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and uint8 symmetric
-  per-channel weights (U8U8): exact on every x86 kernel. onnxruntime's default U8S8 is
-  exact only with VNNI/AMX; AVX2 and AVX-512 without VNNI saturate pairs of products
-  (vpmaddubsw; quantization docs, "saturation"), see static_int8.py;
+* onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and int8 symmetric
+  per-channel weights (U8S8): the VNNI/AMX kernels on x86 and the sdot/i8mm ones on ARM.
+  x86 without VNNI saturates pairs of U8S8 products (vpmaddubsw; onnxruntime's quantization
+  docs, "saturation"): there the runtime sets session.x64quantprecision (exact U8U8), see
+  runtime/cpu_features.py;
   int4 weight-only is the `MatMulNBits` contrib op (`accuracy_level` 4 = int8 compute).
   No FP8/FP4 kernels.
 * onnxruntime CUDA: `MatMulNBits` has a CUDA kernel (int4 weight-only); Q/DQ int8 runs,

@@ -3,14 +3,14 @@
 onnxruntime's `quantize_static` with `QuantFormat.QDQ`, MinMax calibration over the
 recorded inputs, per-channel symmetric weights (output-channel axis) and per-tensor
 activations. Two flavours:
-* cpu: uint8 asymmetric activations and uint8 weights (zero-point 128), "U8U8". Every x86
-  kernel computes U8U8 exactly (int32 sums), whatever the CPU. The usual U8S8 (int8
-  weights) is exact only with VNNI/AMX: AVX2 and AVX-512 without VNNI multiply it with
-  vpmaddubsw, which sums pairs of u8×s8 products into int16 with saturation. On the tiny
-  checkpoint that would change 0.1–0.6 % of the pairs and each vision GEMM by 1–11 %
-  (measured by replaying the recorded int8 operands), which matches the int8 bundle that
-  passed its gate (top-1 100 %) on one machine and failed it (66.7 %, vision 10–11 %) on
-  another. U8U8 also measured slightly closer to fp32 (vision rel. error 3.1 % vs 3.3 %).
+* cpu: uint8 asymmetric activations and int8 weights, "U8S8": the only int8 form that reaches
+  onnxruntime's VNNI/AMX GEMM kernels on x86 (runtime/cpu_features.py has the measured
+  kernel times: U8U8 runs at fp32 speed). x86 CPUs without VNNI would multiply U8S8 with
+  vpmaddubsw, which sums pairs of u8×s8 products into int16 with saturation (on the tiny
+  checkpoint 0.1–0.6 % of the pairs, each vision GEMM off by 1–11 %, and an int8 bundle that
+  failed its gate on such a machine). There the runtime turns on onnxruntime's
+  `session.x64quantprecision`, which converts the products to U8U8 (exact int32 sums); the
+  gate records which path it ran on (`int8_path`). ARM int8 kernels do not saturate.
 * cuda / trt: int8 symmetric activations and weights (zero-point 0), what TensorRT
   accepts; float biases (TensorRT takes them after a quantized GEMM). On the CPU EP these
   graphs run their Q/DQ as float (EXACT_QDQ_KEY on the component; see ort_session): the
@@ -58,7 +58,7 @@ class Int8Scheme:
     @classmethod
     def for_flavour(cls, flavour: str, reduce_range: bool = False) -> "Int8Scheme":
         if flavour == "cpu":
-            return cls(False, False, True, reduce_range, weight_signed=False)
+            return cls(False, False, True, reduce_range, weight_signed=True)
         if flavour in ("trt", "cuda"):
             return cls(True, True, False, reduce_range)
         raise ValueError(f"unknown flavour {flavour!r}")

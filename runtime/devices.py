@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import cpu_features
 from .errors import DeviceError, TensorRTError
 
 COMPONENTS = ("vision", "align", "llm")
@@ -134,6 +135,7 @@ class Placement:
         """JSON-ready: for stats, verification figures and status reports."""
         return {"devices": dict(self.devices), "tf32": self.tf32, "notice": self.notice,
                 "forced_tf32": dict(self.forced_tf32), "tf32_parts": self.tf32_parts,
+                **cpu_features.describe(),      # how the CPU EP computes int8 products here
                 "providers": {c: [p if isinstance(p, str) else {"name": p[0], "options": p[1]} for p in chain]
                               for c, chain in self.providers.items()}}
 

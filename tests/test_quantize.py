@@ -204,10 +204,11 @@ def test_gate_function_thresholds():
     assert agreement.cosine([1, 0], [0, 1]) == 0.0 and agreement.rel_error([2, 0], [1, 0]) == 0.5
 
 
-def test_cpu_int8_weights_are_unsigned_so_every_x86_kernel_is_exact(q8):
-    """The cpu flavour is U8U8: uint8 activations × uint8 weights, which onnxruntime's x86
-    kernels sum exactly. int8 weights (U8S8) saturate pairs of products on CPUs without VNNI
-    (the fresh-machine failure of issue 18), so a single int8 weight here is a regression."""
+def test_cpu_int8_weights_are_signed_for_the_vnni_kernels(q8):
+    """The cpu flavour is U8S8: uint8 activations × int8 weights, the only form onnxruntime's
+    VNNI/AMX GEMM kernels take (U8U8, this flavour until 2026-12-07, ran at fp32 speed: 389 vs
+    54 ms per 640×3072·3072×8192 product). A uint8 weight here is a speed regression; CPUs
+    without VNNI stay exact through session.x64quantprecision (test below)."""
     out, _ = q8
     m = Bundle.open(out).manifest
     for name in ("vision", "align_00", "segment_00", "segment_10"):
@@ -216,9 +217,34 @@ def test_cpu_int8_weights_are_unsigned_so_every_x86_kernel_is_exact(q8):
         weights = [inits[n.input[0]] for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2
                    and inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS]
-        assert weights and all(t.data_type == onnx.TensorProto.UINT8 for t in weights), name
+        assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights), name
         assert not m["components"][name]["exact_qdq_on_cpu"]
-    assert "uint8 (zero-point 128)" in m["components"]["vision"]["quantization"]["scheme"]
+    assert "int8 symmetric weights" in m["components"]["vision"]["quantization"]["scheme"]
+
+
+def test_the_non_vnni_path_computes_the_same_int8_logits(q8, images, monkeypatch):
+    """The exact path of x86 CPUs without VNNI (session.x64quantprecision, forced here) gives the
+    logits of the path this machine detects: both sum int8 products exactly in int32."""
+    from fusion_edge.runtime import cpu_features
+    from fusion_edge.runtime.pipeline import Pipeline
+    from test_cpu_features import precise_entry
+    out, _ = q8
+
+    def first_logits(path: str):
+        monkeypatch.setenv(cpu_features.ENV, path)
+        pipe = Pipeline.open(out, device="cpu")
+        try:
+            assert precise_entry(pipe.llm.segments[0][1]) == ("1" if path == "precise" else "")
+            pipe.ask(pipe.look(str(images["wide"])), "What is on the table?", max_new_tokens=2)
+            return np.asarray(pipe.last_result.first_logits)
+        finally:
+            pipe.llm.close()
+    detected = cpu_features.int8_path()
+    precise = first_logits("precise")
+    monkeypatch.delenv(cpu_features.ENV)
+    assert cpu_features.int8_path() == detected
+    np.testing.assert_allclose(precise, first_logits(detected if detected in ("vnni", "precise") else "precise"),
+                               rtol=0, atol=1e-5)
 
 
 def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cpu_features import int8_session_config
 from ..errors import DeviceError, MissingExtraError
 
 # Component flag written by the quantizer for graphs whose Q/DQ must run exactly on CPU.
@@ -101,7 +102,9 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
         opts.intra_op_num_threads = threads
     if exact_qdq and provider_name(providers[0]) == "CPUExecutionProvider":
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    for key, value in (config or {}).items():
+    # int8 products run on the CPU EP in every chain (the CUDA EP has no MatMulInteger kernel):
+    # exact on x86 without VNNI only with this option (cpu_features.py); no effect on float ops
+    for key, value in {**int8_session_config(), **(config or {})}.items():
         opts.add_session_config_entry(key, value)
     sess = _session(ort, path, opts, providers)
     wanted = provider_name(providers[0])
