@@ -2,8 +2,9 @@
 
 Steps: open and validate the checkpoint → export every graph (progress bar) → the merged
 decode graph, its weights shared with the segments (runtime/decode_graph.py) → tokenizer
-→ manifest (facts, components, hashes, build info) → verify against the PyTorch
-reference → gate → rename into place. A failure at any step leaves no bundle folder.
+→ the decode graph's CUDA twin gated against it (runtime/graph_gates.py) → manifest
+(facts, components, hashes, build info) → verify against the PyTorch reference → gate
+→ rename into place. A failure at any step leaves no bundle folder.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
-from fusion_edge.runtime.decode_graph import build_shared
+from fusion_edge.runtime.decode_graph import DECODE_CONCAT, build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference
+from fusion_edge.runtime.graph_gates import TWIN_KEY, fold_into, gate_decode_twin_fields, recorded_gate
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 from fusion_edge.runtime.prompt import stop_token_ids
 
@@ -72,10 +74,13 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         components.update(build_shared(writer.tmp, components, gqa=target == "onnx"))
         tokenizer.save(writer.path("tokenizer"))
         fields = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
+        if verify:      # the CUDA twin of decode.onnx, compared with it (runtime/graph_gates.py)
+            gate_decode_twin_fields(writer.tmp, fields, force, log)
         return manifest_extend(fields) if manifest_extend else fields
 
-    def check(folder: Path) -> dict:
-        return verify_folder(folder, ckpt, steps, precision, force, log, target)
+    def check(folder: Path) -> dict:       # a forced twin gate makes the bundle "forced"
+        figures = verify_folder(folder, ckpt, steps, precision, force, log, target)
+        return fold_into(figures, recorded_gate(folder, DECODE_CONCAT, TWIN_KEY), DECODE_CONCAT)
     return write_bundle(out, fill, check if verify else None, overwrite)
 
 

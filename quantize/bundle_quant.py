@@ -19,6 +19,7 @@ from fusion_edge.calibration.record import Recordings
 from fusion_edge.runtime.backends.ort_session import EXACT_QDQ_KEY
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.graph_gates import gate_decode_twin_fields
 
 from . import graph_io, qdq_check
 from .embed_int8 import quantize_embed
@@ -46,8 +47,10 @@ def component_kind(name: str) -> str:
 
 
 def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Recordings, opts: QuantOptions,
-                    progress: bool = True, log=print) -> dict:
-    """Quantize every component of `src` into the writer's folder → the manifest (no files list)."""
+                    progress: bool = True, log=print, force: bool = False) -> dict:
+    """Quantize every component of `src` into the writer's folder → the manifest (no files list).
+    A bundle that ships decode_concat.onnx (cpu flavour) has it gated against the quantized
+    decode graph (runtime/graph_gates.py): an ExportError when it misses, unless `force`."""
     from tqdm import tqdm
     components, sizes = {}, {}
     graphs = [n for n in sorted(src.components) if n not in DECODE_GRAPHS]
@@ -73,6 +76,7 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
                                 "calibration": _calib_summary(rec), "weight_bytes": sizes,
                                 "weight_bytes_total": totals(sizes)}
     log(size_report(sizes))
+    gate_decode_twin_fields(writer.tmp, manifest, force, log)     # figures into the twin's record
     return manifest
 
 
