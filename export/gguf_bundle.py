@@ -2,7 +2,8 @@
 
 Bundle contents: `vision.onnx` and `align_00..NN.onnx` (the same graphs as the onnx target,
 run by onnxruntime), `llm.gguf` (the decoder for llama.cpp, at the precision's GGUF type),
-`vision.gguf` (tower, projectors and alignment layers for the native runtime, native/),
+`vision.gguf` (tower, projectors and alignment layers for the native runtime, native/;
+gated at export against the checkpoint's, export/vision_gguf_gate.py),
 `tokenizer/`, and `fusion_bundle.json` with `"llm_backend": "llama.cpp"`, the quant type
 and the type each GGUF tensor actually got. Precision → GGUF type: fp32 → F32 (run with an
 f32 KV cache and flash attention off: parity mode), fp16 → F16, int8 → Q8_0, int4 → Q4_K_M
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from fusion_edge.runtime.bundle import Bundle, BundleWriter, write_bundle
 from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.graph_gates import VISION_KEY, fold_into, recorded_gate
 
 from .bundle_export import _progress, export_options, manifest_for, verify_folder
 from .checkpoint import Checkpoint, open_checkpoint
@@ -27,6 +29,7 @@ from .isolated import run_isolated
 from .gguf_writer import PRECISION_QUANT, QUANT_TYPES, quantize_gguf, tensor_types, type_counts, write_gguf
 from .onnx_export import export_graph, graph_specs
 from .vision_gguf import PRECISION_VISION_QUANT, VISION_GGUF, write_vision_gguf
+from .vision_gguf_gate import gate_vision_gguf
 
 LLM_FILE = "llm.gguf"
 CRASH_FIX = ("nothing was kept. Export with --no-verify to keep the bundle marked unverified and check it with "
@@ -77,6 +80,9 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         components["llm"] = write_llm(ckpt, writer, precision, quant, tokenizer, progress, threads)
         # vision.gguf: the vision side for the native runtime (native/); the Python runtime ignores it
         components["native_vision"] = write_vision_gguf(ckpt, writer.path(VISION_GGUF), vision_quant)
+        if verify:      # ... which nothing else here runs: gated against the checkpoint's vision side
+            components["native_vision"][VISION_KEY] = gate_vision_gguf(ckpt, writer.path(VISION_GGUF),
+                                                                       vision_quant, tokenizer, force, log)
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
                                 llm_backend="llama.cpp")
@@ -85,8 +91,10 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         return manifest
 
     def check(folder: Path) -> dict:        # llama.cpp runs in a child: a native crash there is an error here
-        return run_isolated(verify_llm, folder, model, quant, gate, steps, precision, force, log=log,
-                            what=f"verifying the bundle ({LLM_FILE}, {quant}) with llama.cpp", fix=CRASH_FIX)
+        figures = run_isolated(verify_llm, folder, model, quant, gate, steps, precision, force, log=log,
+                               what=f"verifying the bundle ({LLM_FILE}, {quant}) with llama.cpp", fix=CRASH_FIX)
+        # a vision.gguf kept below its gate with --force makes the bundle "forced"
+        return fold_into(figures, recorded_gate(folder, "native_vision", VISION_KEY), VISION_GGUF)
     return write_bundle(out, fill, check if verify else None, overwrite)
 
 

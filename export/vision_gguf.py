@@ -95,9 +95,10 @@ def _convert(gguf, arr: np.ndarray, t) -> np.ndarray:
     return gguf.quants.quantize(arr, t)
 
 
-def _write_metadata(w, cfg) -> None:
+def metadata(cfg) -> dict:
+    """The `fusion.*` hyperparameters of vision.gguf: key → int (uint32), str, float (float32)
+    or list of ints (array). Written by `_write_metadata`, checked by the export's gate."""
     t = cfg.tower
-    w.add_name("fusion vision + alignment")
     u32 = {
         "fusion.tower.hidden_size": t.hidden_size, "fusion.tower.num_heads": t.num_heads,
         "fusion.tower.intermediate_size": t.intermediate_size, "fusion.tower.num_layers": t.num_layers,
@@ -107,11 +108,21 @@ def _write_metadata(w, cfg) -> None:
         "fusion.align.count": len(cfg.interaction_layers), "fusion.align.heads": CROSS_ATTN_HEADS,
         "fusion.window_size": cfg.window_size, "fusion.default_query_len": cfg.default_query_len,
     }
-    for k, v in u32.items():
-        w.add_uint32(k, int(v))
-    w.add_string("fusion.tower.type", t.tower_type)
-    w.add_string("fusion.projector.type", cfg.projector_type)
-    w.add_float32("fusion.tower.layer_norm_eps", float(t.layer_norm_eps))
-    w.add_float32("fusion.align.layer_norm_eps", ALIGN_LN_EPS)
-    w.add_array("fusion.align.llm_layers", [int(x) for x in cfg.interaction_layers])
-    w.add_array("fusion.query_lens", [int(x) for x in cfg.query_lens])
+    return {**{k: int(v) for k, v in u32.items()},
+            "fusion.tower.type": t.tower_type, "fusion.projector.type": cfg.projector_type,
+            "fusion.tower.layer_norm_eps": float(t.layer_norm_eps), "fusion.align.layer_norm_eps": ALIGN_LN_EPS,
+            "fusion.align.llm_layers": [int(x) for x in cfg.interaction_layers],
+            "fusion.query_lens": [int(x) for x in cfg.query_lens]}
+
+
+def _write_metadata(w, cfg) -> None:
+    w.add_name("fusion vision + alignment")
+    for k, v in metadata(cfg).items():
+        if isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        elif isinstance(v, list):
+            w.add_array(k, v)
+        else:
+            w.add_uint32(k, v)
