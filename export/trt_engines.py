@@ -2,8 +2,11 @@
 and `fusion-edge build-engines BUNDLE [--rebuild]` on the target.
 
 Both build through runtime/trt/build.py (onnxruntime's TensorRT EP builds and caches the
-engines). After an export on a TensorRT machine the bundle is verified on the engines against
-the PyTorch reference; the figures are stored as `verification_tensorrt`.
+engines). After an export on a TensorRT machine (and with build-engines --model) the bundle is
+verified on the engines against the PyTorch reference; the figures are stored as
+`verification_tensorrt`. Engines whose figures miss the gate (runtime/fidelity.py
+gate_reference, as on the CPU) are refused: the bundle's verification_status becomes "failed"
+and a typed error says so, unless --force (then "forced").
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from fusion_edge.runtime.backends.ort_session import import_ort, provider_chain
 from fusion_edge.runtime.bundle import Bundle
 from fusion_edge.runtime.devices import TRT_FIX
-from fusion_edge.runtime.errors import TensorRTError
+from fusion_edge.runtime.errors import ExportError, TensorRTError
 from fusion_edge.runtime.trt import stamp
 from fusion_edge.runtime.trt.build import build_engines, require_trt_bundle
 from fusion_edge.runtime.trt.ep import probe_platform
@@ -24,7 +27,31 @@ def current_platform(probe=probe_platform):
     return probe(import_ort())
 
 
-def build_after_export(path: Path, model: str | None, progress: bool = True, log=print, probe=probe_platform) -> None:
+ENGINES_FIX = ("report this with the figures above; check the bundle on the CPU (fusion-edge verify BUNDLE --model "
+               "CKPT --device cpu); --force keeps the engines and marks the bundle \"forced\"")
+
+
+def engine_status(figures: dict, force: bool) -> str | None:
+    """The verification_status the engines' figures (verify_gated's dict) give the bundle: None
+    (within the gate: unchanged), "forced" (missed, kept with --force) or "failed"."""
+    if figures["passed"]:
+        return None
+    return "forced" if force else "failed"
+
+
+def record_engine_figures(bundle: Bundle, figures: dict, force: bool = False) -> str:
+    """Store the figures as `verification_tensorrt` with the status they give; engines below the
+    gate without `force` → ExportError after the bundle is marked "failed" → the status now."""
+    status = engine_status(figures, force)
+    bundle.update_manifest(verification_tensorrt=figures, **({"verification_status": status} if status else {}))
+    if status == "failed":
+        raise ExportError(f"the TensorRT engines of {bundle.path} do not match the reference closely enough: "
+                          + "; ".join(figures["gate"]) + "; the bundle is marked failed", ENGINES_FIX)
+    return bundle.verification_status
+
+
+def build_after_export(path: Path, model: str | None, progress: bool = True, log=print, probe=probe_platform,
+                       force: bool = False) -> None:
     """Build the engines now where TensorRT runs (then verify on them against `model`, unless
     None); else say that they are pending and how to build them on the target."""
     platform = current_platform(probe)
@@ -37,12 +64,13 @@ def build_after_export(path: Path, model: str | None, progress: bool = True, log
     build_engines(path, platform, provider_chain("tensorrt", trt_provider=platform.provider), progress=progress,
                   log=log)
     if model is not None:
-        verify_on_engines(path, model, log)
+        verify_on_engines(path, model, log, force=force)
 
 
-def verify_on_engines(path: Path, model: str, log=print, steps: int = 16) -> dict:
-    """Figures of the bundle on its engines against the PyTorch reference (stored, not gated
-    beyond finite logits for quantized bundles: the CPU gate ran at export)."""
+def verify_on_engines(path: Path, model: str, log=print, steps: int = 16, force: bool = False) -> dict:
+    """Figures of the bundle on its engines against the PyTorch reference, gated as on the CPU
+    (quantized bundles: finite logits; their agreement gate ran at export) and recorded
+    (record_engine_figures: below the gate the bundle is "failed" and refused unless `force`)."""
     from fusion_edge.runtime.fidelity import format_reference
     from fusion_edge.runtime.pipeline import Pipeline
 
@@ -53,7 +81,7 @@ def verify_on_engines(path: Path, model: str, log=print, steps: int = 16) -> dic
     pipe = Pipeline.open(path, device="tensorrt", no_build=True)
     figures = verify_gated(pipe, FusionReference(open_checkpoint(model)), bundle.precision, bundle.target, steps)
     log(format_reference(figures))
-    bundle.update_manifest(verification_tensorrt=figures)
+    record_engine_figures(bundle, figures, force)
     return figures
 
 
@@ -73,7 +101,7 @@ def run_build_engines(args) -> int:
     print(f"engines {engines['state']}: {len(stamp.built_graphs(engines))} graphs for {platform.gpu_name} "
           f"(SM {platform.sm_text}, TensorRT {platform.tensorrt_version}) in {bundle.path}")
     if args.model:
-        verify_on_engines(bundle.path, args.model)
+        verify_on_engines(bundle.path, args.model, force=args.force)
     return 0
 
 
@@ -81,4 +109,6 @@ def add_args(p) -> None:
     p.add_argument("bundle", help="a trt bundle (fusion-export MODEL --target trt ... -o BUNDLE)")
     p.add_argument("--rebuild", action="store_true", help="delete the recorded engines and build every graph again")
     p.add_argument("--model", default=None, help="also verify the engines against this checkpoint's PyTorch reference")
+    p.add_argument("--force", action="store_true",
+                   help="with --model: keep engines below the gate (the bundle is marked forced, not failed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
