@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import FusionConfig
-from .errors import BundleError, BundleFileError, BundleMismatchError, BundleVersionError, UnverifiedBundleError
+from .errors import (BundleError, BundleFileError, BundleMismatchError, BundlePathError, BundleVersionError,
+                     UnverifiedBundleError)
 
 MANIFEST = "fusion_bundle.json"
 FORMAT = "fusion-edge-bundle"
@@ -31,6 +33,27 @@ VERIFICATION_STATES = {
     "skipped": "exported with --no-verify",
 }
 REEXPORT = "re-export it with this fusion-edge version: fusion-export MODEL --target ... -o BUNDLE"
+
+
+COMPONENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+UNSAFE = "a bundle is something people download and share: it may name only files inside its own folder"
+
+
+def confined(root: Path, name: str, what: str = "file") -> Path:
+    """root / name, refused (BundlePathError) unless it stays inside root: a relative POSIX path
+    without `..`, whose resolved target (symlinks followed) lies under the resolved root."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or ":" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise BundlePathError(f"bundle {root} names the {what} {name!r}, which is not a plain path inside "
+                              "the bundle folder.", f"{UNSAFE}; re-export the bundle or get it again from its source")
+    path = root / name
+    base = root.resolve()
+    real = path.resolve()
+    if real != base and not real.is_relative_to(base):
+        raise BundlePathError(f"bundle {root}: the {what} {name!r} leads outside the bundle folder (to {real}).",
+                              f"{UNSAFE}; replace the link with the file itself, or get the bundle again")
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -129,6 +152,10 @@ class Manifest(Mapping):
                    if k not in d]
         if missing:
             raise BundleVersionError(f"{where} lacks {', '.join(missing)}.", REEXPORT)
+        bad = [n for n in d["components"] if not (isinstance(n, str) and COMPONENT_NAME.fullmatch(n))]
+        if bad:    # names become engine-cache folders (runtime/trt/ep.py): plain names only
+            raise BundlePathError(f"{where} has components named {bad[:3]}, not plain names.",
+                                  f"{UNSAFE}; re-export the bundle")
         comps = {n: Component.from_dict(n, c) for n, c in d["components"].items()}
         return cls(d["target"], d["precision"], d.get("llm_backend", "onnxruntime"), comps, dict(d["files"]),
                    dict(d))
@@ -201,7 +228,7 @@ class Bundle:
         return sorted(n for n in self.manifest.components if n.startswith(prefix))
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return confined(self.path, name)
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -225,6 +252,14 @@ class Bundle:
         return bundle
 
     def check_files(self, check_hashes: bool = True) -> None:
+        """Every path the bundle names stays inside its folder (checked before any is opened);
+        every listed file is present, of its size and (check_hashes) its sha256; the files an
+        ONNX graph references as external data are listed files too."""
+        for name in self.manifest.files:
+            confined(self.path, name)
+        for comp in self.components.values():
+            for name in comp.files:
+                confined(self.path, name, f"file of component {comp.name}")
         for name, info in self.manifest.files.items():
             f = self.path / name
             if not f.is_file():
@@ -237,6 +272,27 @@ class Bundle:
             if check_hashes and sha256_file(f) != info["sha256"]:
                 raise BundleFileError(f"bundle file {name} does not match its sha256 in the manifest "
                                       "(modified or corrupted).", "copy the bundle again, or " + REEXPORT)
+        for name in self.manifest.files:
+            if name.endswith(".onnx"):
+                self._check_external_data(name)
+
+    def _check_external_data(self, graph: str) -> None:
+        """The external-data files of ONNX graph `graph` (relative to its folder) are listed files
+        inside the bundle: onnxruntime opens them by the name the graph stores."""
+        from .onnx_refs import WireError, external_locations
+        try:
+            locations = external_locations(self.path / graph)
+        except (WireError, OSError, ValueError) as e:
+            raise BundleFileError(f"bundle file {graph} is not a readable ONNX graph ({e}).",
+                                  "copy the bundle again, or " + REEXPORT) from None
+        folder = graph.rpartition("/")[0]
+        for loc in sorted(locations):
+            rel = f"{folder}/{loc}" if folder else loc
+            confined(self.path, rel, f"external data of {graph}")
+            if rel not in self.manifest.files:
+                raise BundlePathError(f"bundle graph {graph} reads external data {loc!r}, which the manifest "
+                                      "does not list (its size and sha256 are unchecked).",
+                                      f"{UNSAFE}; re-export the bundle")
 
     @property
     def fingerprint_kind(self) -> str:

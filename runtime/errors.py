@@ -62,6 +62,10 @@ class BundleFileError(BundleError):
     """A file listed in the manifest is missing or its sha256 differs."""
 
 
+class BundlePathError(BundleError):
+    """A bundle names a file outside its folder (absolute, `..`, a symlink that leaves it)."""
+
+
 class BundleVersionError(BundleError):
     """The bundle's format version is not one this runtime reads."""
 
