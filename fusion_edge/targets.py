@@ -151,7 +151,7 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
     from fusion_edge.calibration.source import is_bundle
     from fusion_edge.export.trt_engines import build_after_export
     checkpoint = None if (not verify or is_bundle(model)) else model     # the reference needs a checkpoint
-    build_after_export(path, checkpoint, progress=progress, log=log)
+    build_after_export(path, checkpoint, progress=progress, log=log, force=kw.get("force", False))
     return path
 
 

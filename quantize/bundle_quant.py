@@ -47,10 +47,11 @@ def component_kind(name: str) -> str:
 
 
 def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Recordings, opts: QuantOptions,
-                    progress: bool = True, log=print, force: bool = False) -> dict:
+                    progress: bool = True, log=print, force: bool = False, gate_twin: bool = True) -> dict:
     """Quantize every component of `src` into the writer's folder → the manifest (no files list).
     A bundle that ships decode_concat.onnx (cpu flavour) has it gated against the quantized
-    decode graph (runtime/graph_gates.py): an ExportError when it misses, unless `force`."""
+    decode graph (runtime/graph_gates.py; gate_twin False: --no-verify): an ExportError when it
+    misses, unless `force`."""
     from tqdm import tqdm
     components, sizes = {}, {}
     graphs = [n for n in sorted(src.components) if n not in DECODE_GRAPHS]
@@ -76,7 +77,8 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
                                 "calibration": _calib_summary(rec), "weight_bytes": sizes,
                                 "weight_bytes_total": totals(sizes)}
     log(size_report(sizes))
-    gate_decode_twin_fields(writer.tmp, manifest, force, log)     # figures into the twin's record
+    if gate_twin:
+        gate_decode_twin_fields(writer.tmp, manifest, force, log)     # figures into the twin's record
     return manifest
 
 

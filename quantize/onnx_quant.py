@@ -111,7 +111,8 @@ def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[
                            progress, log, reference)
 
     def fill(writer) -> dict:
-        fields = {**write_quantized(src, writer, the_plan, rec, opts, progress, log), "target": target}
+        fields = {**write_quantized(src, writer, the_plan, rec, opts, progress, log, force=force, gate_twin=verify),
+                  "target": target}
         return manifest_extend(fields) if manifest_extend else fields
     return write_bundle(out, fill, gate if verify else None, overwrite)
 
