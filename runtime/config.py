@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class TowerConfig:
     patch_size: int
     image_size: int
     layer_norm_eps: float = 1e-6
+    early_override: int | None = None   # config.json `mm_vision_early_layers` (shortened towers only)
 
     @property
     def patches_per_side(self) -> int:       # P
@@ -41,6 +42,8 @@ class TowerConfig:
 
     @property
     def early_layers(self) -> int:           # layer_id < early: instruct rows uniform
+        if self.early_override is not None:
+            return self.early_override
         return TOWER_TYPES[self.tower_type]["early_layers"]
 
     @property
@@ -49,7 +52,9 @@ class TowerConfig:
 
 
 # The type decides the early/late split and the connector means (FUSION_SPEC §4): means
-# over hs[0:E] and hs[E:2E], last = hs[num_layers].
+# over hs[0:E] and hs[E:2E], last = hs[num_layers]. Released checkpoints never override it;
+# a checkpoint with a shortened tower (bench/real_size.py --vision-layers) may, through the
+# config.json field `mm_vision_early_layers` (1 <= E, 2E <= the layers that run).
 TOWER_TYPES: dict[str, dict[str, Any]] = {
     "so400m": {"early_layers": 13},
     "siglip2": {"early_layers": 19},
@@ -211,6 +216,8 @@ class FusionConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("raw")
+        if d["tower"]["early_override"] is None:     # released checkpoints: the dict of before
+            d["tower"].pop("early_override")
         return d
 
     @classmethod
@@ -315,6 +322,14 @@ def parse_fusion_config(cfg: dict, checkpoint_dir=None, path: str = "config.json
             f"{path}: mm_hidden_size {mm_hidden} disagrees with tower '{tower_name}' "
             f"(hidden size {tower.hidden_size}).",
             "mm_vision_tower must name the tower the checkpoint was trained with")
+    early = _number(cfg, "mm_vision_early_layers", path, default=None)
+    if early is not None:
+        if not 1 <= early <= tower.num_layers // 2:
+            raise ConfigError(
+                f"{path}: mm_vision_early_layers {early} does not fit the tower's {tower.num_layers} layers "
+                f"(1 <= E and 2E <= {tower.num_layers}).",
+                "remove the field (the tower type fixes the split) or give a smaller value")
+        tower = replace(tower, early_override=early)
     projector_type = cfg.get("mm_projector_type", "linear")
     projector_depth(projector_type)
     n = _number(cfg, "num_of_vision_sampler_layers", path, default=10)
