@@ -4,7 +4,10 @@
 in a local folder named by `mm_vision_tower`, safetensors under the released key names
 (single file or sharded + index) and a real tokenizer built locally. Widths are small,
 structure is real: 729 / 576 image tokens, the tower's full depth and early/late split,
-32 LLM layers with the 10 interaction layers 0, 3, ..., 27.
+32 LLM layers with the 10 interaction layers 0, 3, ..., 27. A `TinySize` with fewer layers
+(bench/real_size.py --llm-layers/--vision-layers) gets the schedule cut to its depth
+(`interaction_schedule`) and, with `tower_layers`, the early/late split scaled in the
+released ratio (`scaled_early_layers`, written as config.json `mm_vision_early_layers`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion_edge.runtime.arch import by_tiny_name
-from fusion_edge.runtime.config import LLM_PRESETS, TOWER_NAMES, TOWER_PRESETS, parse_fusion_config
+from fusion_edge.runtime.config import LLM_PRESETS, TOWER_NAMES, TOWER_PRESETS, TOWER_TYPES, parse_fusion_config
 
 from .safetensors_io import f32_to_bf16, save_file
 from .tiny_tokenizer import write_tiny_tokenizer
@@ -34,6 +37,23 @@ class TinySize:
     tower_heads: int
     tower_mlp: int
     vocab: int | None = None    # None: the tokenizer's size padded to a multiple of 64
+    tower_layers: int | None = None   # tower layers that RUN; None: the released depth
+
+
+def interaction_schedule(layers: int) -> dict:
+    """The released schedule (10 interaction layers 0, 3, ..., 27 in 32 layers) cut to an LLM
+    of `layers` layers: every 3rd layer that exists from 0, at most 10."""
+    return {"num_of_vision_sampler_layers": min(10, len(range(0, layers, 3))),
+            "start_of_vision_sampler_layers": 0, "stride_of_vision_sampler_layers": 3}
+
+
+def scaled_early_layers(tower: str, layers: int) -> int:
+    """The early/late split of a tower shortened to `layers` running layers, in the released
+    tower's ratio (siglip2: 19 of 39, so400m: 13 of 26): round(layers * E / base), kept within
+    1 <= E <= layers // 2 so that both connector means have E states."""
+    p = TOWER_PRESETS[tower]
+    e = TOWER_TYPES[tower]["early_layers"]
+    return max(1, min(layers // 2, round(layers * e / (p["base_layers"] - 1))))
 
 
 def preset_size(llm_preset: str, tower_preset: str) -> TinySize:
@@ -78,6 +98,8 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
     tower_dir = f"tiny-{TOWER_NAMES[tower].split('/')[-1]}"
     _write_tower_config(out / tower_dir, tower, size)
     config = _llm_config(llm, size, tok, max_length) | _fusion_fields(tower_dir, size, query_len)
+    if size.tower_layers is not None:
+        config["mm_vision_early_layers"] = scaled_early_layers(tower, size.tower_layers)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     cfg = parse_fusion_config(config, out)
     rng = np.random.default_rng(seed)
@@ -114,8 +136,7 @@ def _fusion_fields(tower_dir: str, s: TinySize, query_len: str) -> dict:
             "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
             "mm_use_im_start_end": True, "mm_use_im_patch_token": False,
             "image_aspect_ratio": "static_hd", "query_len": query_len, "window_size": 3,
-            "num_of_vision_sampler_layers": 10, "start_of_vision_sampler_layers": 0,
-            "stride_of_vision_sampler_layers": 3, "tokenizer_model_max_length": 2048,
+            **interaction_schedule(s.layers), "tokenizer_model_max_length": 2048,
             "tokenizer_padding_side": "right", "use_mm_proj": True, "unfreeze_mm_vision_tower": True}
 
 
@@ -124,7 +145,8 @@ def _write_tower_config(folder: Path, tower: str, s: TinySize) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"model_type": "siglip2_vision_model" if tower == "siglip2" else "siglip_vision_model",
            "hidden_size": s.tower_hidden, "num_attention_heads": s.tower_heads,
-           "intermediate_size": s.tower_mlp, "num_hidden_layers": p["base_layers"],
+           "intermediate_size": s.tower_mlp,
+           "num_hidden_layers": p["base_layers"] if s.tower_layers is None else s.tower_layers + 1,
            "patch_size": p["patch_size"], "image_size": p["image_size"], "num_channels": 3,
            "layer_norm_eps": p["layer_norm_eps"], "hidden_act": "gelu_pytorch_tanh"}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
