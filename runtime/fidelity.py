@@ -1,17 +1,22 @@
-"""Fidelity: the figures, gates, formatting and recording of every bundle comparison.
+"""Fidelity: the figures, gates, measurements, formatting and recording of every bundle comparison.
 
 Two comparisons share them:
 * `reference`: a bundle's pipeline against the PyTorch reference (export/verify.py):
-  max |Δ| per graph, first-step max |Δlogit|, top-1 and greedy-token agreement;
-* `fp32_pipeline`: a quantized bundle against the fp32 pipeline it came from, teacher-forced
-  (quantize/agreement.py): per-graph cosine / relative error, logit cosine, top-1 agreement.
+  max |Δ| per graph, max |Δlogit| over every teacher-forced step (and the first step's),
+  top-1 and greedy-token agreement;
+* `fp32_pipeline`: a quantized bundle, teacher-forced, against the fp32 pipeline it came from
+  and against the PyTorch reference (`measure`, `compare`: the quality gate, which the export
+  runs through quantize/agreement.py and `fusion-edge verify` runs directly): per-graph cosine /
+  relative error, logit cosine, top-1 agreement.
 `GATES[comparison][precision]` says what a bundle must reach to be written without --force;
-`gate_*` compare figures with them, `format_*` print them. Pure numpy: export, quantize and
-the CLI use it.
+`gate_*` compare figures with them, `format_*` print them. Numpy and the runtime's Pipeline
+only: export, quantize and the CLI use it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .prompt import build_prompt
 
 # Gates: bound per figure; a `max_*` figure must stay at or below it, every other at or above.
 # fp32_pipeline, measured (docs/quantization.md): int8 top-1 97–100 %, cosine ≥ 0.9997; int4
@@ -67,6 +72,143 @@ def greedy_prefix(a: list[int], b: list[int]) -> int:
         p += 1
     return p
 
+
+# ---- the teacher-forced comparison (the quality gate of quantized bundles) --------------------
+# On held-out (image, question) cases:
+# * end to end, teacher-forced: the fp32 side (fp32 pipeline or PyTorch reference) answers
+#   greedily (up to `steps` tokens); the quantized pipeline is fed the same prompt and then the
+#   fp32 tokens, one per step, and each step's logits are compared — top-1 agreement, cosine of
+#   the logit vectors, max |Δlogit| of the first step. Greedy-token match follows exactly: the
+#   quantized greedy answer equals the fp32 one up to the first teacher-forced disagreement.
+# * per graph (fp32 pipeline only): every graph's output for the inputs the fp32 pipeline fed
+#   it, fp32 graph vs quantized graph: minimum cosine and maximum relative error; the embedding
+#   table over the whole vocabulary.
+EMBED_CHUNK = 4096
+FP32_PIPELINE = "fp32 ONNX pipeline"
+PYTORCH = "PyTorch reference"
+
+
+def prefill_logits(pipe, scene, layout, extra: int) -> np.ndarray:
+    """The pipeline's own prefill (room for `extra` + 1 more tokens) → first-step logits (V,)."""
+    return np.array(pipe.prefill(scene, layout, extra + 1), dtype=np.float32)
+
+
+def prompt_layout(pipe, question: str):
+    return build_prompt(pipe.tokenizer, pipe.cfg.template, question, pipe.image_tokens, pipe.default_query_len,
+                        pipe.cfg.tokenizer_model_max_length)
+
+
+def fp32_answer(pipe, image, question: str, steps: int, record=None):
+    """Greedy run of an (fp32) pipeline → (layout, tokens, logits per step); tokens[t] =
+    argmax(logits[t]), the last token a stop token or the `steps`-th."""
+    pipe.recorder = record
+    try:
+        scene = pipe.look(image)
+        layout = prompt_layout(pipe, question)
+        logits = [prefill_logits(pipe, scene, layout, steps)]
+    finally:
+        pipe.recorder = None
+    tokens = []
+    while True:
+        tokens.append(int(np.argmax(logits[-1])))
+        if tokens[-1] in pipe.stop_ids or len(tokens) >= steps:
+            return layout, tokens, logits
+        logits.append(np.array(pipe.llm.decode(tokens[-1]), dtype=np.float32))
+
+
+def teacher_forced(pipe, image, layout, tokens: list[int]) -> list[np.ndarray]:
+    """Logits (V,) of the prefill and of each step fed tokens[:-1] → len(tokens) vectors."""
+    scene = pipe.look(image)
+    out = [prefill_logits(pipe, scene, layout, len(tokens))]
+    for tok in tokens[:-1]:
+        out.append(np.array(pipe.llm.decode(tok), dtype=np.float32))
+    return out
+
+
+def _per_graph(ref, q, calls: list[tuple[str, dict]], out: dict) -> None:
+    for name, feeds in calls:
+        if not q.has_graph(name):
+            continue        # llama.cpp runs the LLM as a whole: its segments have no graph of their own
+        a, b = ref.run_graph(name, feeds), q.run_graph(name, feeds)
+        d = out.setdefault(name, {"cosine_min": 1.0, "rel_error_max": 0.0})
+        d["cosine_min"] = min(d["cosine_min"], cosine(a, b))
+        d["rel_error_max"] = max(d["rel_error_max"], rel_error(a, b))
+
+
+def embed_figures(ref, q) -> dict:
+    """The two embedding graphs over the whole vocabulary (chunked)."""
+    V = ref.cfg.llm.vocab_size
+    cos, rel = 1.0, 0.0
+    for start in range(0, V, EMBED_CHUNK):
+        ids = np.arange(start, min(V, start + EMBED_CHUNK))
+        a, b = ref.llm.embed(ids), q.llm.embed(ids)
+        cos, rel = min(cos, cosine(a, b)), max(rel, rel_error(a, b))
+    return {"cosine_min": cos, "rel_error_max": rel}
+
+
+def measure(ref, q, cases, steps: int = 16, per_graph_cases: int = 2, progress: bool = True, answer=None,
+            reference: str = FP32_PIPELINE) -> dict:
+    """Agreement figures of pipeline `q` with the fp32 pipeline `ref` on `cases`. `answer`
+    (image, question, steps, record) → (layout, tokens, logits per step) replaces the fp32
+    pipeline's greedy run, e.g. by the PyTorch reference's (`ref` None: no per-graph figures)."""
+    from tqdm import tqdm
+    if answer is None:
+        def answer(image, question, n, record):
+            return fp32_answer(ref, image, question, n, record)
+    per_graph: dict[str, dict] = {"embed": embed_figures(ref, q)} if ref is not None else {}
+    agree, cos, dfirst, prefix, full = [], [], [], [], []
+    for n, (image, question) in enumerate(tqdm(cases, desc=f"gate: {reference} vs quantized", unit="case",
+                                               disable=not progress, leave=False)):
+        calls = Recorder() if ref is not None and n < per_graph_cases else None
+        layout, tokens, ref_logits = answer(image, question, steps, calls)
+        q_logits = teacher_forced(q, image, layout, tokens)
+        hits = [int(np.argmax(lq)) == t or (int(np.argmax(lq)) in q.stop_ids and t in q.stop_ids)
+                for lq, t in zip(q_logits, tokens)]
+        agree += hits
+        cos += [cosine(a, b) for a, b in zip(ref_logits, q_logits)]
+        dfirst.append(float(np.max(np.abs(ref_logits[0] - q_logits[0]))))
+        p = hits.index(False) if False in hits else len(hits)
+        prefix.append(p / len(tokens))
+        full.append(p == len(tokens))
+        if calls is not None:
+            _per_graph(ref, q, calls.items, per_graph)
+    return {"cases": len(cases), "steps": steps, "tokens_compared": len(agree),
+            "top1_agreement": float(np.mean(agree)), "logit_cosine_mean": float(np.mean(cos)),
+            "logit_cosine_min": float(np.min(cos)), "max_dlogit_first": float(np.max(dfirst)),
+            "greedy_token_match": float(np.mean(prefix)), "greedy_exact": float(np.mean(full)),
+            "per_graph": per_graph, "reference": f"{reference} (teacher-forced)"}
+
+
+def compare(q, cases, steps: int, kind: str, *, fp32=None, reference=None, thresholds: dict | None = None,
+            progress: bool = True) -> dict:
+    """The quality gate of quantized pipeline `q`: teacher-forced agreement with the fp32
+    pipeline `fp32` (an open Pipeline) and/or the PyTorch reference (`reference`: (pipe, image,
+    question, steps) → (layout, tokens, logits per step)), each gated by
+    GATES["fp32_pipeline"][kind] (+ thresholds). → figures with passed, gate (reasons) and
+    thresholds: the fp32 comparison's at the top and the reference's under `pytorch_reference`
+    (its reasons at the top prefixed "vs the PyTorch reference: "); without `fp32`, the
+    reference's at the top."""
+    if fp32 is None and reference is None:
+        raise ValueError("compare needs the fp32 pipeline, the PyTorch reference or both")
+    figures = None
+    if fp32 is not None:
+        figures = measure(fp32, q, cases, steps=steps, progress=progress)
+        _gate_into(figures, kind, thresholds)
+    if reference is not None:
+        ref_figures = measure(None, q, cases, steps=steps, progress=progress, reference=PYTORCH,
+                              answer=lambda image, question, n, _: reference(q, image, question, n))
+        _gate_into(ref_figures, kind, thresholds)
+        if figures is None:
+            return ref_figures
+        figures["pytorch_reference"] = ref_figures
+        figures["passed"] = figures["passed"] and ref_figures["passed"]
+        figures["gate"] = figures["gate"] + [f"vs the {PYTORCH}: {r}" for r in ref_figures["gate"]]
+    return figures
+
+
+def _gate_into(figures: dict, kind: str, thresholds: dict | None) -> None:
+    passed, reasons, bounds = gate_fp32_pipeline(figures, kind, thresholds)
+    figures.update(passed=passed, gate=reasons, thresholds=bounds)
 
 # ---- gates ------------------------------------------------------------------------------------
 def check(figures: dict, bounds: dict) -> list[str]:
