@@ -96,6 +96,7 @@ EXTRA_OF_MODULE = {
     "torch": "export", "onnx": "export", "onnxscript": "export", "huggingface_hub": "export",
     "sentencepiece": "export", "gguf": "gguf", "llama_cpp": "gguf", "fastapi": "camera", "uvicorn": "camera",
     "websockets": "camera", "cv2": "camera", "rclpy": "ros2", "psutil": "bench", "matplotlib": "bench",
+    "prometheus_client": "serve", "ray": "ray",
 }
 
 

@@ -11,12 +11,13 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
   || pip_install torch==2.13.0
 # Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
 # time), camera and bench for the app and the harness, ros2 for the ROS 2 node (rclpy and
-# message wheels), dev for the tests.
+# message wheels), serve and ray for the OpenAI-compatible server and its Ray Serve scale-out,
+# dev for the tests.
 # constraints.txt: the exact versions the suite passed with (see pyproject's dependency policy).
 # llama-cpp-python is built from source with this CPU's features but without Intel AMX
 # (scripts/llama_cmake_args.sh says why).
 export CMAKE_ARGS="${CMAKE_ARGS:-$(bash scripts/llama_cmake_args.sh)}"
-pip_install -c constraints.txt -e ".[export,gguf,camera,bench,dev,ros2]"
+pip_install -c constraints.txt -e ".[export,gguf,camera,bench,dev,ros2,serve,ray]"
 # A llama-cpp-python built earlier with AMX (pip's wheel cache, an older setup) is rebuilt.
 if "$PY" -c "import sys, llama_cpp; sys.exit(0 if b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info() else 1)" \
     2>/dev/null; then
