@@ -28,6 +28,8 @@ PLUGIN_COMMANDS = [
      "live camera question answering in the browser", "camera"),
     ("ros2", "fusion_edge.apps.ros2.cli", "fusion_edge.apps.ros2.cli:run",
      "run the fusion_edge ROS 2 node (answers on ROS 2 topics)", "ros2"),
+    ("serve", "fusion_edge.apps.serve.cli", "fusion_edge.apps.serve.cli:run",
+     "OpenAI-compatible chat-completions API for a bundle (--ray: Ray Serve replicas)", "serve"),
 ]
 
 EPILOGS = {
