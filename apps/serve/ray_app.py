@@ -1,0 +1,125 @@
+"""The same API on Ray Serve: one bundle per replica, each replica its own Service (handler,
+worker, metrics) behind the same FastAPI app (app.py), so request handling is written once.
+
+`fusion-edge serve B --ray` connects to a cluster (--address auto | ray://HOST:PORT) or starts a
+local one for the run (object store kept small), deploys `--replicas N` (or --autoscaling JSON,
+passed to Ray Serve as is), puts each replica on its own GPU where the cluster has GPUs
+(num_gpus=1: Ray sets CUDA_VISIBLE_DEVICES per replica) and serves on --host/--port through Ray's
+HTTP proxy. SIGTERM deletes the application, whose replicas finish their running requests
+(graceful_shutdown_timeout_s = --drain-timeout), then stops a cluster started here.
+Every node needs fusion-edge with the `ray` extra and the bundle at the same path.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from fusion_edge.runtime.errors import MissingExtraError
+
+APP_NAME = "fusion-edge"
+MB = 1024 * 1024
+
+
+def import_ray():
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as e:
+        raise MissingExtraError(e.name or "ray", "ray", "`fusion-edge serve --ray`") from None
+
+
+def replica_config(args) -> dict:
+    """Everything a replica needs to open its bundle and build its app (plain, picklable values)."""
+    from fusion_edge.apps.camera_qa.security import is_loopback
+    from fusion_edge.runtime.device_args import device_kwargs
+
+    from .cli import settings_from_args
+    return {"bundle": str(args.bundle), "threads": args.threads, "strict": args.strict,
+            "devices": device_kwargs(args), "settings": settings_from_args(args), "max_queue": args.max_queue,
+            "max_body_bytes": int(args.max_body_mb * MB), "api_key": args.api_key,
+            "loopback_only": is_loopback(args.host), "cors": tuple(args.cors)}
+
+
+def deployment(options: dict):
+    """The Ray Serve deployment class (defined here so `ray` is imported only when used)."""
+    from ray import serve
+
+    @serve.deployment(**options)
+    @serve.ingress()
+    class FusionReplica:
+        def __init__(self, cfg: dict):
+            from .app import Service
+            from .cli import open_pipeline
+            ctx = serve.get_replica_context()
+            replica = f"{ctx.replica_id.deployment_id.name}#{ctx.replica_id.unique_id}"
+            pipe = open_pipeline(cfg["bundle"], cfg["threads"], cfg["strict"], cfg["devices"])
+            self.cfg = cfg
+            self.service = Service.start(pipe, cfg["settings"], cfg["max_queue"], cfg["max_body_bytes"], replica)
+
+        def __serve_build_asgi_app__(self):
+            from .app import create_app
+            c = self.cfg
+            return create_app(self.service, c["api_key"], c["loopback_only"], c["cors"])
+
+    return FusionReplica
+
+
+def deployment_options(args, cluster_gpus: float) -> dict:
+    from .cli import autoscaling_config
+    gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if cluster_gpus > 0 else 0.0)
+    opts = {"name": "fusion", "ray_actor_options": {"num_cpus": args.cpus_per_replica, "num_gpus": gpus},
+            # a little above what one replica's queue holds, so the replica's own 429 answers an overflow
+            "max_ongoing_requests": args.max_queue + 2,
+            "graceful_shutdown_timeout_s": args.drain_timeout, "graceful_shutdown_wait_loop_s": 0.5,
+            "health_check_period_s": 5.0}
+    autoscaling = autoscaling_config(args)
+    if autoscaling is not None:
+        opts["autoscaling_config"] = autoscaling
+    else:
+        opts["num_replicas"] = args.replicas
+    return opts
+
+
+def run_ray(args) -> int:
+    import_ray()
+    from .app import import_web
+    import_web()                      # the replicas build the same FastAPI app
+    import ray
+    from ray import serve
+
+    from fusion_edge.runtime.errors import FusionEdgeError
+    say = lambda m: print(m, file=sys.stderr, flush=True)
+    local = args.address is None
+    if local:
+        n_cpus = max(2, int(args.replicas * args.cpus_per_replica + 0.999))
+        ray.init(num_cpus=n_cpus, object_store_memory=args.ray_object_store_mb * MB, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        opts = deployment_options(args, ray.cluster_resources().get("GPU", 0))
+        serve.start(http_options={"host": args.host, "port": args.port})
+        say(f"deploying {args.bundle} on Ray Serve: {opts.get('autoscaling_config') or opts['num_replicas']} "
+            f"replica(s), {opts['ray_actor_options']} each …")
+        try:
+            serve.run(deployment(opts).bind(replica_config(args)), name=APP_NAME, route_prefix="/")
+        except Exception as e:  # noqa: BLE001 — a replica that fails to start: its message, not Ray's trace
+            raise FusionEdgeError(f"the Ray Serve deployment failed: {str(e).strip().splitlines()[-1][:500]}",
+                                  "check the bundle path on every node and the replica logs "
+                                  "(/tmp/ray/session_latest/logs/serve)") from None
+        h = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"serving {replica_config(args)['settings'].model_id} on Ray Serve at http://{h}:{args.port}/v1",
+              flush=True)
+        stop.wait()
+        say("stopping: the replicas finish their running requests …")
+        serve.delete(APP_NAME)
+        if local:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+    say("stopped")
+    return 0
