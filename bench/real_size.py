@@ -7,12 +7,13 @@
 A script, not a test: about two hours and ~60 GB of disk on a 2-core, 24 GiB machine.
 The quick real-width check (issue 25): `--llm-layers 4 --vision-layers 6` keeps every width
 (hidden 3072, MLP 8192, vocab 32064; tower 1536 / 6144) and cuts the depth: the LLM to N
-layers with the interaction layers every 3rd layer that exists (0, 3, ...; at most 10), the
-tower to M running layers with its early/late split in the released ratio (19 of 39, written
-as config.json `mm_vision_early_layers`; export/tiny.py), so the reference and the bundles
-read the same schedule. Same steps, same JSON; without the two options nothing changes (the
-full depth is the reference figure). `--bundles` builds and benchmarks a subset;
-`--vision-precision int8` quantizes the ONNX bundles' tower too (default fp32: the note at BUNDLES).
+layers with the interaction layers every 3rd layer that has a layer after it (0, 3, ...; at
+most 10; N = 4: layer 0 only), the tower to M running layers with its early/late split in the
+released ratio (19 of 39, written as config.json `mm_vision_early_layers`; export/tiny.py), so
+the reference and the bundles read the same schedule. Same steps, same JSON; without the two
+options nothing changes (the full depth is the reference figure). `--bundles` builds and
+benchmarks a subset; `--vision-precision int8` quantizes the ONNX bundles' tower too (default
+fp32: the note at BUNDLES).
 Each step is skipped when its output already exists, so an interrupted run resumes.
 1. checkpoint: Phi-3.5-mini + SigLIP2 giant-opt dimensions (runtime/config.py presets),
    BF16, 8 shards, written tensor by tensor (export/tiny.py);
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)    # internal: the maker process
     args = p.parse_args(argv)
     for name in ("llm_layers", "vision_layers"):
-        if getattr(args, name) is not None and getattr(args, name) < (1 if name == "llm_layers" else 2):
+        if getattr(args, name) is not None and getattr(args, name) < 2:
             p.error(f"--{name.replace('_', '-')} is too small")
     if args.make_checkpoint:
         make_checkpoint(args.make_checkpoint, args.llm_layers, args.vision_layers)

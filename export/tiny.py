@@ -42,8 +42,10 @@ class TinySize:
 
 def interaction_schedule(layers: int) -> dict:
     """The released schedule (10 interaction layers 0, 3, ..., 27 in 32 layers) cut to an LLM
-    of `layers` layers: every 3rd layer that exists from 0, at most 10."""
-    return {"num_of_vision_sampler_layers": min(10, len(range(0, layers, 3))),
+    of `layers` (>= 2) layers: every 3rd layer from 0 that has a layer after it, at most 10.
+    An interaction runs after its layer and changes the latent rows; after the last layer
+    nothing reads them (the exporters cut no segment there), so it would be dead weight."""
+    return {"num_of_vision_sampler_layers": min(10, len(range(0, layers - 1, 3))),
             "start_of_vision_sampler_layers": 0, "stride_of_vision_sampler_layers": 3}
 
 

@@ -30,11 +30,11 @@ def test_schedule_and_split_fit_every_depth_and_match_the_released_ones():
     assert interaction_schedule(32)["num_of_vision_sampler_layers"] == 10       # released: 0, 3, ..., 27
     assert scaled_early_layers("siglip2", 39) == TOWER_TYPES["siglip2"]["early_layers"] == 19
     assert scaled_early_layers("so400m", 26) == TOWER_TYPES["so400m"]["early_layers"] == 13
-    for n in range(1, 33):
+    for n in range(2, 33):
         s = interaction_schedule(n)
         layers = [s["start_of_vision_sampler_layers"] + k * s["stride_of_vision_sampler_layers"]
                   for k in range(s["num_of_vision_sampler_layers"])]
-        assert layers and layers[-1] < n and layers == list(range(0, n, 3))[:10]
+        assert layers and layers[-1] < n - 1 and layers == list(range(0, n - 1, 3))[:10]   # a layer after each
     for m in range(2, 40):
         e = scaled_early_layers("siglip2", m)
         assert 1 <= e and 2 * e <= m
@@ -58,10 +58,12 @@ def test_shortened_checkpoint_loads_and_the_reference_answers(tmp_path):
     from fusion_edge.export.reference import FusionReference
     ck = make_tiny_checkpoint(tmp_path / "ck", "phi3", "siglip2", size=replace(SIZES["tiny"], layers=4, tower_layers=6))
     cfg = load_fusion_config(ck)
-    assert cfg.llm.num_layers == 4 and cfg.interaction_layers == (0, 3)
+    assert cfg.llm.num_layers == 4 and cfg.interaction_layers == (0,)
     assert cfg.tower.num_layers == 6 and cfg.tower.early_layers == 3
     assert json.loads((ck / "config.json").read_text())["mm_vision_early_layers"] == 3
-    assert real_size.check_depths(ck, 4, 6)["interaction_layers"] == [0, 3]
+    assert real_size.check_depths(ck, 4, 6)["interaction_layers"] == [0]
+    from fusion_edge.export.onnx_graphs import segment_plan     # every interaction runs in the bundles' prefill
+    assert [p["align_after"] for p in segment_plan(cfg)] == [0, None]
     ref = FusionReference.load(str(ck))
     assert len(ref.model.vision.layers) == 6
     image = tmp_path / "x.jpg"
