@@ -175,7 +175,8 @@ def test_local_file_outside_the_allowed_folder_is_refused(client, allowed, image
 # ---- remote images (a local HTTP server) ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def remote(images):
-    """http://127.0.0.1:PORT/: /wide.jpg, /big.bin (2 MB, over the 1 MB cap), /slow (never answers)."""
+    """http://127.0.0.1:PORT/: /wide.jpg, /big.bin (2 MB, over the 1 MB cap), /slow (never answers),
+    /drip (the image one byte every 0.2 s: each read is quick, the whole fetch is not)."""
     files = {"/wide.jpg": images["wide"].read_bytes(), "/big.bin": os.urandom(2 * 1024 * 1024)}
     hold = threading.Event()
 
@@ -184,11 +185,21 @@ def remote(images):
             if self.path == "/slow":
                 hold.wait(10)
                 return
-            data = files.get(self.path)
+            data = files.get("/wide.jpg" if self.path == "/drip" else self.path)
             self.send_response(200 if data else 404)
             self.send_header("content-length", str(len(data or b"")))
             self.end_headers()
-            self.wfile.write(data or b"")
+            try:
+                if self.path != "/drip":
+                    self.wfile.write(data or b"")
+                    return
+                for i in range(len(data)):
+                    if hold.wait(0.2):
+                        return
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):      # the server stopped reading: expected
+                pass
 
         def log_message(self, *a):
             pass
@@ -204,7 +215,7 @@ def test_remote_image(client, remote, expected):
 
 
 @pytest.mark.parametrize("path,code", [("/big.bin", "image_too_large"), ("/slow", "image_fetch_failed"),
-                                       ("/missing.png", "image_fetch_failed")])
+                                       ("/missing.png", "image_fetch_failed"), ("/drip", "image_fetch_failed")])
 def test_remote_image_refusals(client, remote, path, code):
     t0 = time.monotonic()
     with pytest.raises(openai.BadRequestError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -106,12 +107,20 @@ def _from_remote(url: str, s: ImageSettings) -> tuple[bytes, str]:
         raise bad_request("http(s) image URLs are refused (remote images are off).",
                           "send the image as a data: URL, or start the server with --allow-remote-images",
                           PARAM, "remote_images_disabled")
+    deadline = time.monotonic() + s.remote_timeout_s        # the whole fetch, not each read
     try:
-        with urllib.request.urlopen(url, timeout=s.remote_timeout_s) as resp:     # noqa: S310 — http(s) only
+        with _OPENER.open(url, timeout=s.remote_timeout_s) as resp:
             declared = resp.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > s.max_bytes:
                 raise _too_large(int(declared), s.max_bytes)
-            data = resp.read(s.max_bytes + 1)
+            data = bytearray()
+            while len(data) <= s.max_bytes:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not received within {s.remote_timeout_s:g} s")
+                chunk = resp.read1(min(64 * 1024, s.max_bytes + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
     except ApiError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -119,7 +128,19 @@ def _from_remote(url: str, s: ImageSettings) -> tuple[bytes, str]:
                           "check the URL, or send the image as a data: URL", PARAM, "image_fetch_failed") from None
     if len(data) > s.max_bytes:
         raise _too_large(len(data), s.max_bytes)
-    return data, _sniff(data)
+    return bytes(data), _sniff(data)
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; a remote image may only move to another http(s) URL."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirected to a non-http(s) URL ({newurl[:100]})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
 
 
 def _sniff(data: bytes) -> str:
