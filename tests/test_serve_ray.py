@@ -1,5 +1,5 @@
 """`fusion-edge serve --ray`: the same API on Ray Serve, 2 replicas on a local cluster that the
-command starts on 127.0.0.1 (small object store) and stops on SIGTERM."""
+command starts on 127.0.0.1 (small object store, --port 0: a free port) and stops on SIGTERM."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -9,7 +9,7 @@ import threading
 
 import httpx
 import pytest
-from serve_helpers import ServerProcess, data_url, free_port, user, wait_until
+from serve_helpers import ServerProcess, data_url, user, wait_until
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("ray")
@@ -34,7 +34,7 @@ def expected(onnx_bundle, images):
 @pytest.mark.slow
 def test_two_replicas_answer_six_concurrent_requests(onnx_bundle, images, expected):
     before = ray_pids()
-    srv = ServerProcess(onnx_bundle("phi3", "so400m"), "--ray", "--replicas", 2, "--port", free_port(),
+    srv = ServerProcess(onnx_bundle("phi3", "so400m"), "--ray", "--replicas", 2, "--port", 0,
                         "--max-queue", 4, "--ray-object-store-mb", 100, "--cpus-per-replica", 1, "--threads", 1,
                         ready_timeout=300)
     try:

@@ -81,6 +81,14 @@ def deployment_options(args, cluster_gpus: float) -> dict:
     return opts
 
 
+def free_port(host: str) -> int:
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def run_ray(args) -> int:
     import_ray()
     from .app import import_web
@@ -102,6 +110,8 @@ def run_ray(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         opts = deployment_options(args, ray.cluster_resources().get("GPU", 0))
+        if args.port == 0:            # Ray's proxy takes a fixed port: pick a free one here
+            args.port = free_port(args.host)
         serve.start(http_options={"host": args.host, "port": args.port})
         say(f"deploying {args.bundle} on Ray Serve: {opts.get('autoscaling_config') or opts['num_replicas']} "
             f"replica(s), {opts['ray_actor_options']} each …")
@@ -111,7 +121,8 @@ def run_ray(args) -> int:
             raise FusionEdgeError(f"the Ray Serve deployment failed: {str(e).strip().splitlines()[-1][:500]}",
                                   "check the bundle path on every node and the replica logs "
                                   "(/tmp/ray/session_latest/logs/serve)") from None
-        h = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        h = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        h = f"[{h}]" if ":" in h else h
         print(f"serving {replica_config(args)['settings'].model_id} on Ray Serve at http://{h}:{args.port}/v1",
               flush=True)
         stop.wait()
