@@ -1,5 +1,6 @@
 """One table from a GPU check (scripts/gpu_check.sh): every tests/gpu result with its skip
-or failure reason, the short bench's backends with their device maps, and the llama.cpp
+or failure reason, the short bench's backends with their device maps (a bundle whose
+fidelity misses its precision's gate is a FAIL), and the llama.cpp
 probe's variants (bench/llama_probe.py: a crash is a FAIL, a drift is information).
 
     python -m fusion_edge.bench.gpu_check --junit results.xml --bench bench.json --probe probe.json …
@@ -10,6 +11,8 @@ import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
+
+from fusion_edge.runtime.fidelity import gate_reference
 
 from .report import devices_text
 
@@ -30,9 +33,13 @@ def test_rows(junit_path: str) -> list[list[str]]:
 
 
 def bench_rows(bench_path: str) -> list[list[str]]:
-    """[[backend, devices, TTFT ms, decode tok/s, max|dlogit|]] from a bench --json file."""
+    """[[bench <backend>, PASS|FAIL, devices, TTFT ms, decode tok/s, max|dlogit|]] from a bench
+    --json file; a bundle whose fidelity misses the gate for its precision is a FAIL
+    (`fidelity_verdict`)."""
+    backends = json.loads(open(bench_path, encoding="utf-8").read())["backends"]
+    ref = next((b for b in backends if b.get("kind") == "reference"), None)
     rows = []
-    for b in json.loads(open(bench_path, encoding="utf-8").read())["backends"]:
+    for b in backends:
         if not b["ok"]:
             rows.append([f"bench {b['name']}", "FAIL", str(b.get("error", ""))[:110]])
             continue
@@ -42,8 +49,28 @@ def bench_rows(bench_path: str) -> list[list[str]]:
         gap = (b.get("fidelity") or {}).get("max_dlogit")
         detail = (f"devices {devices_text(b)}; TTFT {ttft * 1e3:.1f} ms; decode {tok:.1f} tok/s"
                   if ttft and tok else f"devices {devices_text(b)}")
-        rows.append([f"bench {b['name']}", "PASS", detail + (f"; max|dlogit| {gap:.2g}" if gap is not None else "")])
+        state, why = fidelity_verdict(b, ref)
+        detail += (f"; max|dlogit| {gap:.2g}" if gap is not None else "") + (f"; {why}" if why else "")
+        rows.append([f"bench {b['name']}", state, detail])
     return rows
+
+
+def fidelity_verdict(b: dict, ref: dict | None) -> tuple[str, str]:
+    """(PASS|FAIL|SKIP, why) of one bench backend's fidelity (bench/runner.py `fidelity`: first-step
+    max |Δlogit| and top-1, greedy agreement, against the reference) under runtime/fidelity.py's
+    reference gate for its target and precision (fp32: max |Δlogit| ≤ 1e-3 and every greedy token;
+    onnx/trt fp16: top-1; quantized: finite logits, their quality gate being teacher-forced,
+    which the bench does not run). The reference itself passes; a bundle without fidelity
+    figures is a FAIL; one measured against a reference that is not fp32 is not judged: SKIP."""
+    if b.get("kind") == "reference":
+        return "PASS", ""
+    if not b.get("fidelity"):
+        return "FAIL", "no fidelity figures (the reference failed or returned no logits)"
+    if ref is None or ref.get("precision", "fp32") != "fp32":
+        return "SKIP", "fidelity not judged: the bench reference is not fp32 (--reference-dtype)"
+    placement = {"devices": b.get("devices") or {}, "tf32_parts": b.get("tf32_parts") or []}
+    passed, reasons = gate_reference(b["fidelity"], b["precision"], b["target"], placement)
+    return ("PASS", "") if passed else ("FAIL", "fidelity below the gate: " + "; ".join(reasons))
 
 
 def probe_rows(probe_path: str) -> list[list[str]]:

@@ -80,7 +80,12 @@ def quant_kwargs(args) -> dict:
 def add_verify_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("--model", required=True, help="the checkpoint the bundle was exported from")
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=16, help="greedy steps compared per case")
+    p.add_argument("--eval-cases", type=int, default=4,
+                   help="quantized bundles: built-in cases of the quality gate (teacher-forced agreement)")
+    p.add_argument("--fp32-bundle", default=None, metavar="B",
+                   help="quantized bundles: also compare with this verified fp32 ONNX bundle of the same "
+                        "checkpoint, as the export does")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p, default="cpu")
@@ -91,44 +96,89 @@ VERIFY_CRASH_FIX = ("the bundle was not changed. Re-check it with --llm-device c
 
 
 def run_verify(args) -> int:
+    """`fusion-edge verify`: the bundle's figures against the PyTorch reference, re-measured with
+    the installed versions on the chosen device, gated as at export: fp32 / onnx fp16 by the
+    reference gate, quantized bundles by their quality gate (export/verify.py `quality_gate`).
+    The manifest gets the figures and `verification_status` passed or failed, from that gate
+    alone. → 0 passed, 1 failed."""
     from fusion_edge.runtime import versions
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.device_args import device_kwargs
-    from fusion_edge.runtime.fidelity import figures_key, format_reference
 
     from .checkpoint import open_checkpoint
     bundle = Bundle.open(args.bundle)
-    ckpt = open_checkpoint(args.model)
-    bundle.check_source(ckpt.fingerprint)
+    bundle.check_source(open_checkpoint(args.model).fingerprint)
     changes = versions.drift(bundle.manifest.get("build", {}))
     if changes:
         print(f"note: installed versions differ from the bundle's build: {versions.describe_drift(changes)}; "
               "the figures below hold for the installed versions", file=sys.stderr if args.json else sys.stdout)
-    measure = (args.bundle, args.model, bundle.precision, bundle.target, device_kwargs(args), args.steps)
+    measure = (args.bundle, args.model, bundle.precision, bundle.target, device_kwargs(args), args.steps,
+               args.eval_cases, args.fp32_bundle)
     if bundle.manifest.llm_backend == "llama.cpp":      # a native crash in llama.cpp becomes an error here
         from .isolated import run_isolated
-        figures = run_isolated(verify_measure, *measure, log=print, what="verifying the bundle with llama.cpp",
-                               fix=VERIFY_CRASH_FIX)
+        stored = run_isolated(verify_measure, *measure, log=print, what="verifying the bundle with llama.cpp",
+                              fix=VERIFY_CRASH_FIX)
     else:
-        figures = verify_measure(*measure)
-    passed = figures["passed"]
-    figures["version_drift"] = [list(c) for c in changes]
-    bundle.update_manifest(**{figures_key(bundle.target, bundle.precision): figures},
-                           verification_status="passed" if passed else "failed")
-    print(json.dumps(figures, indent=2) if args.json else format_reference(figures))
+        stored = verify_measure(*measure)
+    passed = stored["verification"]["passed"]
+    for figures in stored.values():
+        figures["version_drift"] = [list(c) for c in changes]
+    bundle.update_manifest(**stored, verification_status="passed" if passed else "failed")
+    print(json.dumps(json_figures(stored), indent=2) if args.json else format_stored(stored))
     return 0 if passed else 1
 
 
+def json_figures(stored: dict) -> dict:
+    """verify --json: the `verification` figures (the gate's), with a quantized bundle's
+    reference figures under `reference_comparison`."""
+    extra = {"reference_comparison": stored["reference_comparison"]} if "reference_comparison" in stored else {}
+    return {**stored["verification"], **extra}
+
+
+def format_stored(stored: dict) -> str:
+    """verify's figures as text: the reference comparison, then (quantized bundles) the quality
+    gate's comparisons; the last gate line is the verdict."""
+    from fusion_edge.runtime.fidelity import format_fp32_pipeline, format_reference
+    if "reference_comparison" not in stored:
+        return format_reference(stored["verification"])
+    ref = {k: v for k, v in stored["reference_comparison"].items() if k not in ("passed", "gate")}
+    quality = stored["verification"]
+    parts = [format_reference(ref), format_fp32_pipeline(quality)]
+    if "pytorch_reference" in quality:
+        parts.append(format_fp32_pipeline(quality["pytorch_reference"]))
+    return "\n".join(parts)
+
+
 def verify_measure(bundle: str, model: str, precision: str, target: str, device: dict, steps: int,
-                   log=print) -> dict:
-    """`verify`'s figures and gate for a bundle opened with the device keywords `device`."""
+                   eval_cases: int = 4, fp32_bundle: str | None = None, log=print) -> dict:
+    """`verify`'s figures and gate for a bundle opened with the device keywords `device` →
+    {manifest key: figures}: `verification` holds the gate's verdict (`passed`, `gate`). fp32
+    and onnx / trt fp16 bundles: the reference comparison (export/verify.py `verify_gated`).
+    Quantized bundles: `verification` = the quality gate (teacher-forced, `quality_gate`,
+    `eval_cases` cases, with `fp32_bundle` when given), `reference_comparison` = the reference
+    figures (whose own gate is only finite logits), both carrying the combined verdict."""
+    from fusion_edge.runtime.fidelity import quality_gated
     from fusion_edge.runtime.pipeline import Pipeline
 
     from .checkpoint import open_checkpoint
     from .reference import FusionReference
-    from .verify import verify_gated
+    from .verify import quality_gate, verify_gated
     pipe = Pipeline.open(bundle, **device)
     try:
-        return verify_gated(pipe, FusionReference(open_checkpoint(model)), precision, target, steps=steps)
+        ref = FusionReference(open_checkpoint(model))
+        figures = verify_gated(pipe, ref, precision, target, steps=steps)
+        if not quality_gated(target, precision):
+            return {"verification": figures}
+        quality = quality_gate(pipe, ref, steps, eval_cases, fp32_bundle)
     finally:
         pipe.llm.close()
+    return combined(quality, figures)
+
+
+def combined(quality: dict, reference: dict) -> dict:
+    """A quantized bundle's stored figures: its verdict is the quality gate's and the reference
+    figures' (finite logits) together, carried by both."""
+    reasons = quality["gate"] + [f"vs the PyTorch reference (free-running): {r}" for r in reference["gate"]]
+    passed = quality["passed"] and reference["passed"]
+    quality = {**quality, "passed": passed, "gate": reasons, "placement": reference["placement"]}
+    return {"verification": quality, "reference_comparison": {**reference, "passed": passed, "gate": reasons}}

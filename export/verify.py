@@ -2,9 +2,12 @@
 
 Per graph: max |Δ| of each graph's output when fed the inputs the pipeline actually
 produced (vision global/main, every alignment layer, every LLM segment's prefill).
-End to end: max |Δlogit| of the first generated step and greedy-token agreement over
-`steps` tokens. `verify_gated` adds the gate (runtime/fidelity.py `gate_reference`) and where
-the figures hold (device, placement, versions); they go into the bundle manifest.
+End to end: max |Δlogit| over every step, teacher-forced on the reference's greedy tokens
+(and of the first step alone), top-1 agreement of the first step and greedy-token agreement
+over `steps` tokens. `verify_gated` adds the gate (runtime/fidelity.py `gate_reference`) and
+where the figures hold (device, placement, versions); they go into the bundle manifest.
+Quantized bundles are gated by their export's quality gate (`quality_gate`: runtime/fidelity.py
+`compare`, teacher-forced agreement with the reference and optionally an fp32 bundle).
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from fusion_edge.runtime import versions
-from fusion_edge.runtime.bundle import Component
-from fusion_edge.runtime.fidelity import Recorder, gate_reference, greedy_prefix, max_abs
-from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
+from fusion_edge.runtime.bundle import Bundle, Component, check_verified
+from fusion_edge.runtime.errors import BundleError, BundleMismatchError
+from fusion_edge.runtime.fidelity import (Recorder, compare, gate_reference, greedy_prefix, max_abs, quality_kind,
+                                          teacher_forced)
+from fusion_edge.runtime.pipeline import Pipeline
 
 from .reference import FusionReference
 
@@ -37,8 +42,10 @@ def builtin_images() -> list[Image.Image]:
 
 
 def builtin_cases(n: int = 2) -> list[tuple[Image.Image, str]]:
+    """n (image, question) pairs: image i with question i for the first 3, then the other
+    questions of each image (9 distinct pairs)."""
     imgs = builtin_images()
-    return [(imgs[i % len(imgs)], QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
+    return [(imgs[i % len(imgs)], QUESTIONS[(i + i // len(imgs)) % len(QUESTIONS)]) for i in range(n)]
 
 
 @torch.no_grad()
@@ -64,38 +71,57 @@ def _reference_segment(ref: FusionReference, comp: Component, feeds: dict) -> np
 
 
 def verify(pipe: Pipeline, ref: FusionReference, cases=None, steps: int = 16) -> dict:
+    """The pipeline against the reference on `cases` (default: 2 built-in ones): per-graph max |Δ|
+    for the feeds the pipeline produced; free-running greedy answers (top-1 of the first step,
+    greedy agreement, shortest identical prefix); and, teacher-forced on the reference's greedy
+    tokens (runtime/fidelity.py `teacher_forced`, as the quality gate does), max |Δlogit| over
+    every step (`max_dlogit`) and of the first (`max_dlogit_first`)."""
     cases = cases or builtin_cases()
     per_graph: dict[str, float] = {}
-    dlogit, top1, agree, prefix = [], [], [], []
-    fusion_l = pipe.image_tokens == FUSION_L_TOKENS
+    dlogit, dfirst, top1, agree, prefix = [], [], [], [], []
     for image, question in cases:
-        rec = Recorder()
-        pipe.recorder = rec
-        scene = pipe.look(image)
-        pipe.ask(scene, question, max_new_tokens=steps)
-        pipe.recorder = None
-        got = pipe.last_result
-        want = ref.answer(image, question, max_new_tokens=steps, query_len=pipe.default_query_len,
-                          image_tokens=FUSION_L_TOKENS if fusion_l else None)
-        for name, feeds in rec.items:
-            if not pipe.has_graph(name):
-                continue   # an engine without per-graph access (llama.cpp): end-to-end figures only
-            if name.startswith("segment_"):
-                expect = _reference_segment(ref, pipe.bundle.component(name), feeds)
-            else:
-                expect = _reference_graph(ref, name, feeds)
-            d = max_abs(pipe.run_graph(name, feeds), expect)
-            per_graph[name] = max(per_graph.get(name, 0.0), d)
-        dlogit.append(max_abs(got.first_logits, want.first_logits))
-        top1.append(int(np.argmax(got.first_logits)) == int(np.argmax(want.first_logits)))
-        a, b = got.token_ids, want.token_ids
+        got = _free_running(pipe, image, question, steps, per_graph, ref)
+        layout, tokens, want = ref.greedy_logits(image, question, steps, pipe.default_query_len, pipe.image_tokens)
+        forced = teacher_forced(pipe, image, layout, tokens)       # one (V,) vector per reference step
+        dlogit.append(max(max_abs(a, b) for a, b in zip(forced, want)))
+        dfirst.append(max_abs(got.first_logits, want[0]))
+        top1.append(int(np.argmax(got.first_logits)) == int(np.argmax(want[0])))
+        a, b = got.token_ids, answer_ids(tokens, pipe.stop_ids)
         n = max(len(a), len(b), 1)
         same = sum(x == y for x, y in zip(a, b)) if len(a) == len(b) else 0
         agree.append(same / n)
         prefix.append(greedy_prefix(a, b))
     return {"cases": len(cases), "steps": steps, "per_graph_max_abs": per_graph,
-            "max_dlogit": max(dlogit), "top1_agreement": float(np.mean(top1)),
-            "greedy_agreement": float(np.mean(agree)), "greedy_prefix_min": int(min(prefix))}
+            "max_dlogit": max(dlogit + dfirst), "max_dlogit_first": max(dfirst),
+            "top1_agreement": float(np.mean(top1)), "greedy_agreement": float(np.mean(agree)),
+            "greedy_prefix_min": int(min(prefix))}
+
+
+def answer_ids(tokens: list[int], stop_ids) -> list[int]:
+    """A greedy run's tokens (the last one a stop token or the `steps`-th) → the answer's token
+    ids as `ask` returns them (without the stop token)."""
+    return tokens[:-1] if tokens and tokens[-1] in stop_ids else list(tokens)
+
+
+def _free_running(pipe: Pipeline, image, question: str, steps: int, per_graph: dict, ref: FusionReference):
+    """`ask` as users run it, recording every graph's feeds; each graph the engines expose is
+    compared with its reference module (max |Δ| into `per_graph`) → the AskResult."""
+    rec = Recorder()
+    pipe.recorder = rec
+    try:
+        pipe.ask(pipe.look(image), question, max_new_tokens=steps)
+    finally:
+        pipe.recorder = None
+    for name, feeds in rec.items:
+        if not pipe.has_graph(name):
+            continue   # an engine without per-graph access (llama.cpp): end-to-end figures only
+        if name.startswith("segment_"):
+            expect = _reference_segment(ref, pipe.bundle.component(name), feeds)
+        else:
+            expect = _reference_graph(ref, name, feeds)
+        d = max_abs(pipe.run_graph(name, feeds), expect)
+        per_graph[name] = max(per_graph.get(name, 0.0), d)
+    return pipe.last_result
 
 
 def verify_gated(pipe: Pipeline, ref: FusionReference, precision: str, target: str, steps: int = 16) -> dict:
@@ -107,3 +133,48 @@ def verify_gated(pipe: Pipeline, ref: FusionReference, precision: str, target: s
     figures.update({"passed": passed, "gate": reasons, "device": pipe.device, "placement": placement,
                     "versions": versions.installed()})
     return figures
+
+
+def reference_answer(ref: FusionReference):
+    """The PyTorch reference's side of the quality gate: (pipe, image, question, steps) →
+    (layout, tokens, logits per step) for pipe's query length and image tokens."""
+    def answer(pipe: Pipeline, image, question: str, steps: int):
+        return ref.greedy_logits(image, question, steps, pipe.default_query_len, pipe.image_tokens)
+    return answer
+
+
+def quality_gate(pipe: Pipeline, ref: FusionReference, steps: int, cases: int = 4, fp32_bundle=None,
+                 progress: bool = True) -> dict:
+    """The quality gate a quantized bundle's export ran, re-run on `pipe`: teacher-forced
+    agreement on `cases` built-in cases with the PyTorch reference `ref` and, given
+    `fp32_bundle`, with that verified fp32 ONNX bundle of the same checkpoint (opened on the CPU,
+    as the export does), gated by GATES["fp32_pipeline"][kind] (kind: the precision, or the
+    llm.gguf type of a gguf bundle) → figures (runtime/fidelity.py `compare`) + kind, device,
+    forced (False)."""
+    b = pipe.bundle
+    kind = quality_kind(b.target, b.precision, b.components["llm"].get("quant") if "llm" in b.components else None)
+    fp32 = open_fp32(fp32_bundle, b) if fp32_bundle else None
+    try:
+        figures = compare(pipe, builtin_cases(cases), steps, kind, fp32=fp32, reference=reference_answer(ref),
+                          progress=progress)
+    finally:
+        if fp32 is not None:
+            fp32.llm.close()
+    figures.update({"kind": kind, "device": pipe.device, "forced": False, "versions": versions.installed()})
+    return figures
+
+
+def open_fp32(path, quantized: Bundle) -> Pipeline:
+    """The fp32 side of a quality gate: a verified fp32 ONNX bundle of the quantized bundle's
+    checkpoint (as the export's), opened on the CPU."""
+    fp32 = Bundle.open(path)
+    if fp32.target != "onnx" or fp32.precision != "fp32":
+        raise BundleError(f"{path} is a {fp32.target}/{fp32.precision} bundle; the quality gate compares with an "
+                          "fp32 ONNX bundle.", "pass --fp32-bundle an fp32 ONNX bundle of the same checkpoint, or "
+                          "leave it out")
+    if fp32.manifest["source"]["fingerprint"] != quantized.manifest["source"]["fingerprint"]:
+        raise BundleMismatchError(f"the fp32 bundle {path} was exported from another checkpoint than "
+                                  f"{quantized.path}.", "pass an fp32 bundle of the same checkpoint, or leave "
+                                  "--fp32-bundle out")
+    check_verified(fp32, "the quality gate compares only with a verified fp32 pipeline")
+    return Pipeline.open(path, device="cpu", check_hashes=False)

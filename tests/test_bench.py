@@ -282,6 +282,33 @@ def test_gpu_check_table_lists_gpu_tests_with_reasons_and_bench_devices(bench_ru
     assert rc == (1 if " FAIL " in text else 0)
 
 
+def test_gpu_check_fails_a_bench_backend_whose_fidelity_misses_its_gate(bench_run, tmp_path):
+    """Issue 24: the table marked every bench backend PASS whatever its drift. The real run's fp32
+    bundle passes; the same record with a TF32-sized drift (1.9e-2) or a changed greedy token
+    fails, with the gate's reason; a bundle without fidelity figures fails; against a bf16
+    reference it is not judged (SKIP)."""
+    from fusion_edge.bench.gpu_check import bench_rows
+    result = json.loads((bench_run[1] / "bench.json").read_text())
+
+    def row(edit=None, ref_precision=None) -> list[str]:
+        data = json.loads(json.dumps(result))
+        ref, b = data["backends"]
+        if ref_precision:
+            ref["precision"] = ref_precision
+        if edit is not None:
+            b["fidelity"] = edit(b["fidelity"])
+        path = tmp_path / "bench.json"
+        path.write_text(json.dumps(data))
+        return bench_rows(str(path))[1]
+    assert row()[:2] == ["bench onnx-fp32", "PASS"]
+    drift = row(lambda f: {**f, "max_dlogit": 1.9e-2})
+    assert drift[1] == "FAIL" and "max_dlogit = 0.019" in drift[2]
+    token = row(lambda f: {**f, "greedy_agreement": 0.75})
+    assert token[1] == "FAIL" and "greedy_agreement" in token[2]
+    assert row(lambda f: None)[1] == "FAIL"
+    assert row(lambda f: {**f, "max_dlogit": 1.9e-2}, ref_precision="bf16")[1] == "SKIP"
+
+
 def test_bf16_reference_is_the_same_model_at_half_the_bytes(tiny_checkpoint, reference, tmp_path):
     """--reference-dtype bf16 (real-size runs, where fp32 does not fit): loaded tensor by tensor
     in bfloat16, it answers, weighs half per token, and its first-step logits follow the fp32
