@@ -87,7 +87,7 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
 def export_options(ckpt: Checkpoint, query_len: int | None, image_tokens: int | None) -> tuple[int, int]:
     """(query_len, image token count) of a bundle: checked against the checkpoint, defaults filled."""
     cfg = ckpt.config
-    q = cfg.check_query_len(query_len or cfg.default_query_len)
+    q = cfg.check_query_len(cfg.default_query_len if query_len is None else query_len)
     if image_tokens not in (None, cfg.tower.num_patches, FUSION_L_TOKENS):
         raise ExportError(f"--image-tokens {image_tokens} is not supported.",
                           f"use {FUSION_L_TOKENS} (FUSION-L) or leave it out ({cfg.tower.num_patches})")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusion_edge.runtime.prompt import IMAGE_SLOT, LATENT_SLOT, PromptLayout, build_prompt, stop_token_ids
+from fusion_edge.runtime.prompt import (IMAGE_SLOT, LATENT_SLOT, PromptLayout, build_prompt,
+                                        check_max_new_tokens, check_room, stop_token_ids)
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.sampling import Sampler
 
@@ -123,14 +124,27 @@ class FusionReference:
         return llm.logits(x[0, -1])
 
     # ---- end to end ---------------------------------------------------------------------
+    def check_ask(self, question: str, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                  top_k: int = 0, seed: int | None = None, query_len: int | None = None,
+                  image_tokens: int | None = None) -> tuple[PromptLayout, Sampler]:
+        """The options of `ask` checked without running the model → (prompt layout, sampler);
+        the same checks as Pipeline.check_ask, against the model's positions."""
+        context = self.cfg.llm.max_position_embeddings
+        check_max_new_tokens(max_new_tokens, context)          # before the prompt is built
+        sampler = Sampler(temperature, top_p, top_k, seed)
+        q = self.cfg.check_query_len(self.cfg.default_query_len if query_len is None else query_len)
+        layout = self.layout(question, q, FUSION_L_TOKENS if image_tokens == FUSION_L_TOKENS else None)
+        check_room(layout.seq_len, max_new_tokens, context)
+        return layout, sampler
+
     @torch.no_grad()
     def ask(self, scene: RefScene, question: str, max_new_tokens: int = 64, temperature: float = 0.0,
             top_p: float = 1.0, top_k: int = 0, seed: int | None = None, query_len: int | None = None,
             image_tokens: int | None = None, on_token=None) -> RefResult:
         t0 = time.perf_counter()
-        q = self.cfg.check_query_len(query_len or self.cfg.default_query_len)
-        fusion_l = image_tokens == FUSION_L_TOKENS
-        layout = self.layout(question, q, FUSION_L_TOKENS if fusion_l else None)
+        layout, sampler = self.check_ask(question, max_new_tokens, temperature, top_p, top_k, seed, query_len,
+                                         image_tokens)                  # options checked before any work
+        q, fusion_l = layout.num_latents, image_tokens == FUSION_L_TOKENS
         latents, ctx = self.pooled(scene, q)
         img = self.encode_main(scene.tiles.main, layout.instruct_ids)
         if fusion_l:
@@ -139,7 +153,6 @@ class FusionReference:
         logits, cache = self.prefill(self.embed_prompt(layout, img, latents), layout, ctx)
         t2 = time.perf_counter()
         first = logits.float().numpy().copy()
-        sampler = Sampler(temperature, top_p, top_k, seed)
         stops = set(stop_token_ids(self.tokenizer, self.cfg.template))
         out: list[int] = []
         pos = layout.seq_len
@@ -165,7 +178,7 @@ class FusionReference:
         """Greedy run → (layout, tokens, logits per step (V,)); tokens[t] = argmax(logits[t]),
         the last one a stop token or the `steps`-th: the reference side of a teacher-forced
         comparison (quantize/agreement.py, the same shape as its fp32 pipeline side)."""
-        q = self.cfg.check_query_len(query_len or self.cfg.default_query_len)
+        q = self.cfg.check_query_len(self.cfg.default_query_len if query_len is None else query_len)
         fusion_l = image_tokens == FUSION_L_TOKENS
         scene = self.look(image)
         layout = self.layout(question, q, FUSION_L_TOKENS if fusion_l else None)
@@ -185,6 +198,7 @@ class FusionReference:
             pos += 1
 
     def answer(self, image, question: str, **kw) -> RefResult:
+        self.check_ask(question, **{k: v for k, v in kw.items() if k != "on_token"})   # before the image is encoded
         t0 = time.perf_counter()
         scene = self.look(image)
         t1 = time.perf_counter()

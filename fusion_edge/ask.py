@@ -5,14 +5,35 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.errors import ExportError, OptionError
+from fusion_edge.runtime.prompt import check_max_new_tokens
+from fusion_edge.runtime.sampling import Sampler
+
+
+def check_output_file(path: str, suffix: str, option: str) -> Path:
+    """An output file option names a new or existing regular file with `suffix`, in an existing folder."""
+    p = Path(path)
+    if p.suffix.lower() != suffix:
+        raise OptionError(f"{option} {path} does not end in {suffix}.", f"name a {suffix} file, e.g. out{suffix}")
+    if p.exists() and not p.is_file():
+        raise OptionError(f"{option} {path} exists and is not a regular file.", "name a file, not a folder")
+    if not p.parent.is_dir():
+        raise OptionError(f"{option} {path}: the folder {p.parent} does not exist.", f"create it: mkdir -p {p.parent}")
+    return p
 
 
 def run_ask(args) -> int:
     stream = not args.json
+    if args.logits_out:
+        check_output_file(args.logits_out, ".npy", "--logits-out")    # before any work that a bad path would lose
+    # the options that need no model, before it loads; the rest (context, query_len) once its
+    # config is read, before the image is encoded (check_ask)
+    check_max_new_tokens(args.max_new_tokens)
+    Sampler(args.temperature, args.top_p, args.top_k, args.seed)
     t0 = time.perf_counter()
     if args.model:
         result = _ask_reference(args, stream)
@@ -20,7 +41,8 @@ def run_ask(args) -> int:
         result = _ask_bundle(args, stream)
     result["timings"]["total_s"] = time.perf_counter() - t0
     if args.logits_out:
-        np.save(args.logits_out, np.asarray(result.pop("first_logits"), dtype=np.float32))
+        with open(args.logits_out, "wb") as f:     # a file object: np.save appends no second suffix
+            np.save(f, np.asarray(result.pop("first_logits"), dtype=np.float32))
     else:
         result.pop("first_logits")
     if args.json:
@@ -66,6 +88,8 @@ def _ask_bundle(args, stream: bool) -> dict:
     if args.image_tokens and args.image_tokens != pipe.image_tokens:
         raise ExportError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {args.image_tokens}.",
                           f"re-export it with --image-tokens {args.image_tokens}, or leave --image-tokens out")
+    pipe.check_ask(args.question, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, query_len=args.query_len)
     scene = pipe.look(args.image)
     pieces = pipe.ask(scene, args.question, stream=True, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,

@@ -22,7 +22,7 @@ from .bundle import Bundle, check_verified
 from .devices import Placement
 from .errors import BackendError, PromptError
 from .preprocess import Tiles, static_hd_tiles
-from .prompt import PromptLayout, build_prompt, stop_token_ids
+from .prompt import PromptLayout, build_prompt, check_max_new_tokens, check_room, stop_token_ids
 from .sampling import Sampler
 from .tokenizer import Tokenizer
 
@@ -161,14 +161,33 @@ class Pipeline:
     def ask(self, scene: Scene, question: str, stream: bool = False, max_new_tokens: int = 64,
             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
             query_len: int | None = None):
-        """The answer text, or with stream=True an iterator of text pieces as they are decoded."""
-        if max_new_tokens < 1:
-            raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}.", "pass a positive number")
-        q = self.cfg.check_query_len(query_len or self.default_query_len)
+        """The answer text, or with stream=True an iterator of text pieces as they are decoded.
+        Every option is checked here, when ask is called, before any graph runs (`check_ask`)."""
+        layout, sampler = self.check_ask(question, max_new_tokens, temperature, top_p, top_k, seed, query_len)
+        pieces = self._generate(scene, layout, max_new_tokens, sampler)
+        return pieces if stream else "".join(pieces)
+
+    def check_ask(self, question: str, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                  top_k: int = 0, seed: int | None = None,
+                  query_len: int | None = None) -> tuple[PromptLayout, Sampler]:
+        """The options of `ask` checked without running anything (a caller may check them before
+        `look`) → (prompt layout, sampler); PromptError / OptionError / ConfigError otherwise."""
+        context, what = self.context_limit()
+        check_max_new_tokens(max_new_tokens, context, what)          # before the prompt is built
+        sampler = Sampler(temperature, top_p, top_k, seed)
+        q = self.cfg.check_query_len(self.default_query_len if query_len is None else query_len)
         layout = build_prompt(self.tokenizer, self.cfg.template, question, self.image_tokens, q,
                               self.cfg.tokenizer_model_max_length)
-        pieces = self._generate(scene, layout, max_new_tokens, Sampler(temperature, top_p, top_k, seed))
-        return pieces if stream else "".join(pieces)
+        check_room(layout.seq_len, max_new_tokens, context, what)    # the prompt's length known
+        return layout, sampler
+
+    def context_limit(self) -> tuple[int, str]:
+        """(positions a prompt plus its new tokens may take, what sets them): a trt bundle's
+        engine profiles end at its max_context; every other bundle at the model's positions."""
+        limit = self.bundle.options.get("max_context")
+        if limit:
+            return int(limit), "the bundle's context"
+        return int(self.cfg.llm.max_position_embeddings), "the model's context"
 
     def _generate(self, scene: Scene, layout: PromptLayout, max_new: int, sampler: Sampler) -> Iterator[str]:
         t0 = time.perf_counter()
@@ -212,13 +231,12 @@ class Pipeline:
         return self._prefill_run(scene, layout, self._prefill_inputs(scene, layout, max_new))
 
     def _prefill_inputs(self, scene: Scene, layout: PromptLayout, max_new: int) -> np.ndarray:
-        limit = self.bundle.options.get("max_context")     # trt bundles: the engines' profiles end there
-        if limit and layout.seq_len + max_new - 1 > limit:
-            raise PromptError(f"the prompt ({layout.seq_len} tokens) and {max_new} new tokens pass the bundle's "
-                              f"context of {limit} positions.",
-                              f"lower --max-new-tokens to {max(limit - layout.seq_len + 1, 1)} or ask a shorter "
-                              "question")
-        self.llm.reserve(layout.seq_len + max_new)
+        check_room(layout.seq_len, max_new, *self.context_limit())     # prefill() is called without ask too
+        try:
+            self.llm.reserve(layout.seq_len + max_new)
+        except MemoryError:      # the KV cache for prompt + max_new positions is allocated up front
+            raise PromptError(f"the KV cache for {layout.seq_len + max_new} positions does not fit in memory.",
+                              "lower --max-new-tokens") from None
         return self.prompt_embeds(scene, layout)
 
     def _prefill_run(self, scene: Scene, layout: PromptLayout, embeds: np.ndarray) -> np.ndarray:

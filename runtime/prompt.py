@@ -227,3 +227,28 @@ def stop_token_ids(tokenizer, template: str | ChatTemplate) -> tuple[int, ...]:
     ids = [tokenizer.token_to_id(t) for t in tpl.stop_tokens]
     ids += list(tokenizer.eos_token_ids)
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def check_max_new_tokens(max_new_tokens: int, context: int | None = None,
+                         what: str = "the model's context") -> None:
+    """max_new_tokens is a whole number ≥ 1 and, given `context`, leaves room for a prompt: the
+    check that needs no prompt, so that it can run before any work (a prompt has at least one
+    token and the last new token is never fed back, so max_new_tokens ≤ context)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise PromptError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.",
+                          "pass a positive number")
+    if context is not None and max_new_tokens > context:
+        raise PromptError(f"max_new_tokens {max_new_tokens} exceeds {what} of {context} positions.",
+                          f"lower --max-new-tokens below {context}: the prompt takes positions too")
+
+
+def check_room(prompt_tokens: int, max_new_tokens: int, context: int, what: str = "the model's context") -> None:
+    """max_new_tokens is a whole number ≥ 1, and the prompt plus the new tokens fit `context`
+    positions (the last new token is never fed back, hence the - 1). `what` names the limit:
+    the model's positions, or a trt bundle's engine profiles ("the bundle's context")."""
+    check_max_new_tokens(max_new_tokens)
+    if prompt_tokens + max_new_tokens - 1 > context:
+        fix = (f"lower --max-new-tokens to {context - prompt_tokens + 1} or ask a shorter question"
+               if prompt_tokens <= context else "ask a shorter question: the prompt alone does not fit")
+        raise PromptError(f"the prompt ({prompt_tokens} tokens) and {max_new_tokens} new tokens pass {what} "
+                          f"of {context} positions.", fix)

@@ -4,19 +4,27 @@ Shared by every backend and the reference so that the same seed gives the same t
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import OptionError
 
+SEED_MAX = 2 ** 64 - 1      # numpy's generators take a non-negative seed
+
 
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
-        checks = (("temperature", temperature, temperature >= 0), ("top_p", top_p, 0 < top_p <= 1),
-                  ("top_k", top_k, top_k >= 0))
+        checks = (("temperature", temperature, math.isfinite(temperature) and temperature >= 0),
+                  ("top_p", top_p, 0 < top_p <= 1), ("top_k", top_k, top_k >= 0))
         bad = [f"{name} {value}" for name, value, ok in checks if not ok or value != value]   # != itself: NaN
         if bad:
             raise OptionError(f"sampling option out of range: {', '.join(bad)}.",
-                              "use temperature >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0 (0 = off)")
+                              "use a finite temperature >= 0 (0 = greedy), top_p in (0, 1], top_k >= 0 (0 = off; "
+                              "a top_k at or above the vocabulary keeps every token)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed <= SEED_MAX):
+            raise OptionError(f"seed {seed!r} is out of range.", f"use a whole number from 0 to {SEED_MAX}, or no seed")
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.rng = np.random.default_rng(seed)
 
