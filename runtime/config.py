@@ -16,6 +16,7 @@ from typing import Any
 from .arch import ARCHITECTURES as ARCHITECTURES  # re-exported: the registry, for callers of config
 from .arch import ArchSpec, arch_spec
 from .errors import ConfigError, UnsupportedArchitectureError
+from .rope_scaling import rope_scaling_kind
 
 
 # --------------------------------------------------------------------------------------
@@ -307,8 +308,7 @@ def parse_llm(cfg: dict, path: str = "config.json") -> LLMConfig:
     if min(llm.hidden_size, llm.num_heads, llm.num_layers, llm.vocab_size, llm.num_kv_heads) <= 0:
         raise ConfigError(f"{path}: hidden_size, attention heads, layers and vocab_size must be positive.",
                           "use the checkpoint's original config.json (a FUSION checkpoint)")
-    from .rope import rope_kind                  # a rope scaling the runtime cannot compute fails here
-    rope_kind(llm, path)
+    rope_scaling_kind(llm.rope_scaling, path)    # a rope scaling the runtime cannot compute fails here
     return llm
 
 

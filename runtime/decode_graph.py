@@ -21,23 +21,17 @@ onnxruntime session still holds its own (prepacked) copy (README, The bundle). B
 the exported segments one at a time, so peak RAM stays one segment. The quantizer rebuilds
 it from the quantized segments the same way.
 Here, beside BundleWriter, because it is the bundle's file layout that export and quantize
-both write (and the runtime reads: DECODE, SHARED_DATA); it needs `onnx`, imported lazily.
+both write (its file names: runtime/layout.py); it needs `onnx`, imported lazily.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .backends.ort_session import EXACT_QDQ_KEY
 from .decode_attention import COS, KV_LAYOUT, OP, SEQLENS, SIN, TOTAL, NotRewritable, attention_to_gqa
 from .errors import MissingExtraError
+from .layout import DECODE, DECODE_CONCAT, EXACT_QDQ_KEY, SHARED_DATA
+from .layout import DECODE_GRAPHS as DECODE_GRAPHS  # re-exported with the names above (runtime/layout.py)
 
-DECODE = "decode"
-# Beside a GroupQueryAttention decode graph, the same chain with the Concat attention: for the
-# CUDA EP, whose GroupQueryAttention has float16/bfloat16 kernels only. Same weights (the shared
-# file), its own structure (~0.8 MB on the bench preset); no session opens it on the CPU.
-DECODE_CONCAT = "decode_concat"
-DECODE_GRAPHS = (DECODE, DECODE_CONCAT)
-SHARED_DATA = "llm.onnx.data"
 ALIGN = 4096                 # page-aligned offsets, as onnx's own writer does (mmap-friendly)
 INLINE_BYTES = 1024          # smaller initializers (shapes, scalars) stay inside each graph
 

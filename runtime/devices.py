@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 
 from . import cpu_features
 from .errors import DeviceError, TensorRTError
+from .tf32 import LLAMA_CUDA_TF32 as LLAMA_CUDA_TF32  # re-exported: the TF32 rule lives in tf32.py
+from .tf32 import llama_cpp_tf32 as llama_cpp_tf32
+from .trt.ep import probe_platform
 
 COMPONENTS = ("vision", "align", "llm")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 CUDA_EP = "CUDAExecutionProvider"
-# llama.cpp's CUDA backend (ggml-cuda, vendored by llama-cpp-python 0.3.x) computes F32 matrix
-# products in TF32 from compute capability 8.0 on (Ampere, Jetson Orin, Ada, Hopper): it creates
-# every cuBLAS handle with CUBLAS_TF32_TENSOR_OP_MATH (common.cuh), products of 4–16 rows use its
-# tf32 mma kernels (mmf.cu), and only 1–3-row products stay fp32 (mmvf.cu). ggml has no switch
-# for it, so an fp32 GGUF LLM on such a GPU is not fp32 (docs/gpu.md).
-LLAMA_CUDA_TF32 = ("llama.cpp's CUDA backend computes F32 matrix products in TF32 on compute capability 8.0 "
-                   "and newer, and has no switch to turn that off")
 TRT_FIX = ("install onnxruntime-gpu built with TensorRT (Jetson: JetPack's TensorRT + the Jetson AI Lab wheel; "
            "RTX laptops: pip install onnxruntime-ep-nv-tensorrt-rtx), see docs/tensorrt.md")
 
@@ -93,21 +89,14 @@ def _tensorrt(comp: str, backend: str, caps: Capabilities) -> str:
     return "tensorrt"
 
 
-def llama_cpp_tf32(device: str, capability: tuple[int, int] | None) -> str | None:
-    """Why a llama.cpp LLM on `device` runs its F32 matrix products in TF32 whatever --tf32
-    says (None: it does not); capability: the GPU's compute capability (None: unknown)."""
-    if device == "cuda" and capability is not None and tuple(capability) >= (8, 0):
-        return f"{LLAMA_CUDA_TF32} (this GPU: {capability[0]}.{capability[1]})"
-    return None
-
-
 def probe(backends: dict[str, str]) -> Capabilities:
     """What the installed packages offer, importing only the backends the bundle uses."""
+    # The engine modules are imported here, not at the top: they live in backends/, whose
+    # __init__ imports this module, so a top-level import would be circular at import time.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     llama_gpu, trt = False, None
     if "onnxruntime" in backends.values():
         from .backends.ort_session import import_ort
-        from .trt.ep import probe_platform
         ort = import_ort()
         providers, trt = tuple(ort.get_available_providers()), probe_platform(ort)
     if "llama.cpp" in backends.values():

@@ -12,24 +12,13 @@ import math
 import numpy as np
 
 from .config import LLMConfig
-from .errors import ConfigError
-
-
-# rope scaling kinds (config.json `rope_scaling.rope_type` or `.type`) → the one fusion-edge name
-ROPE_KINDS = {None: "default", "default": "default", "longrope": "longrope", "su": "longrope", "llama3": "llama3"}
+from .rope_scaling import ROPE_KINDS as ROPE_KINDS  # re-exported: the kinds, for callers of rope
+from .rope_scaling import rope_scaling_kind
 
 
 def rope_kind(c: LLMConfig, where: str = "config.json") -> str:
     """default | longrope | llama3, from the config's rope_scaling; ConfigError otherwise."""
-    s = c.rope_scaling or {}
-    if not isinstance(s, dict):
-        raise ConfigError(f"{where}: rope_scaling is {s!r}, not an object.",
-                          "use the checkpoint's original config.json (a FUSION checkpoint)")
-    kind = s.get("rope_type", s.get("type"))
-    if kind not in ROPE_KINDS:
-        raise ConfigError(f"{where}: rope scaling '{kind}' is not supported.",
-                          f"supported: {', '.join(sorted(k for k in ROPE_KINDS if k))} (or none)")
-    return ROPE_KINDS[kind]
+    return rope_scaling_kind(c.rope_scaling, where)
 
 
 def inv_freq(c: LLMConfig, seq_len: int) -> tuple[np.ndarray, float]:

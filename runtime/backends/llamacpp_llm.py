@@ -30,8 +30,8 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..cuda_driver import cuda_device
-from ..devices import llama_cpp_tf32
 from ..errors import BackendError, BundleFileError, DeviceError, MissingExtraError, PromptError
+from ..tf32 import llama_cpp_tf32
 from . import ggml_ctypes as gg
 
 _LOG: deque = deque(maxlen=40)        # llama.cpp's recent warnings and errors, for messages

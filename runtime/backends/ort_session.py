@@ -5,9 +5,8 @@ from pathlib import Path
 
 from ..cpu_features import int8_session_config
 from ..errors import DeviceError, MissingExtraError
-
-# Component flag written by the quantizer for graphs whose Q/DQ must run exactly on CPU.
-EXACT_QDQ_KEY = "exact_qdq_on_cpu"
+from ..layout import EXACT_QDQ_KEY as EXACT_QDQ_KEY  # re-exported (the quantizer imports it from here)
+from ..trt.ep import RTX_EP, append_plugin, graph_chain
 
 
 def import_ort():
@@ -50,7 +49,6 @@ def provider_chain(device: str, tf32: bool = False, trt_provider: str | None = N
         return ["CPUExecutionProvider"]
     cuda = [("CUDAExecutionProvider", cuda_options(tf32)), "CPUExecutionProvider"]
     if device == "tensorrt":
-        from ..trt.ep import RTX_EP
         assert trt_provider, "a TensorRT device needs the provider found by devices.probe"
         return [(trt_provider, {"device_id": "0"}), *(["CPUExecutionProvider"] if trt_provider == RTX_EP else cuda)]
     assert device == "cuda", device
@@ -65,7 +63,6 @@ def component_session(bundle, comp, providers: list[str], threads: int | None = 
                       mem_arena: bool = False, low_memory: bool = False):
     """The session of one bundle Component (its first file), with the options it asks for
     (on TensorRT: the graph's profile and engine cache, runtime/trt/ep.py)."""
-    from ..trt.ep import graph_chain
     providers, config = graph_chain(bundle, comp, providers)
     return make_session(bundle.file(comp.file), providers, threads, exact_qdq=bool(comp.get(EXACT_QDQ_KEY)),
                         config=config, mem_arena=mem_arena, low_memory=low_memory)
@@ -119,7 +116,6 @@ def make_session(path: Path, providers: list[str], threads: int | None = None, e
 
 def _session(ort, path: Path, opts, providers: list):
     """A plugin EP (TensorRT-RTX) is appended to the options by device; built-in EPs by name."""
-    from ..trt.ep import RTX_EP, append_plugin
     if provider_name(providers[0]) == RTX_EP:
         append_plugin(ort, opts, providers[0][1])
         return ort.InferenceSession(str(path), sess_options=opts)

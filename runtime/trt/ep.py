@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..cuda_driver import cuda_device
-from .profiles import ort_shape_strings
+from .profiles import bundle_profiles, ort_shape_strings
 from .stamp import ENGINES_DIR, Platform
 
 TRT_EP = "TensorrtExecutionProvider"
@@ -136,7 +136,6 @@ def profile_of(bundle, graph: str) -> dict:
     recorded = bundle.manifest.get("tensorrt", {}).get("profiles", {})
     if graph in recorded:
         return recorded[graph]
-    from .profiles import bundle_profiles
     return bundle_profiles(bundle.config, bundle.components, int(bundle.options["image_tokens"]))[graph]
 
 

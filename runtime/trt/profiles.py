@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..decode_graph import DECODE
+from ..layout import DECODE
 
 DEFAULT_CONTEXT = 4096        # when the checkpoint does not state tokenizer_model_max_length
 OPT_PROMPT = 1024             # the typical prefill length (729 image rows + latents + question)
