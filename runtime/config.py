@@ -244,6 +244,7 @@ def projector_depth(projector_type: str) -> int:
 
 
 def parse_query_lens(value: Any) -> tuple[int, ...]:
+    vals: tuple[int, ...]
     if isinstance(value, int):
         vals = (value,)
     elif isinstance(value, str):

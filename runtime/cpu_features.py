@@ -56,7 +56,7 @@ def _cpu_flags() -> frozenset[str] | None:
 def has_vnni(flags: frozenset[str] | None = None) -> bool:
     """True where the CPU reports VNNI or AMX-INT8; unknown flags count as missing (the exact path)."""
     flags = _cpu_flags() if flags is None else flags
-    return bool(flags) and any(f in flags for f in VNNI_FLAGS)
+    return any(f in flags for f in VNNI_FLAGS) if flags else False
 
 
 def int8_path() -> str:

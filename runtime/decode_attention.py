@@ -99,8 +99,10 @@ class _Graph:
             value = numpy_helper.to_array(node.attribute[0].t)
         else:
             init = next((t for t in self.graph.initializer if t.name == tensor), None)
-            value = numpy_helper.to_array(init) if init is not None else None
-        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+            if init is None:
+                return None
+            value = numpy_helper.to_array(init)
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
 def _cache_concat(g: _Graph, past: str):

@@ -168,7 +168,8 @@ def write_decode_graph(models: list, folder: Path, name: str = DECODE):
     onnx = _onnx()
     from onnx import helper
     graph = helper.make_graph([], name, [], [])
-    opsets, ir_version = {}, 0
+    opsets: dict[str, int] = {}
+    ir_version = 0
     inputs, outputs = {}, {}
     for n, model in enumerate(models):
         _add_segment(graph, model, n)

@@ -17,6 +17,7 @@ from .errors import DeviceError, TensorRTError
 from .tf32 import LLAMA_CUDA_TF32 as LLAMA_CUDA_TF32  # re-exported: the TF32 rule lives in tf32.py
 from .tf32 import llama_cpp_tf32 as llama_cpp_tf32
 from .trt.ep import probe_platform
+from .trt.stamp import Platform
 
 COMPONENTS = ("vision", "align", "llm")
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -29,7 +30,7 @@ TRT_FIX = ("install onnxruntime-gpu built with TensorRT (Jetson: JetPack's Tenso
 class Capabilities:
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     llama_gpu: bool = False              # llama_supports_gpu_offload() of the installed llama-cpp-python
-    trt: object | None = None            # runtime.trt.stamp.Platform where a TensorRT EP and a GPU are usable
+    trt: Platform | None = None          # where a TensorRT EP and a GPU are usable
 
     def has_cuda(self, backend: str) -> bool:
         if backend == "onnxruntime":

@@ -203,7 +203,7 @@ def compare(q, cases, steps: int, kind: str, *, fp32=None, reference=None, thres
     reference's at the top."""
     if fp32 is None and reference is None:
         raise ValueError("compare needs the fp32 pipeline, the PyTorch reference or both")
-    figures = None
+    figures: dict | None = None
     if fp32 is not None:
         figures = measure(fp32, q, cases, steps=steps, progress=progress)
         _gate_into(figures, kind, thresholds)
@@ -216,7 +216,7 @@ def compare(q, cases, steps: int, kind: str, *, fp32=None, reference=None, thres
         figures["pytorch_reference"] = ref_figures
         figures["passed"] = figures["passed"] and ref_figures["passed"]
         figures["gate"] = figures["gate"] + [f"vs the {PYTORCH}: {r}" for r in ref_figures["gate"]]
-    return figures
+    return figures  # type: ignore[return-value]  # None only without fp32 and reference, refused above
 
 
 def _gate_into(figures: dict, kind: str, thresholds: dict | None) -> None:

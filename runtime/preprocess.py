@@ -100,7 +100,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 def normalize(tile: Image.Image, size: int) -> np.ndarray:
     """One tile: bicubic (re)size to size x size, /255, (x - 0.5) / 0.5, HWC → CHW float32."""
     if tile.size != (size, size):
-        tile = tile.resize((size, size), Image.BICUBIC)
+        tile = tile.resize((size, size), Image.Resampling.BICUBIC)
     x = np.asarray(tile, dtype=np.float32) * np.float32(1 / 255)
     x = (x - np.float32(MEAN)) / np.float32(STD)
     return np.ascontiguousarray(x.transpose(2, 0, 1))

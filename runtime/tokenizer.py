@@ -153,9 +153,10 @@ class Tokenizer:
             ids = self._encode_slow(text)
         else:
             ids = list(self._tok.encode(text, add_special_tokens=False).ids)
-        if add_special_tokens:
-            ids = ([self.bos_token_id] if self._add_bos else []) + ids + \
-                  ([self._eos_token_id] if self._add_eos else [])
+        if add_special_tokens:       # _add_bos / _add_eos are set only where the id exists
+            bos = self.bos_token_id if self._add_bos else None
+            eos = self._eos_token_id if self._add_eos else None
+            ids = ([bos] if bos is not None else []) + ids + ([eos] if eos is not None else [])
         return ids
 
     def _encode_slow(self, text: str) -> list[int]:

@@ -7,6 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser || { echo "setup failed"; exit 1; }
 python3 -m ruff check . || { echo "ruff check failed"; exit 1; }
+python3 scripts/typecheck.py || { echo "type check (mypy, scripts/typecheck.py) failed"; exit 1; }
 # Native runtime: build it with the Android bridge's JNI library and Java API (needs a JDK: a
 # missing one fails the configure step), run CTest; pytest then runs the native parity and the
 # host JNI tests on this build (FUSION_NATIVE_BUILD makes a missing build a failure, not a skip).

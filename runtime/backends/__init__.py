@@ -91,5 +91,6 @@ def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_bui
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
     chain = next(chains[c] for c in chains if devices[c] == "tensorrt")
-    notes = ready_engines(bundle, caps.trt, chain, no_build, log)
+    # caps.trt is set wherever resolve_devices placed a part on "tensorrt"
+    notes = ready_engines(bundle, caps.trt, chain, no_build, log)  # type: ignore[arg-type]
     return "; ".join(notes) or None

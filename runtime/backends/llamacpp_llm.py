@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import os
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class _AlignHook:
         self.layer_of = {f"l_out-{i}".encode(): k for k, i in enumerate(layers)}
         self.f32 = llama_cpp.GGML_TYPE_F32
         self.active = False
-        self.aligner = None
+        self.aligner: Any = None              # the prefill's aligner (new_latents) while armed
         self.lat0 = self.n_lat = self.inst = self.n_rows = 0
         self.row_bytes = 0
         self.applied = 0

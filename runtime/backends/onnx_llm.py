@@ -10,6 +10,8 @@ onnxruntime (float16/bfloat16 only), so there such bundles decode through the gr
 twin (`decode_concat`), or through the segments when a bundle has none."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import rope
@@ -53,10 +55,12 @@ class OnnxLLM:
                                               low_memory=low_memory)
                             if decode is not None else None)
         # the op's own rotary reads (C, hd/2) tables by position instead of per-token cos/sin
-        self.rotary_tables = self.gqa and COS in decode.get("inputs", [])
-        self.tables = None
+        self.rotary_tables = self.gqa and decode is not None and COS in decode.get("inputs", [])
+        self.tables: tuple[np.ndarray, np.ndarray] | None = None
         self.capacity = 0
-        self.cache = None
+        # from reserve() on: HostCache, HeadMajorCache (the GroupQueryAttention graph: bind_shared)
+        # or CudaCache, by device and decode graph (head_major)
+        self.cache: Any = None
         self.length = 0          # positions currently in the cache
         self.recorder = None     # callable(name, inputs) observing prefill segment inputs
 
@@ -114,7 +118,7 @@ class OnnxLLM:
         `logits_on`, token (1,) on the CPU]."""
         P = self.length
         self._check_room(P, 1)
-        io = self.decode_sess.io_binding()
+        io = self.decode_sess.io_binding()  # type: ignore[union-attr]  # called only where the decode graph is open
         io.bind_cpu_input("hidden", np.ascontiguousarray(x, dtype=np.float32)[None])
         if self.tables is not None:
             io.bind_cpu_input(COS, self.tables[0])

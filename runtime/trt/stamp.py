@@ -67,7 +67,7 @@ def _platform_of(engines: Mapping) -> tuple[str, str]:
 def check_stamp(engines: Mapping | None, platform: Platform, folder: Path, hash_file) -> list[str]:
     """Raise EngineMismatchError when recorded engines cannot run on `platform`; → notices
     (e.g. another GPU of the same SM). `hash_file(path) → sha256`. Nothing recorded: []."""
-    if state(engines) == "pending" or not built_graphs(engines):
+    if engines is None or state(engines) == "pending" or not built_graphs(engines):
         return []
     fix = REBUILD.format(bundle=folder)
     have_trt, have_sm = _platform_of(engines)
