@@ -5,31 +5,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from fusion_edge.runtime.errors import ExportError, OptionError
+from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.option_types import check_existing_file, check_output_file
 from fusion_edge.runtime.prompt import check_max_new_tokens
 from fusion_edge.runtime.sampling import Sampler
-
-
-def check_output_file(path: str, suffix: str, option: str) -> Path:
-    """An output file option names a new or existing regular file with `suffix`, in an existing folder."""
-    p = Path(path)
-    if p.suffix.lower() != suffix:
-        raise OptionError(f"{option} {path} does not end in {suffix}.", f"name a {suffix} file, e.g. out{suffix}")
-    if p.exists() and not p.is_file():
-        raise OptionError(f"{option} {path} exists and is not a regular file.", "name a file, not a folder")
-    if not p.parent.is_dir():
-        raise OptionError(f"{option} {path}: the folder {p.parent} does not exist.", f"create it: mkdir -p {p.parent}")
-    return p
 
 
 def run_ask(args) -> int:
     stream = not args.json
     if args.logits_out:
-        check_output_file(args.logits_out, ".npy", "--logits-out")    # before any work that a bad path would lose
+        check_output_file(args.logits_out, "--logits-out", ".npy")    # before any work that a bad path would lose
+    check_existing_file(args.image, "--image")                          # before the model loads
     # the options that need no model, before it loads; the rest (context, query_len) once its
     # config is read, before the image is encoded (check_ask)
     check_max_new_tokens(args.max_new_tokens)

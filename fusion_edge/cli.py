@@ -9,8 +9,9 @@ import argparse
 import importlib
 import sys
 
+from fusion_edge.runtime import option_types as ot
 from fusion_edge.runtime.arch import tiny_names
-from fusion_edge.runtime.errors import FusionEdgeError, missing_module_error
+from fusion_edge.runtime.errors import FusionEdgeError, OptionError, missing_module_error
 
 # Commands whose code lives in their own package: (name, module with add_args(parser),
 # "module:function" that runs it, help, the extra its imports need). calibrate runs from
@@ -49,8 +50,17 @@ EPILOGS = {
 }
 
 
+class OptionParser(argparse.ArgumentParser):
+    """argparse whose usage errors (a missing or unknown argument, a bad choice) are one
+    OptionError, printed by main() as `error:` / `fix:` with exit code 2 like every other
+    failure; the option types of runtime/option_types.py raise theirs while parsing."""
+
+    def error(self, message: str):
+        raise OptionError(f"{self.prog}: {message}.", f"see `{self.prog} --help` for its options")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusion-edge", description=__doc__.splitlines()[0],
+    p = OptionParser(prog="fusion-edge", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -59,13 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     t = cmd("make-tiny", "write a tiny random FUSION checkpoint in the released on-disk format")
-    t.add_argument("out")
+    t.add_argument("out", type=ot.output_dir_arg("OUT"), help="checkpoint folder (created with its parents)")
     t.add_argument("--llm", choices=tiny_names(), default="phi3")
     t.add_argument("--tower", choices=["so400m", "siglip2"], default="so400m")
     t.add_argument("--preset", choices=["tiny", "bench"], default="tiny")
-    t.add_argument("--query-len", default="4,16,36,64,144", help="comma list of trained latent counts")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--shards", type=int, default=1, help="write model-0000x-of-0000y.safetensors + index")
+    t.add_argument("--query-len", type=ot.query_lens_arg(), default="4,16,36,64,144",
+                   help="comma list of trained latent counts (perfect squares)")
+    t.add_argument("--seed", type=ot.int_arg("--seed", 0), default=0, help="weights' random seed (>= 0)")
+    t.add_argument("--shards", type=ot.int_arg("--shards", 1, ot.SHARD_NAME_MAX), default=1,
+                   help="write model-0000x-of-0000y.safetensors + index (1 to the tensor count)")
     t.add_argument("--dtype", choices=["F32", "BF16", "F16"], default="F32")
 
     a = cmd("ask", "answer a question about an image (PyTorch reference or a bundle)")
@@ -110,10 +122,10 @@ def _missing(e: ModuleNotFoundError, command: str, extra: str) -> FusionEdgeErro
 
 def main(argv=None) -> int:
     parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and getattr(args, "unavailable", None) is None:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and getattr(args, "unavailable", None) is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         return _dispatch(args)
     except FusionEdgeError as e:
         print(f"error: {e}", file=sys.stderr)

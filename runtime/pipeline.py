@@ -21,6 +21,7 @@ from .backends.engines import GraphAccess, GreedyDecode, LLMEngine, VisionEngine
 from .bundle import Bundle, check_verified
 from .devices import Placement
 from .errors import BackendError, PromptError
+from .option_types import check_threads
 from .preprocess import Tiles, static_hd_tiles
 from .prompt import PromptLayout, build_prompt, check_max_new_tokens, check_room, stop_token_ids
 from .sampling import Sampler
@@ -80,6 +81,7 @@ class Pipeline:
         low_memory: onnxruntime keeps the weights memory-mapped from the bundle instead of a
         prepacked copy per session: a bundle larger than RAM opens; decoding is slower."""
         from .backends import open_backends
+        check_threads(threads, "threads")
         bundle = Bundle.open(path, check_hashes=check_hashes)
         if strict:
             check_verified(bundle)
@@ -182,12 +184,8 @@ class Pipeline:
         return layout, sampler
 
     def context_limit(self) -> tuple[int, str]:
-        """(positions a prompt plus its new tokens may take, what sets them): a trt bundle's
-        engine profiles end at its max_context; every other bundle at the model's positions."""
-        limit = self.bundle.options.get("max_context")
-        if limit:
-            return int(limit), "the bundle's context"
-        return int(self.cfg.llm.max_position_embeddings), "the model's context"
+        """(positions a prompt plus its new tokens may take, what sets them): see bundle_context."""
+        return bundle_context(self.bundle)
 
     def _generate(self, scene: Scene, layout: PromptLayout, max_new: int, sampler: Sampler) -> Iterator[str]:
         t0 = time.perf_counter()
@@ -308,3 +306,13 @@ class Aligner:
         hidden = hidden.copy()
         hidden[self.latent_rows] = self.new_latents(k, hidden[self.instruct_pos], hidden[self.latent_rows])
         return hidden
+
+
+def bundle_context(bundle: Bundle) -> tuple[int, str]:
+    """(positions a prompt plus its new tokens may take, what sets them) of a bundle, known from
+    its manifest (no graph opened): a trt bundle's engine profiles end at its max_context; every
+    other bundle at the model's positions."""
+    limit = bundle.options.get("max_context")
+    if limit:
+        return int(limit), "the bundle's context"
+    return int(bundle.config.llm.max_position_embeddings), "the model's context"

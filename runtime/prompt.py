@@ -230,25 +230,29 @@ def stop_token_ids(tokenizer, template: str | ChatTemplate) -> tuple[int, ...]:
 
 
 def check_max_new_tokens(max_new_tokens: int, context: int | None = None,
-                         what: str = "the model's context") -> None:
+                         what: str = "the model's context", name: str = "max_new_tokens",
+                         option: str = "--max-new-tokens") -> None:
     """max_new_tokens is a whole number ≥ 1 and, given `context`, leaves room for a prompt: the
     check that needs no prompt, so that it can run before any work (a prompt has at least one
-    token and the last new token is never fed back, so max_new_tokens ≤ context)."""
+    token and the last new token is never fed back, so max_new_tokens ≤ context). `name` and
+    `option`: what the caller calls it (serve's --max-tokens, verify's --steps)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise PromptError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.",
+        raise PromptError(f"{name} must be a whole number of at least 1, got {max_new_tokens!r}.",
                           "pass a positive number")
     if context is not None and max_new_tokens > context:
-        raise PromptError(f"max_new_tokens {max_new_tokens} exceeds {what} of {context} positions.",
-                          f"lower --max-new-tokens below {context}: the prompt takes positions too")
+        raise PromptError(f"{name} {max_new_tokens} exceeds {what} of {context} positions.",
+                          f"lower {option} below {context}: the prompt takes positions too")
 
 
-def check_room(prompt_tokens: int, max_new_tokens: int, context: int, what: str = "the model's context") -> None:
+def check_room(prompt_tokens: int, max_new_tokens: int, context: int, what: str = "the model's context",
+               option: str = "--max-new-tokens") -> None:
     """max_new_tokens is a whole number ≥ 1, and the prompt plus the new tokens fit `context`
     positions (the last new token is never fed back, hence the - 1). `what` names the limit:
-    the model's positions, or a trt bundle's engine profiles ("the bundle's context")."""
+    the model's positions, or a trt bundle's engine profiles ("the bundle's context"); `option`
+    what the fix lowers (serve: the request's max_tokens)."""
     check_max_new_tokens(max_new_tokens)
     if prompt_tokens + max_new_tokens - 1 > context:
-        fix = (f"lower --max-new-tokens to {context - prompt_tokens + 1} or ask a shorter question"
+        fix = (f"lower {option} to {context - prompt_tokens + 1} or ask a shorter question"
                if prompt_tokens <= context else "ask a shorter question: the prompt alone does not fit")
         raise PromptError(f"the prompt ({prompt_tokens} tokens) and {max_new_tokens} new tokens pass {what} "
                           f"of {context} positions.", fix)
