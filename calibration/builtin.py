@@ -31,6 +31,7 @@ EVAL_QUESTIONS = (
     "What is on the left side?", "Is the road clear?", "What is next to the yellow shape?",
 )
 CALIB_SEED, EVAL_SEED = 0, 10_000
+EVAL_PAIRS = len(EVAL_QUESTIONS)     # 4 scenes, questions cycling over them: 8 distinct held-out pairs
 SIZES = ((640, 480), (480, 640), (1024, 256), (384, 384), (1280, 720), (300, 500))
 
 
@@ -65,12 +66,14 @@ def _colour(rng) -> tuple[int, int, int]:
 
 def builtin_pairs(split: str = "calib", n: int | None = None) -> list[tuple[str, Image.Image, str]]:
     """(image key, image, question) for the `calib` or `eval` split; questions cycle over
-    the images so every question is asked, each image with several questions."""
+    the images so every question is asked, each image with several questions. The `eval` split
+    (held-out cases of quality gates) has EVAL_PAIRS distinct pairs: a larger n gives those,
+    none repeated."""
     if split not in ("calib", "eval"):
         raise ValueError(f"split must be 'calib' or 'eval', got {split!r}")
     questions = CALIB_QUESTIONS if split == "calib" else EVAL_QUESTIONS
     seed0 = CALIB_SEED if split == "calib" else EVAL_SEED
-    n = len(questions) if n is None else n
+    n = len(questions) if n is None else n if split == "calib" else min(n, EVAL_PAIRS)
     n_images = max(1, min(n, 12 if split == "calib" else 4))
     images = {}
     out = []

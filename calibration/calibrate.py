@@ -24,7 +24,12 @@ def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int =
     weights memory-mapped instead of prepacked (None: when they would not fit in RAM)."""
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.memory import needs_low_memory
+    from fusion_edge.runtime.option_types import check_float, check_int, check_threads
     from fusion_edge.runtime.pipeline import Pipeline
+    check_int(samples, "--samples", 1)         # the command line's checks (calibration/cli.py), for the API
+    check_int(holdout, "--holdout", 0)
+    check_float(max_mb, "--max-mb", 0, low_open=True)
+    check_threads(threads, "--threads")
     dataset = load_calibration_set(data, questions)
     if data is None:
         log("notice: no calibration data given; using the built-in generated scenes and camera questions "

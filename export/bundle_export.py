@@ -18,6 +18,7 @@ from fusion_edge.runtime.decode_graph import DECODE_CONCAT, build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference
 from fusion_edge.runtime.graph_gates import TWIN_KEY, fold_into, gate_decode_twin_fields, recorded_gate
+from fusion_edge.runtime.option_types import check_int
 from fusion_edge.runtime.pipeline import FUSION_L_TOKENS, Pipeline
 from fusion_edge.runtime.prompt import stop_token_ids
 
@@ -64,6 +65,8 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
                           "export through fusion_edge.targets.export_bundle (fusion-export)")
     ckpt = open_checkpoint(model)
     q, n_img = export_options(ckpt, query_len, image_tokens)
+    if verify:              # greedy steps of the verification: they must fit the model's context
+        check_int(steps, "--verify-steps", 1, ckpt.config.llm.max_position_embeddings)
     tokenizer = ckpt.tokenizer()
 
     def fill(writer: BundleWriter) -> dict:

@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import sys
 
+from fusion_edge.runtime import option_types as ot
+
 
 def add_export_args(p) -> None:
     p.add_argument("model", help="checkpoint folder or hub id (e.g. starriver030515/FUSION-X-Phi3.5-3B)")
     p.add_argument("--target", default="onnx", choices=["onnx", "gguf", "trt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"])
-    p.add_argument("-o", "--out", required=True, help="bundle folder to create")
+    p.add_argument("-o", "--out", required=True, type=ot.output_dir_arg("-o"),
+                   help="bundle folder to create (with its parents)")
     p.add_argument("--query-len", type=int, default=None, help="default latent count of the bundle")
     p.add_argument("--image-tokens", type=int, choices=[144], default=None, help="144 = FUSION-L mode")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the PyTorch reference")
     p.add_argument("--force", action="store_true", help="keep a bundle that fails the verification gate")
-    p.add_argument("--verify-steps", type=int, default=16, help="greedy steps compared end to end")
+    p.add_argument("--verify-steps", type=ot.int_arg("--verify-steps", 1), default=16,
+                   help="greedy steps compared end to end (1 to the model's context)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_quant_args(p)
     add_gguf_args(p)
@@ -25,20 +29,26 @@ def add_export_args(p) -> None:
 def add_quant_args(p) -> None:
     """Options of --precision int8|int4 with --target onnx (fusion_edge.quantize, docs/quantization.md)."""
     g = p.add_argument_group("quantization (--target onnx|trt --precision int8|int4)")
-    g.add_argument("--calib", default=None, help="calibration: a recording folder (fusion-edge calibrate), an "
-                   "image folder with questions.txt, or a .jsonl file; default: built-in set")
-    g.add_argument("--calib-samples", type=int, default=32, help="most calibration pairs recorded")
-    g.add_argument("--calib-questions", default=None, help="questions file for an image-folder --calib")
+    g.add_argument("--calib", default=None, type=ot.existing_path_arg("--calib"),
+                   help="calibration: a recording folder (fusion-edge calibrate), an image folder with "
+                        "questions.txt, or a .jsonl file; default: built-in set")
+    g.add_argument("--calib-samples", type=ot.int_arg("--calib-samples", 1), default=32,
+                   help="most calibration pairs recorded (at least 1; more than the data has: all of it)")
+    g.add_argument("--calib-questions", default=None, type=ot.existing_file_arg("--calib-questions"),
+                   help="questions file for an image-folder --calib")
     g.add_argument("--for", dest="flavour", choices=["cpu", "cuda", "trt"], default="cpu",
                    help="hardware the Q/DQ is meant for: cpu (onnxruntime, asymmetric activations), "
                         "cuda (onnxruntime CUDA) or trt (TensorRT: symmetric, int4 as opset-21 DequantizeLinear)")
     g.add_argument("--sm", default=None, help="GPU compute capability for --for cuda|trt (default 8.7, Orin)")
-    g.add_argument("--block-size", type=int, default=32, help="int4 block size along K")
+    g.add_argument("--block-size", type=ot.int_arg("--block-size", choices=ot.INT4_BLOCK_SIZES), default=32,
+                   help=f"int4 block size along K: {', '.join(map(str, ot.INT4_BLOCK_SIZES))}")
     g.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits accuracy_level (4 = int8 compute on CPU, 0 = unset)")
-    g.add_argument("--keep-float", action="append", default=[], metavar="REGEX",
+    g.add_argument("--keep-float", action="append", default=[], metavar="REGEX", type=ot.regex_arg("--keep-float"),
                    help="leave weighted nodes whose name matches REGEX unquantized (repeatable)")
-    g.add_argument("--eval-cases", type=int, default=4, help="held-out cases of the quality gate")
+    g.add_argument("--eval-cases", type=ot.int_arg("--eval-cases", 1), default=4,
+                   help="held-out cases of the quality gate (at least 1; the built-in set has 8 distinct ones "
+                        "and repeats none)")
     g.add_argument("--vision-precision", choices=["int8", "fp32"], default=None,
                    help="--target onnx: fp32 keeps the vision tower unquantized (default: the plan's int8)")
 
@@ -47,6 +57,25 @@ def add_gguf_args(p) -> None:
     g = p.add_argument_group("gguf (--target gguf)")
     g.add_argument("--gguf-quant", choices=["F16", "Q8_0", "Q4_0", "Q4_K_M"], default=None,
                    help="GGUF weight type instead of the one --precision picks (e.g. Q4_0 for int4)")
+
+
+def check_export_options(steps: int, extra: dict) -> None:
+    """The numeric and path options of an export (fusion_edge/targets.py `export_bundle`, the Python
+    API too), checked before any work as the command line's types check them: OptionError.
+    --verify-steps against the model's context once the checkpoint is open (bundle_export.py)."""
+    from fusion_edge.runtime.errors import OptionError
+    ot.check_int(steps, "--verify-steps", 1)
+    for key, option in (("eval_cases", "--eval-cases"), ("calib_samples", "--calib-samples")):
+        if extra.get(key) is not None:
+            ot.check_int(extra[key], option, 1)
+    block, sizes = extra.get("block_size"), ", ".join(map(str, ot.INT4_BLOCK_SIZES))
+    if block is not None and (ot.check_int(block, "--block-size") not in ot.INT4_BLOCK_SIZES):
+        raise OptionError(f"--block-size {block} is not one of {sizes}.", f"pass one of {sizes}")
+    ot.check_threads(extra.get("threads"), "threads")
+    if extra.get("calib") is not None:
+        ot.check_existing_path(extra["calib"], "--calib")
+    if extra.get("calib_questions") is not None:
+        ot.check_existing_file(extra["calib_questions"], "--calib-questions")
 
 
 def gguf_kwargs(args) -> dict:
@@ -80,10 +109,12 @@ def quant_kwargs(args) -> dict:
 def add_verify_args(p) -> None:
     p.add_argument("bundle")
     p.add_argument("--model", required=True, help="the checkpoint the bundle was exported from")
-    p.add_argument("--steps", type=int, default=16, help="greedy steps compared per case")
-    p.add_argument("--eval-cases", type=int, default=4,
-                   help="quantized bundles: built-in cases of the quality gate (teacher-forced agreement)")
-    p.add_argument("--fp32-bundle", default=None, metavar="B",
+    p.add_argument("--steps", type=ot.int_arg("--steps", 1), default=16,
+                   help="greedy steps compared per case (1 to the model's context)")
+    p.add_argument("--eval-cases", type=ot.int_arg("--eval-cases", 1), default=4,
+                   help="quantized bundles: built-in cases of the quality gate (teacher-forced agreement; "
+                        "at least 1; there are 9 distinct ones, none is repeated)")
+    p.add_argument("--fp32-bundle", default=None, metavar="B", type=ot.existing_dir_arg("--fp32-bundle"),
                    help="quantized bundles: also compare with this verified fp32 ONNX bundle of the same "
                         "checkpoint, as the export does")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -157,12 +188,19 @@ def verify_measure(bundle: str, model: str, precision: str, target: str, device:
     Quantized bundles: `verification` = the quality gate (teacher-forced, `quality_gate`,
     `eval_cases` cases, with `fp32_bundle` when given), `reference_comparison` = the reference
     figures (whose own gate is only finite logits), both carrying the combined verdict."""
+    from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.fidelity import quality_gated
-    from fusion_edge.runtime.pipeline import Pipeline
+    from fusion_edge.runtime.pipeline import Pipeline, bundle_context
+    from fusion_edge.runtime.prompt import check_max_new_tokens
 
     from .checkpoint import open_checkpoint
     from .reference import FusionReference
     from .verify import quality_gate, verify_gated
+    ot.check_int(steps, "--steps", 1)
+    ot.check_int(eval_cases, "--eval-cases", 1)
+    # the steps must fit the context: known from the manifest, before any model loads
+    check_max_new_tokens(steps, *bundle_context(Bundle.open(bundle, check_hashes=False)), name="--steps",
+                         option="--steps")
     pipe = Pipeline.open(bundle, **device)
     try:
         ref = FusionReference(open_checkpoint(model))

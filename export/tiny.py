@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from fusion_edge.runtime.arch import by_tiny_name
 from fusion_edge.runtime.config import LLM_PRESETS, TOWER_NAMES, TOWER_PRESETS, TOWER_TYPES, parse_fusion_config
+from fusion_edge.runtime.errors import OptionError
+from fusion_edge.runtime.option_types import SHARD_NAME_MAX, check_int, check_output_dir, check_query_lens
 
 from .safetensors_io import f32_to_bf16, save_file
 from .tiny_tokenizer import write_tiny_tokenizer
@@ -92,7 +95,12 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
         raise ValueError(f"--tower must be one of {TOWERS}")
     if preset not in SIZES:
         raise ValueError(f"--preset must be one of {sorted(SIZES)}")
-    out = Path(out)
+    check_int(seed, "--seed", 0)
+    check_int(shards, "--shards", 1, SHARD_NAME_MAX)
+    p = TOWER_PRESETS[tower]
+    check_query_lens(query_len, high=(p["image_size"] // p["patch_size"]) ** 2)
+    out = check_output_dir(out, "the checkpoint folder")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tok = write_tiny_tokenizer(out, llm)
     stream = size is not None
@@ -104,6 +112,12 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
         config["mm_vision_early_layers"] = scaled_early_layers(tower, size.tower_layers)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     cfg = parse_fusion_config(config, out)
+    tensors = sum(len(e.sources) for e in all_entries(cfg))
+    if shards > tensors:                 # a shard holds at least one tensor; known once the config is
+        if created:                      # written: what this call wrote goes again
+            shutil.rmtree(out, ignore_errors=True)
+        raise OptionError(f"--shards {shards} is more than the checkpoint's {tensors} tensors.",
+                          f"pass --shards {tensors} or fewer")
     rng = np.random.default_rng(seed)
     if stream:
         _stream_weights(out, cfg, rng, tok, shards, dtype)

@@ -43,8 +43,9 @@ def builtin_images() -> list[Image.Image]:
 
 def builtin_cases(n: int = 2) -> list[tuple[Image.Image, str]]:
     """n (image, question) pairs: image i with question i for the first 3, then the other
-    questions of each image (9 distinct pairs)."""
+    questions of each image (9 distinct pairs; a larger n gives those 9, none repeated)."""
     imgs = builtin_images()
+    n = min(n, len(imgs) * len(QUESTIONS))
     return [(imgs[i % len(imgs)], QUESTIONS[(i + i // len(imgs)) % len(QUESTIONS)]) for i in range(n)]
 
 

@@ -186,6 +186,8 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
                   log=print, **extra) -> Path:
     """Checkpoint (or, for quantized ONNX, an fp32 bundle) → verified bundle of (target, precision)."""
     exporter = check_target(target, precision)
+    from fusion_edge.export.cli_export import check_export_options
+    check_export_options(steps, extra)         # before any work; the command line's types check the same
     return exporter(model, out, target=target, precision=precision, query_len=query_len,
                     image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
                     steps=steps, progress=progress, log=log, **extra)

@@ -92,15 +92,20 @@ def parse_sm(sm) -> tuple[int, int] | None:
     if sm is None or isinstance(sm, tuple):
         return sm
     text = str(sm).strip().lower().removeprefix("sm").removeprefix("_")
+    fix = "pass --sm MAJOR.MINOR, e.g. 8.7 for Jetson Orin, 8.6 for RTX 30xx"
     try:
         if "." in text:
             major, minor = text.split(".", 1)
-            return int(major), int(minor)
-        value = int(text)
+            version = int(major), int(minor)
+        else:
+            value = int(text)
+            version = (value // 10, value % 10) if value >= 10 else (value, 0)
     except ValueError:
-        raise PrecisionNotSupportedError(f"compute capability {sm!r} is not a version like 8.7.",
-                                         "pass --sm MAJOR.MINOR, e.g. 8.7 for Jetson Orin, 8.6 for RTX 30xx") from None
-    return (value // 10, value % 10) if value >= 10 else (value, 0)
+        raise PrecisionNotSupportedError(f"compute capability {sm!r} is not a version like 8.7.", fix) from None
+    if not (1 <= version[0] <= 99 and 0 <= version[1] <= 9):      # no GPU has a major 0, a negative or a 3-digit one
+        raise PrecisionNotSupportedError(f"compute capability {sm!r} is out of range (major 1 to 99, minor 0 to 9).",
+                                         fix)
+    return version
 
 
 def arch_name(sm: tuple[int, int]) -> str:

@@ -18,10 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.option_types import INT4_BLOCK_SIZES
 
 from . import graph_io
 
-BLOCK_SIZES = (16, 32, 64, 128, 256)
+BLOCK_SIZES = INT4_BLOCK_SIZES      # --block-size checks the same tuple
 INT4_OPSET = 21
 
 
