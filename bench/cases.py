@@ -14,6 +14,7 @@ QUESTIONS = ("What is on the table?", "How many red objects are there?",
              "Is there any text in the picture?")
 # Camera-like sizes and one odd aspect ratio: preprocessing cost depends on the input size.
 SIZES = ((1280, 720), (640, 480), (1024, 256), (800, 800))
+MAX_CASES = 1000            # --cases: the images are written before any measurement
 
 
 def scene(index: int) -> Image.Image:

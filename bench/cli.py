@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+from fusion_edge.runtime import option_types as ot
+
 EPILOG = """examples:
   fusion-edge make-tiny bench-ckpt --preset bench
   fusion-export bench-ckpt --target onnx --precision fp32 -o b32
@@ -28,24 +30,32 @@ def add_args(p) -> None:
     p.add_argument("--native", nargs="+", default=[], metavar="B",
                    help="gguf bundles to measure through the native runtime too (docs/native.md; "
                         "build/libfusion_edge.so or $FUSION_NATIVE_LIB)")
-    p.add_argument("--cases", type=int, default=2, help="images (default 2)")
-    p.add_argument("--questions-per-image", type=int, default=2,
+    from .cases import MAX_CASES
+    p.add_argument("--cases", type=ot.int_arg("--cases", 1, MAX_CASES), default=2,
+                   help=f"images (default 2, at most {MAX_CASES})")
+    p.add_argument("--questions-per-image", type=ot.int_arg("--questions-per-image", 1), default=2,
                    help="questions per image; all but the first are follow-ups on the cached scene (default 2)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--max-new-tokens", type=ot.int_arg("--max-new-tokens", 2), default=32,
+                   help="greedy tokens per answer (default 32; 2 to the model's context)")
+    p.add_argument("--repeats", type=ot.int_arg("--repeats", 1), default=3,
                    help="measured passes over all cases, round robin over the backends, each pass in a fresh "
                         "worker process (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured warm-up questions at the start of each pass "
-                                                         "(default 1)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="threads for every backend and the bandwidth probe (default: all cores)")
+    p.add_argument("--warmup", type=ot.int_arg("--warmup", 0), default=1,
+                   help="unmeasured warm-up questions at the start of each pass (default 1)")
+    p.add_argument("--threads", type=ot.threads_arg(), default=os.cpu_count() or 1,
+                   help=f"threads for every backend and the bandwidth probe (default: all cores; at most "
+                        f"{ot.MAX_THREADS})")
     from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p, default="cpu")
     p.add_argument("--query-len", type=int, default=None, help="latent count (default: each backend's)")
-    p.add_argument("--bandwidth-mib", type=int, default=256, help="size of the bandwidth probe's array")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per backend before it is abandoned")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full result as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="write a PNG: TTFT split and decode tok/s per backend")
+    p.add_argument("--bandwidth-mib", type=ot.int_arg("--bandwidth-mib", 1), default=256,
+                   help="size of the bandwidth probe's array (at least 1; twice it must fit in free memory)")
+    p.add_argument("--timeout", type=ot.float_arg("--timeout", 0, low_open=True), default=3600.0,
+                   help="seconds per backend before it is abandoned (a finite number above 0)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", type=ot.output_file_arg("--json"),
+                   help="write the full result as JSON")
+    p.add_argument("--plot", metavar="OUT.png", type=ot.output_file_arg("--plot", ".png"),
+                   help="write a PNG: TTFT split and decode tok/s per backend")
 
 
 def run(args) -> int:

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from fusion_edge import __version__
-from fusion_edge.runtime.errors import BundleError, FusionEdgeError
+from fusion_edge.runtime.errors import BundleError, FusionEdgeError, OptionError
+from fusion_edge.runtime.option_types import check_float, check_int, check_threads
 
 from .bandwidth import measure_bandwidth
-from .cases import write_images
+from .cases import MAX_CASES, write_images
 from .stats import summarize
 from .worker import IMAGE_FIGURES, QUESTION_FIGURES
 
@@ -55,11 +56,22 @@ class Settings:
     reference_dtype: str = "fp32"        # bf16 where an fp32 reference does not fit (real-size runs)
 
     def check(self) -> None:
-        for name, low in (("cases", 1), ("questions_per_image", 1), ("repeats", 1), ("threads", 1),
-                          ("max_new_tokens", 2), ("warmup", 0)):
-            if getattr(self, name) < low:
-                raise BenchError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}.",
-                                 f"pass --{name.replace('_', '-')} {max(low, 1)} or more")
+        """The settings' ranges (the command line's types check the same, bench/cli.py): BenchError.
+        The counts have no upper bound but --cases (its images are written first): a large one
+        only runs long. Checked against the bundles and the machine: _check_inputs."""
+        for name, low, high in (("cases", 1, MAX_CASES), ("questions_per_image", 1, None), ("repeats", 1, None),
+                                ("max_new_tokens", 2, None), ("warmup", 0, None)):
+            option = f"--{name.replace('_', '-')}"
+            try:
+                check_int(getattr(self, name), option, low, high)
+            except OptionError as e:
+                raise BenchError(e.problem, e.fix) from None
+        try:
+            check_threads(self.threads, "--threads")
+            check_float(self.timeout_s, "--timeout", 0, low_open=True)
+            check_int(self.bandwidth_bytes, "bandwidth_bytes", 1 << 20, fix="pass --bandwidth-mib 1 or more")
+        except OptionError as e:
+            raise BenchError(e.problem, e.fix) from None
 
 
 def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) -> dict:
@@ -94,14 +106,28 @@ def _check_inputs(s: Settings) -> str | None:
     from fusion_edge.runtime.bundle import Bundle
     if not s.bundles:
         raise BundleError("no bundle to benchmark.", "pass --bundles B1 [B2 ...] (folders made by fusion-export)")
+    from fusion_edge.runtime.memory import available_bytes
+    from fusion_edge.runtime.pipeline import bundle_context
+    from fusion_edge.runtime.prompt import check_max_new_tokens
+    free = available_bytes()
+    if free is not None and 2 * s.bandwidth_bytes > free * 0.8:      # two arrays: source and destination
+        raise BenchError(f"--bandwidth-mib {s.bandwidth_bytes >> 20} needs {2 * s.bandwidth_bytes >> 20} MiB, more "
+                         f"than this machine's {free >> 20} MiB available.",
+                         f"pass --bandwidth-mib {max(1, int(free * 0.4) >> 20)} or less (256, the default, is "
+                         "plenty to pass the caches)")
     ckpt = None
     if Path(s.model).is_dir():
         from fusion_edge.export.checkpoint import open_checkpoint
         ckpt = open_checkpoint(s.model)
+        if s.query_len is not None:
+            ckpt.config.check_query_len(s.query_len)
     for b in s.bundles + s.native:
         bundle = Bundle.open(b, check_hashes=False)     # the worker checks hashes (timed as load)
         if ckpt is not None:
             bundle.check_source(ckpt.fingerprint)
+        if s.query_len is not None:
+            bundle.config.check_query_len(s.query_len)
+        check_max_new_tokens(s.max_new_tokens, *bundle_context(bundle))
     return ckpt.fingerprint() if ckpt is not None else None
 
 
