@@ -13,6 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from fusion_edge.runtime.errors import SourceError
+from fusion_edge.runtime.option_types import check_float, check_int
+from fusion_edge.runtime.prompt import check_max_new_tokens
+from fusion_edge.runtime.sampling import Sampler
 
 from .capture import Capture, Frame, upload_frame
 from .hub import Hub
@@ -36,6 +39,16 @@ class Settings:
     thumb_px: int = 192                   # answer thumbnails: longer side
     history: int = 30                     # finished answers kept for a page (re)load
     watch_keep: int = 10                  # watch answers listed
+
+    def __post_init__(self):
+        """The ranges the command line checks too (cli.py): OptionError / PromptError, never a
+        value reinterpreted; the limits themselves may be as large as wanted."""
+        check_max_new_tokens(self.max_new_tokens, name="max_new_tokens", option="--max-new-tokens")
+        Sampler(self.temperature)
+        check_int(self.max_question_chars, "--max-question-chars", 1)
+        check_int(self.max_upload_bytes, "max_upload_bytes", 1)
+        check_float(self.max_fps, "--max-fps", 0, low_open=True)
+        check_float(self.slide_seconds, "--slide-seconds", 0, low_open=True)
 
 
 class CameraApp:
@@ -102,6 +115,7 @@ class CameraApp:
     def ask(self, question, max_new_tokens=None) -> Job:
         """Queue a question about the current frame; raises PromptError / SourceError / BusyError."""
         q = clean_question(question, self.settings.max_question_chars)
+        max_new_tokens = self._token_budget(max_new_tokens)         # checked before the frame is taken
         frame = self.current_frame()
         if frame is None:
             raise SourceError(f"no frame from {self.source.label} yet ({self.capture.status()['message']})",
@@ -126,12 +140,14 @@ class CameraApp:
         return state
 
     def _token_budget(self, requested) -> int:
+        """A question's max_new_tokens: none = the app's limit; a whole number >= 1 (PromptError
+        otherwise), at most the limit (a larger one is lowered to it: --max-new-tokens caps every
+        answer)."""
         cap = self.settings.max_new_tokens
-        try:
-            n = int(requested) if requested is not None else cap
-        except (TypeError, ValueError):
-            n = cap
-        return max(1, min(n, cap))
+        if requested is None:
+            return cap
+        check_max_new_tokens(requested)
+        return min(int(requested), cap)
 
     def _no_frame_fix(self) -> str:
         return "wait for the camera, or upload a photo to ask about"

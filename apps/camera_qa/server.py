@@ -6,7 +6,8 @@ HTTP
                          (204 when none came, 503 with the source's message when there is no frame)
   GET  /api/state        everything a page needs after a (re)load
   POST /api/upload       body = the photo (Content-Type image/jpeg|png|webp|bmp); freezes on it
-Web socket /ws — client → server JSON: {"type": "ask", "question", "max_new_tokens"?},
+Web socket /ws — client → server JSON: {"type": "ask", "question", "max_new_tokens"?} (a whole
+  number >= 1, lowered to --max-new-tokens when above it; anything else is an error reply),
   {"type": "cancel", "id"?}, {"type": "freeze", "on"},
   {"type": "watch", "on", "question", "interval", "max_new_tokens"?}, {"type": "ping"}.
   Server → client: state, job, token, end, source, freeze, watch, notice,
@@ -22,6 +23,7 @@ import socket
 from pathlib import Path
 
 from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError
+from fusion_edge.runtime.option_types import check_port
 
 from .capture import readable
 from .images import UploadError, check_upload_type, jpeg_bytes, too_large
@@ -234,6 +236,7 @@ def _error(problem: str, fix: str | None, request) -> dict:
 # ---- serving -----------------------------------------------------------------------------------
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0 = any free port), or a readable error."""
+    check_port(port)                     # getaddrinfo would wrap 70000 to 4464, or overflow
     try:
         family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                    flags=socket.AI_PASSIVE)[0]
@@ -247,11 +250,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(cam, host: str, port: int, token: str | None):
-    """(uvicorn.Server, listening socket, URL to open) — `serve` runs it; tests run it in a thread."""
+def make_server(cam, host: str, port: int, token: str | None, sock: socket.socket | None = None):
+    """(uvicorn.Server, listening socket, URL to open) — `serve` runs it; tests run it in a thread.
+    sock: already bound with `bind(host, port)` (the command line binds before the model loads)."""
     import_web()
     import uvicorn
-    sock = bind(host, port)
+    sock = sock or bind(host, port)
     app = create_app(cam, token, loopback_only=is_loopback(host))
     config = uvicorn.Config(app, log_level="warning", access_log=False, ws_max_size=64 * 1024,
                             timeout_graceful_shutdown=3, lifespan="off")
@@ -261,8 +265,8 @@ def make_server(cam, host: str, port: int, token: str | None):
     return uvicorn.Server(config), sock, url
 
 
-def serve(cam, host: str, port: int, token: str | None, on_ready=print) -> None:
+def serve(cam, host: str, port: int, token: str | None, on_ready=print, sock: socket.socket | None = None) -> None:
     """Run the web app until Ctrl-C / SIGTERM. `on_ready(url)` is called once it listens."""
-    server, sock, url = make_server(cam, host, port, token)
+    server, sock, url = make_server(cam, host, port, token, sock)
     on_ready(url + (f"?token={token}" if token else ""))
     server.run(sockets=[sock])

@@ -23,10 +23,13 @@ import numpy as np
 from PIL import Image
 
 from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError, SourceError
+from fusion_edge.runtime.option_types import check_int
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 STREAM_TIMEOUT_MS = 10_000
+MAX_DEVICE_INDEX = 255            # /dev/video0..255, CSI sensor ids: V4L2's device numbers
+CSI_RANGES = {"width": (1, 16384), "height": (1, 16384), "fps": (1, 1000), "flip": (0, 7)}   # flip: nvvidconv
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ def parse_source(spec: str) -> SourceSpec:
     if s.lower().startswith(STREAM_SCHEMES):
         return SourceSpec("stream", s, _redact_url(s))
     if s.isdigit():
+        check_int(int(s), "--source camera index", 0, MAX_DEVICE_INDEX,
+                  f"pass a camera index from 0 to {MAX_DEVICE_INDEX} (/dev/videoN), or another source")
         return SourceSpec("v4l2", s, f"camera {s}")
     if s.startswith("/dev/video"):
         return SourceSpec("v4l2", s, s)     # may appear later (USB re-plug): not checked here
@@ -84,6 +89,10 @@ def _csi_from_url(url: str) -> str:
     unknown = set(q) - {"width", "height", "fps", "flip"}
     if unknown:
         raise SourceError(f"unknown CSI option(s) {sorted(unknown)} in '{url}'.", "known: width, height, fps, flip")
+    check_int(sensor, "CSI sensor id", 0, MAX_DEVICE_INDEX)
+    for key, (low, high) in CSI_RANGES.items():
+        if key in opts:
+            check_int(opts[key], f"CSI {key}", low, high)
     return csi_pipeline(sensor, **opts)
 
 
