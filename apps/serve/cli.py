@@ -16,7 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
+from fusion_edge.runtime import option_types as ot
+
 MB = 1024 * 1024
+RAY_MIN_OBJECT_STORE_MB = 75          # Ray refuses less (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES)
 
 
 def add_args(p) -> None:
@@ -24,44 +27,56 @@ def add_args(p) -> None:
     p.add_argument("bundle", help="exported bundle folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; any other address needs --api-key)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    p.add_argument("--port", type=ot.port_arg(), default=8000, help="port (0 = any free port)")
     p.add_argument("--api-key", default=os.environ.get("FUSION_EDGE_API_KEY"),
                    help="key clients send as 'Authorization: Bearer KEY' (default: $FUSION_EDGE_API_KEY)")
-    p.add_argument("--max-queue", type=int, default=8, help="requests waiting for the model beyond the running "
+    p.add_argument("--max-queue", type=ot.int_arg("--max-queue", 0), default=8,
+                   help="requests waiting for the model beyond the running "
                    "one (default 8); more get 429 with Retry-After")
     p.add_argument("--model-id", default=None, help="the model name clients use (default: the bundle folder name)")
     from fusion_edge.runtime.device_args import add_device_args
     add_device_args(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
+    p.add_argument("--threads", type=ot.threads_arg(), default=None,
+                   help=f"CPU threads for onnxruntime (1 to {ot.MAX_THREADS}; default: every core)")
     p.add_argument("--strict", action="store_true", help="refuse a bundle whose verification was skipped, forced "
                    "or failed")
     p.add_argument("--allow-local-files", metavar="DIR", default=None,
+                   type=ot.existing_dir_arg("--allow-local-files"),
                    help="accept file:// image URLs under DIR (symlinks resolved; nothing outside it)")
     p.add_argument("--allow-remote-images", action="store_true", help="accept http(s):// image URLs (fetched by "
                    "the server, with --max-image-mb and --remote-timeout)")
-    p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds to fetch a remote image (default 10)")
-    p.add_argument("--max-image-mb", type=float, default=20.0, help="encoded image size limit (default 20)")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit (default 32)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
-    p.add_argument("--max-prompt-chars", type=int, default=4000, help="question length limit in characters")
-    p.add_argument("--scene-cache", type=int, default=8, help="images whose scene (global tiles) is kept")
+    p.add_argument("--remote-timeout", type=ot.float_arg("--remote-timeout", 0, low_open=True), default=10.0,
+                   help="seconds to fetch a remote image (default 10)")
+    p.add_argument("--max-image-mb", type=ot.float_arg("--max-image-mb", 0, low_open=True), default=20.0,
+                   help="encoded image size limit (default 20)")
+    p.add_argument("--max-body-mb", type=ot.float_arg("--max-body-mb", 0, low_open=True), default=32.0,
+                   help="request body limit (default 32)")
+    p.add_argument("--max-tokens", type=ot.int_arg("--max-tokens", 1), default=1024,
+                   help="the largest max_tokens a request may ask for (1 to the model's context)")
+    p.add_argument("--default-max-tokens", type=ot.int_arg("--default-max-tokens", 1), default=256,
+                   help="max_tokens when a request gives none (at most --max-tokens)")
+    p.add_argument("--max-prompt-chars", type=ot.int_arg("--max-prompt-chars", 1), default=4000,
+                   help="question length limit in characters")
+    p.add_argument("--scene-cache", type=ot.int_arg("--scene-cache", 1), default=8,
+                   help="images whose scene (global tiles) is kept")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages of this origin (repeatable; default: none)")
-    p.add_argument("--drain-timeout", type=float, default=120.0,
-                   help="on SIGTERM: seconds to finish running requests before exiting (default 120)")
+    p.add_argument("--drain-timeout", type=ot.float_arg("--drain-timeout", 0), default=120.0,
+                   help="on SIGTERM: seconds to finish running requests before exiting (default 120; 0 = none)")
     r = p.add_argument_group("Ray Serve (pip install 'fusion-edge[ray]')")
     r.add_argument("--ray", action="store_true", help="deploy as a Ray Serve application, one bundle per replica")
-    r.add_argument("--replicas", type=int, default=1, help="fixed replica count (default 1)")
+    r.add_argument("--replicas", type=ot.int_arg("--replicas", 1), default=1, help="fixed replica count (default 1)")
     r.add_argument("--address", default=None, help="Ray cluster: auto | ray://HOST:PORT | HOST:PORT (default: start "
                    "a local one for this run)")
     r.add_argument("--autoscaling", default=None, metavar="JSON",
                    help="Ray Serve autoscaling_config, e.g. '{\"min_replicas\": 1, \"max_replicas\": 4, "
                         "\"target_ongoing_requests\": 2}' (replaces --replicas)")
-    r.add_argument("--gpus-per-replica", type=float, default=None,
+    r.add_argument("--gpus-per-replica", type=ot.float_arg("--gpus-per-replica", 0), default=None,
                    help="num_gpus of each replica (default: 1 where the cluster has GPUs, else 0)")
-    r.add_argument("--cpus-per-replica", type=float, default=1.0, help="num_cpus of each replica (default 1)")
-    r.add_argument("--ray-object-store-mb", type=int, default=128,
+    r.add_argument("--cpus-per-replica", type=ot.float_arg("--cpus-per-replica", 0, low_open=True), default=1.0,
+                   help="num_cpus of each replica (default 1)")
+    r.add_argument("--ray-object-store-mb", type=ot.int_arg("--ray-object-store-mb", RAY_MIN_OBJECT_STORE_MB),
+                   default=128,
                    help="object store of a local cluster started by this command (default 128)")
 
 
@@ -71,16 +86,17 @@ def check_args(args) -> None:
     if not is_loopback(args.host) and not args.api_key:
         raise OptionError(f"listening on {args.host} (beyond this machine) needs an API key.",
                           "add --api-key KEY (or set FUSION_EDGE_API_KEY), or keep --host 127.0.0.1")
-    positive = {"--max-tokens": args.max_tokens, "--default-max-tokens": args.default_max_tokens,
-                "--max-prompt-chars": args.max_prompt_chars, "--scene-cache": args.scene_cache,
-                "--max-image-mb": args.max_image_mb, "--max-body-mb": args.max_body_mb,
-                "--remote-timeout": args.remote_timeout, "--replicas": args.replicas}
-    bad = [k for k, v in positive.items() if v <= 0]
-    if bad or args.max_queue < 0 or args.default_max_tokens > args.max_tokens:
-        raise OptionError(f"{', '.join(bad) or '--max-queue / --default-max-tokens'} out of range.",
-                          "pass positive numbers, --max-queue >= 0, --default-max-tokens <= --max-tokens")
-    if args.allow_local_files and not Path(args.allow_local_files).is_dir():
-        raise OptionError(f"--allow-local-files {args.allow_local_files} is not a folder.", "name an existing folder")
+    # each value's range is its type's (runtime/option_types.py, checked while parsing); here what
+    # involves two options or the bundle, before the model loads
+    if args.default_max_tokens > args.max_tokens:
+        raise OptionError(f"--default-max-tokens {args.default_max_tokens} is more than --max-tokens "
+                          f"{args.max_tokens}.", "pass --default-max-tokens at most --max-tokens")
+    if not (args.ray and args.address):       # the bundle is on this machine (a remote cluster's replicas check)
+        from fusion_edge.runtime.bundle import Bundle
+        from fusion_edge.runtime.pipeline import bundle_context
+        from fusion_edge.runtime.prompt import check_max_new_tokens
+        check_max_new_tokens(args.max_tokens, *bundle_context(Bundle.open(args.bundle, check_hashes=False)),
+                             name="--max-tokens", option="--max-tokens")
     if args.autoscaling is not None:
         autoscaling_config(args)
     if (args.replicas != 1 or args.autoscaling or args.address) and not args.ray:
@@ -91,14 +107,20 @@ def autoscaling_config(args) -> dict | None:
     from fusion_edge.runtime.errors import OptionError
     if args.autoscaling is None:
         return None
+    example = "e.g. --autoscaling '{\"min_replicas\": 1, \"max_replicas\": 4}'"
     try:
         cfg = json.loads(args.autoscaling)
         if not isinstance(cfg, dict):
             raise ValueError
-        return cfg
     except ValueError:
-        raise OptionError("--autoscaling is not a JSON object.",
-                          "e.g. --autoscaling '{\"min_replicas\": 1, \"max_replicas\": 4}'") from None
+        raise OptionError("--autoscaling is not a JSON object.", example) from None
+    for key, value in cfg.items():           # Ray checks the fields once deployed; numbers are checked here
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ot.check_float(value, f"--autoscaling {key}", 0, fix=f"give {key} a finite number >= 0; {example}")
+    lo, hi = cfg.get("min_replicas", 1), cfg.get("max_replicas", 1)
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
+        raise OptionError(f"--autoscaling min_replicas {lo} is more than max_replicas {hi}.", example)
+    return cfg
 
 
 def settings_from_args(args):

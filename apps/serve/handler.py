@@ -17,7 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from fusion_edge.runtime.prompt import build_prompt
+from fusion_edge.runtime.errors import OptionError, PromptError
+from fusion_edge.runtime.prompt import build_prompt, check_room
+from fusion_edge.runtime.sampling import Sampler
 
 from .errors import ApiError
 from .images import ImageSettings, load_image_url
@@ -109,16 +111,23 @@ class ChatHandler:
         return Prepared(req, image, key, self._check_prompt(req))
 
     def _check_prompt(self, req: ChatRequest) -> int:
-        """Build the prompt as `ask` will (PromptError on an over-long or malformed one) → its length."""
+        """Build the prompt as `ask` will (PromptError on an over-long or malformed one), check that
+        it and max_tokens fit the context (runtime/prompt.py `check_room`, every bundle: the model's
+        positions, a trt bundle's engine profiles) and the sampling options (`Sampler`: the seed's
+        range) → the prompt's length. Everything `ask` would refuse is a 400 before the queue."""
         p, cfg = self.pipe, self.pipe.cfg
         layout = build_prompt(self._tokens._tok, cfg.template, req.question, p.image_tokens, p.default_query_len,
                               cfg.tokenizer_model_max_length)
-        limit = p.bundle.options.get("max_context")
-        if limit and layout.seq_len + req.max_tokens - 1 > limit:
-            raise ApiError(400, f"the prompt ({layout.seq_len} tokens) and max_tokens {req.max_tokens} pass the "
-                           f"bundle's context of {limit} positions.",
-                           f"ask for at most {max(limit - layout.seq_len + 1, 1)} tokens", "max_tokens",
-                           "context_length_exceeded")
+        context, what = p.context_limit()
+        try:
+            check_room(layout.seq_len, req.max_tokens, context, what, option="max_tokens")
+        except PromptError as e:
+            param = "messages" if layout.seq_len > context else "max_tokens"
+            raise ApiError(400, e.problem, e.fix, param, "context_length_exceeded") from None
+        try:
+            Sampler(req.temperature, req.top_p, 0, req.seed)
+        except OptionError as e:
+            raise ApiError(400, e.problem, e.fix, "seed", "invalid_value") from None
         return layout.seq_len
 
     # ---- the worker thread -------------------------------------------------------------------
