@@ -50,6 +50,8 @@ class FusionEdgeNode(Node):
         bundle = self._p("bundle")
         if not bundle:
             raise PromptError("no bundle was given.", "fusion-edge ros2 BUNDLE, or --ros-args -p bundle:=FOLDER")
+        for name in params.PARAMS:                  # before the model loads: what needs no pipeline
+            params.check(name, self._p(name), None)
         self.pipe = open_pipeline(bundle, self._device_kwargs())
         for name in params.PARAMS:
             params.check(name, self._p(name), self.pipe)

@@ -1,12 +1,15 @@
 """The node's parameters: defaults, meanings, and the check each new value must pass.
 
-`check(name, value, pipe)` raises PromptError with the reason a value is refused; the node
+`check(name, value, pipe)` raises PromptError / OptionError with the reason a value is refused; the node
 turns that into the reason of a refused `ros2 param set`. Values are read again for every
 question, so an accepted change takes effect on the next one.
 """
 from __future__ import annotations
 
 from fusion_edge.runtime.errors import FusionEdgeError, PromptError
+from fusion_edge.runtime.option_types import check_float, check_int
+from fusion_edge.runtime.prompt import check_max_new_tokens
+from fusion_edge.runtime.sampling import Sampler
 
 # name → (default, description). The default's type is the parameter's ROS type.
 PARAMS: dict[str, tuple] = {
@@ -30,25 +33,32 @@ MAX_TOKENS = 4096
 
 
 def check(name: str, value, pipe) -> None:
-    """Raise PromptError when `value` is not acceptable for parameter `name` on this pipeline."""
+    """Raise PromptError / OptionError when `value` is not acceptable for parameter `name` on this
+    pipeline: the runtime's own checks (max_new_tokens against the context, the sampler's
+    temperature, runtime/option_types.py for the rest), then the node's limits (4096 tokens,
+    temperature 10). pipe None (before the model loads): what needs no pipeline."""
     if name not in PARAMS:
         raise PromptError(f"the node has no parameter '{name}'.", f"parameters: {', '.join(PARAMS)}")
-    if name == "max_new_tokens" and not 1 <= value <= MAX_TOKENS:
-        raise PromptError(f"max_new_tokens must be 1..{MAX_TOKENS}, not {value}.", "pick a positive number")
-    if name == "temperature" and not 0.0 <= value <= 10.0:
-        raise PromptError(f"temperature must be 0..10, not {value:g}.", "0 = greedy; 0.7 is a common choice")
-    if name == "query_len" and value != 0:
+    if name == "max_new_tokens":
+        check_max_new_tokens(value, *(pipe.context_limit() if pipe is not None else ()), option="max_new_tokens")
+        if value > MAX_TOKENS:
+            raise PromptError(f"max_new_tokens must be 1..{MAX_TOKENS}, not {value}.", "pick a smaller number")
+    if name == "temperature":
+        Sampler(value)                  # finite and >= 0
+        if value > 10.0:
+            raise PromptError(f"temperature must be 0..10, not {value:g}.", "0 = greedy; 0.7 is a common choice")
+    if name in ("watch_period_s", "max_image_age_s"):
+        check_float(value, name, 0.0, fix="a finite number of seconds; 0 turns it off")
+    if name == "max_question_chars":
+        check_int(value, name, 1, fix="500 is the default")
+    if name == "query_len" and value != 0 and pipe is not None:
         try:
             pipe.cfg.check_query_len(value)
         except FusionEdgeError as e:
             raise PromptError(e.problem, e.fix) from None
-    if name == "image_tokens" and value not in (0, pipe.image_tokens):
+    if name == "image_tokens" and pipe is not None and value not in (0, pipe.image_tokens):
         raise PromptError(f"the bundle was exported with {pipe.image_tokens} image tokens, not {value}.",
                           "re-export the bundle with --image-tokens and start the node on it")
-    if name in ("watch_period_s", "max_image_age_s") and value < 0:
-        raise PromptError(f"{name} must be 0 or more, not {value:g}.", "0 turns it off")
-    if name == "max_question_chars" and value < 1:
-        raise PromptError(f"max_question_chars must be positive, not {value}.", "500 is the default")
 
 
 def refuse_fixed(name: str) -> PromptError:
