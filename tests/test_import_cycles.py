@@ -189,11 +189,7 @@ def describe(graph: dict[str, dict[str, int]], cycle: list[str], mods: dict[str,
 # Cycles that exist and are owned elsewhere, each with what breaks it. The test fails on any
 # cycle not listed here, and on an entry that is no longer a cycle (remove it then): the list
 # only shrinks.
-KNOWN: dict[frozenset[str], str] = {
-    frozenset({"fusion_edge.apps.serve.cli", "fusion_edge.apps.serve.ray_app"}):
-        "cli.run imports ray_app.run_ray, ray_app.replica_config imports cli.settings_from_args: "
-        "settings_from_args (and the argument helpers it needs) to a leaf module of apps/serve",
-}
+KNOWN: dict[frozenset[str], str] = {}
 
 
 def test_no_import_cycles():

@@ -17,8 +17,9 @@ import threading
 
 from fusion_edge.runtime.errors import MissingExtraError
 
+from .settings import MB
+
 APP_NAME = "fusion-edge"
-MB = 1024 * 1024
 
 
 def import_ray():
@@ -34,7 +35,7 @@ def replica_config(args) -> dict:
     from fusion_edge.apps.camera_qa.security import is_loopback
     from fusion_edge.runtime.device_args import device_kwargs
 
-    from .cli import settings_from_args
+    from .settings import settings_from_args
     return {"bundle": str(args.bundle), "threads": args.threads, "strict": args.strict,
             "devices": device_kwargs(args), "settings": settings_from_args(args), "max_queue": args.max_queue,
             "max_body_bytes": int(args.max_body_mb * MB), "api_key": args.api_key,
@@ -50,7 +51,7 @@ def deployment(options: dict):
     class FusionReplica:
         def __init__(self, cfg: dict):
             from .app import Service
-            from .cli import open_pipeline
+            from .settings import open_pipeline
             ctx = serve.get_replica_context()
             replica = f"{ctx.replica_id.deployment_id.name}#{ctx.replica_id.unique_id}"
             pipe = open_pipeline(cfg["bundle"], cfg["threads"], cfg["strict"], cfg["devices"])
@@ -66,7 +67,7 @@ def deployment(options: dict):
 
 
 def deployment_options(args, cluster_gpus: float) -> dict:
-    from .cli import autoscaling_config
+    from .settings import autoscaling_config
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if cluster_gpus > 0 else 0.0)
     opts = {"name": "fusion", "ray_actor_options": {"num_cpus": args.cpus_per_replica, "num_gpus": gpus},
             # a little above what one replica's queue holds, so the replica's own 429 answers an overflow
