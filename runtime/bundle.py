@@ -1,7 +1,8 @@
 """The bundle: a folder with `fusion_bundle.json`, graph/engine/GGUF files and the tokenizer.
 
 Writing goes to a hidden temporary folder beside the target that is renamed into place
-when complete, so an interrupted export leaves no bundle. Reading checks the format
+when complete, so an interrupted export leaves no bundle; the next writer of the same target
+removes what a killed one left (its `.partial-<pid>` folder, a `.old-<pid>` of --overwrite). Reading checks the format
 version, that every listed file is present and that its sha256 matches, and fails with a
 typed error naming the file and what to do.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from .config import FusionConfig
 from .errors import (BundleError, BundleFileError, BundleMismatchError, BundlePathError, BundleVersionError,
                      UnverifiedBundleError)
+from .outputs import LOCKS, existing_ancestor, folder_held, hold_folder, write_error
 
 MANIFEST = "fusion_bundle.json"
 FORMAT = "fusion-edge-bundle"
@@ -36,6 +38,7 @@ REEXPORT = "re-export it with this fusion-edge version: fusion-export MODEL --ta
 
 
 COMPONENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+PARTIAL_NAME = re.compile(r"\.(.+)\.partial-(\d+)")      # BundleWriter's folder: .<name>.partial-<pid>
 UNSAFE = "a bundle is something people download and share: it may name only files inside its own folder"
 
 
@@ -237,6 +240,11 @@ class Bundle:
         if not path.is_dir():
             raise BundleError(f"bundle folder {path} does not exist.",
                               "export one first: fusion-export MODEL --target onnx -o " + str(path))
+        partial = PARTIAL_NAME.fullmatch(path.resolve().name)
+        if partial and not _writing(path, int(partial.group(2))):
+            raise BundleFileError(f"{path} is what an export that did not finish (process {partial.group(2)}) left, "
+                                  "not a bundle.", f"export again to {path.parent / partial.group(1)}: the next "
+                                  "export there removes this folder")
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise BundleFileError(f"{path} has no {MANIFEST}: it is not a bundle, or an incomplete copy.",
@@ -334,26 +342,34 @@ class Bundle:
 
     def update_manifest(self, **fields) -> None:
         """Rewrite the manifest with updated top-level fields (e.g. fresh verification figures)."""
-        self.manifest = self.manifest.updated(**fields)
-        _write_json_atomic(self.path / MANIFEST, self.manifest.to_dict())
+        updated = self.manifest.updated(**fields)
+        try:
+            _write_json_atomic(self.path / MANIFEST, updated.to_dict())
+        except OSError as e:        # a read-only or full disk: the manifest on disk is unchanged
+            raise write_error(e, self.path, "manifest of bundle", self.path / MANIFEST,
+                              "copy the bundle to a folder") from None
+        self.manifest = updated
 
 
 class BundleWriter:
-    """Collects files in `<parent>/.<name>.partial-<pid>/`; `finish` renames into place."""
+    """Collects files in `<parent>/.<name>.partial-<pid>/` (flock-ed while it writes); `finish`
+    renames into place. A folder that cannot be written is a typed error here, before any work."""
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False):
         self.out = Path(out).resolve()
         if self.out.exists() and not overwrite:
             raise BundleError(f"{self.out} already exists.", "choose another -o folder, or pass --overwrite")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.parent.glob(f".{self.out.name}.partial-*"):
-            pid = stale.name.rsplit("-", 1)[-1]
-            if not (pid.isdigit() and _alive(int(pid))):
-                shutil.rmtree(stale, ignore_errors=True)   # left by a killed export
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
         self.overwrite = overwrite
+        self._lock: int | None = None
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(self.out)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except OSError as e:
+            raise write_error(e, existing_ancestor(self.out.parent), "bundle", self.out) from None
+        self._lock = hold_folder(self.tmp)
 
     def path(self, name: str) -> Path:
         p = self.tmp / name
@@ -387,10 +403,17 @@ class BundleWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(self.tmp, self.out)
+        self._release()
         return self.out
 
     def abort(self) -> None:
+        self._release()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -431,13 +454,42 @@ def check_verified(bundle: Bundle, why: str = "--strict refuses it") -> None:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove what killed writers of `out` left beside it: `.<name>.partial-<pid>` folders whose
+    writer is gone (its pid dead, or alive but not holding the folder's lock: a reused pid) and
+    `.<name>.old-<pid>` folders of an interrupted --overwrite. → the folders removed."""
+    removed = []
+    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if _alive(int(pid)) and (pattern.endswith(".old-*") or not LOCKS or folder_held(stale)):
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def _writing(folder: Path, pid: int) -> bool:
+    """Whether the writer of the temporary folder `folder` still runs (it, or a child process
+    verifying it, may open it)."""
+    return folder_held(folder) if LOCKS else _alive(pid)
 
 
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
-    except OSError:
+    except ProcessLookupError:
         return False
+    except OSError:         # EPERM: it exists, under another user
+        return True

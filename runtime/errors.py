@@ -78,6 +78,18 @@ class BundleMismatchError(BundleError):
     """The bundle was built from a different checkpoint than the one given."""
 
 
+class OutputError(FusionEdgeError):
+    """An output folder cannot be written: a file in the way, no permission, a read-only disk, a full disk."""
+
+
+class ReadOnlyOutputError(OutputError):
+    """The output folder (or the folder it is made in) is on a read-only file system or not writable."""
+
+
+class DiskFullError(OutputError):
+    """The disk of an output folder filled up (ENOSPC / EDQUOT), or has less free space than the work needs."""
+
+
 class MissingExtraError(FusionEdgeError):
     """An optional dependency (extra) is not installed; extra None: a core dependency is missing."""
 
