@@ -19,9 +19,11 @@ DEFAULT_MAX_MB = 2048.0
 def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int = DEFAULT_SAMPLES,
                      holdout: int = DEFAULT_HOLDOUT, max_mb: float = DEFAULT_MAX_MB, dtype: str = "float16",
                      overwrite: bool = False, threads: int | None = None, progress: bool = True,
-                     log=print, low_memory: bool | None = None) -> Recordings:
+                     log=print, low_memory: bool | None = None, reuse: bool = False) -> Recordings:
     """Record the fp32 bundle's graph inputs over a data set (None = built in). low_memory:
-    weights memory-mapped instead of prepacked (None: when they would not fit in RAM)."""
+    weights memory-mapped instead of prepacked (None: when they would not fit in RAM). An
+    interrupted recording of the same inputs resumes (calibration/record.py); reuse: a complete
+    one at `out` of the same inputs is returned as it is."""
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.memory import needs_low_memory
     from fusion_edge.runtime.option_types import check_float, check_int, check_threads
@@ -48,7 +50,7 @@ def calibrate_bundle(bundle_path, out, data=None, questions=None, samples: int =
             "skipped": [{"where": s.where, "reason": s.reason} for s in dataset.skipped]}
     rec = record_calibration(pipe, items, out, samples=samples, max_mb=max_mb, dtype=dtype,
                              source=source_info(bundle_path), dataset=info, held_out=held_out,
-                             overwrite=overwrite, progress=progress, log=log)
+                             overwrite=overwrite, progress=progress, log=log, reuse=reuse)
     m = rec.manifest
     log(f"recorded {m['samples']} samples over {m['images']} images, {m['bytes'] / (1 << 20):.1f} MB, in {out}")
     return rec
