@@ -5,10 +5,19 @@ calibration depend on the runtime only, never on each other's entry points): a q
 ONNX bundle is an fp32 ONNX export (export/) → calibration recording (calibration/) →
 quantized graphs and the gate (quantize/). Every exporter writes through the one export
 sequence, runtime/bundle.py `write_bundle`. A new target is one TARGETS entry plus its module.
+
+Faults during the long work (issue 28): the output is checked before anything runs (exists,
+writable, a disk with at least the weights' bytes free: runtime/outputs.py); a full disk is a
+DiskFullError. The intermediate results of a quantized export (and of `calibrate` from a
+checkpoint) — the fp32 bundle, the calibration recording — live in `.<out>.work/` beside the
+output until it is in place: an interrupted run (killed, Ctrl-C, a full disk) leaves them there
+and the same command reuses the fp32 bundle (same checkpoint, options, version) and resumes the
+recording (same inputs); other inputs start them anew.
 """
 from __future__ import annotations
 
 import importlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -16,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError, missing_module_error
+from fusion_edge.runtime.outputs import output_faults
+
+from .workspace import (check_calibration_output, check_export_output, kept_note, record_in, reusable_fp32,
+                        work_area)
 
 
 def _load(module: str, name: str, what: str) -> Callable:
@@ -45,8 +58,8 @@ def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool
     opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress, log=log)
     if quant == "F32" or not kw.get("verify", True):
         return exporter(model, out, **opts, **kw)
-    with fp32_source(fp32_from or model, query_len, image_tokens, progress, log, verified=True,
-                     steps=kw.get("steps", 16)) as src:
+    with work_area(out, log) as work, fp32_source(fp32_from or model, query_len, image_tokens, progress, log,
+                                                  verified=True, steps=kw.get("steps", 16), work=work) as src:
         if kw.get("vision_precision", "fp32") == "fp32":
             kw.setdefault("onnx_from", src)          # the same fp32 vision graphs: exported once
         gate = gguf_gate(model, src, eval_cases, kw.get("steps", 16), kw.get("force", False),
@@ -95,7 +108,9 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
     does not fit this machine (bench/real_size.py)."""
     quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
     verify = kw.get("verify", True)     # --no-verify: no gate, so no verified source needed; marked skipped
-    with fp32_source(model, query_len, image_tokens, progress, log, verified=verify, steps=kw.get("steps", 16)) as src:
+    with work_area(out, log) as work, fp32_source(model, query_len, image_tokens, progress, log, verified=verify,
+                                                  steps=kw.get("steps", 16), work=work) as src:
+        kw["calib"] = record_in(work, src, kw, progress, log)
         reference = reference_answer(src) if verify else None
         return quantized(src, out, progress=progress, log=log, reference=reference, **kw)
 
@@ -188,18 +203,25 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
     exporter = check_target(target, precision)
     from fusion_edge.export.cli_export import check_export_options
     check_export_options(steps, extra)         # before any work; the command line's types check the same
-    return exporter(model, out, target=target, precision=precision, query_len=query_len,
-                    image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
-                    steps=steps, progress=progress, log=log, **extra)
+    need = check_export_output(model, out, target, precision, overwrite, verify, extra.get("quant"),
+                               extra.get("fp32_from"))
+    with output_faults(Path(out).parent, "bundle", out, need,
+                       kept=lambda: kept_note(out) or "Nothing half-written was kept."):
+        return exporter(model, out, target=target, precision=precision, query_len=query_len,
+                        image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
+                        steps=steps, progress=progress, log=log, **extra)
 
 
 @contextmanager
 def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print, verified: bool = False, steps: int = 16):
+                progress: bool = True, log=print, verified: bool = False, steps: int = 16,
+                work: Path | None = None):
     """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
-    export of the checkpoint into a temporary folder (removed afterwards). verified: the
-    bundle must have passed its verification, the temporary export is verified — quantized
-    bundles are gated against this pipeline, so an fp32 export error must not pass into them."""
+    export of the checkpoint into `work`/fp32 (reused there when an interrupted run left one of
+    the same checkpoint, options and version; the caller's work_area removes it) or, without
+    `work`, a temporary folder (removed afterwards). verified: the bundle must have passed its
+    verification, the temporary export is verified — quantized bundles are gated against this
+    pipeline, so an fp32 export error must not pass into them."""
     from fusion_edge.calibration.source import check_fp32_bundle, is_bundle
     from fusion_edge.runtime.bundle import Bundle, check_verified
     if is_bundle(model):
@@ -209,6 +231,15 @@ def fp32_source(model: str, query_len: int | None = None, image_tokens: int | No
                            "quantized bundles are built only from a verified fp32 pipeline "
                            "(with --no-verify: ungated, marked unverified)")
         yield path
+        return
+    if work is not None:
+        dest = Path(work) / "fp32"
+        if not reusable_fp32(dest, model, query_len, image_tokens, verified, log):
+            shutil.rmtree(dest, ignore_errors=True)
+            log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
+            export_onnx(model, dest, target="onnx", precision="fp32", query_len=query_len, image_tokens=image_tokens,
+                        verify=verified, steps=steps, progress=progress, log=log)
+        yield dest
         return
     with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
         log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
@@ -231,8 +262,12 @@ def run_calibrate(args) -> int:
     """`fusion-edge calibrate` (arguments: calibration/cli.py): a checkpoint is exported to a
     temporary fp32 bundle first."""
     from fusion_edge.calibration.calibrate import calibrate_bundle
-    with fp32_source(args.model, args.query_len, args.image_tokens, not args.quiet) as src:
-        calibrate_bundle(src, Path(args.out), data=args.data, questions=args.questions, samples=args.samples,
+    out = Path(args.out)
+    need = check_calibration_output(args.model, out, args.overwrite)
+    with output_faults(out.parent, "calibration recording", out, need, kept=lambda: kept_note(out)), \
+            work_area(out) as work, \
+            fp32_source(args.model, args.query_len, args.image_tokens, not args.quiet, work=work) as src:
+        calibrate_bundle(src, out, data=args.data, questions=args.questions, samples=args.samples,
                          holdout=args.holdout, max_mb=args.max_mb, dtype=args.dtype, overwrite=args.overwrite,
                          threads=args.threads, progress=not args.quiet, low_memory=args.low_memory)
     return 0
