@@ -17,9 +17,14 @@ from fusion_edge.runtime.backends.ort_session import import_ort, provider_chain
 from fusion_edge.runtime.bundle import Bundle
 from fusion_edge.runtime.devices import TRT_FIX
 from fusion_edge.runtime.errors import ExportError, TensorRTError
+from fusion_edge.runtime.outputs import check_output, output_faults
 from fusion_edge.runtime.trt import stamp
 from fusion_edge.runtime.trt.build import build_engines, require_trt_bundle
 from fusion_edge.runtime.trt.ep import probe_platform
+from fusion_edge.runtime.trt.stamp import ENGINES_DIR
+
+ENGINES_WHAT = "TensorRT engines"
+ENGINES_ELSEWHERE = "copy the bundle to a folder"
 
 
 def current_platform(probe=probe_platform):
@@ -61,10 +66,34 @@ def build_after_export(path: Path, model: str | None, progress: bool = True, log
         return
     log(f"building TensorRT engines for {platform.gpu_name} (SM {platform.sm_text}, TensorRT "
         f"{platform.tensorrt_version}); the timing cache is kept in {path}/engines/timing")
-    build_engines(path, platform, provider_chain("tensorrt", trt_provider=platform.provider), progress=progress,
-                  log=log)
+    build_engines_checked(path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
+                          progress=progress, log=log)
     if model is not None:
         verify_on_engines(path, model, log, force=force)
+
+
+def build_engines_checked(path, platform, chain: list, **kw) -> dict:
+    """runtime/trt/build.py `build_engines` with the bundle folder checked first (a read-only one
+    is refused before any engine is built) and a full disk turned into a DiskFullError; the
+    graphs built so far stay recorded in the manifest, and the same command resumes after them."""
+    folder = Path(path)
+    check_output(folder / ENGINES_DIR, ENGINES_WHAT, elsewhere=ENGINES_ELSEWHERE)
+    with output_faults(folder, ENGINES_WHAT, folder / ENGINES_DIR, kept=lambda: engines_kept(folder),
+                       elsewhere=ENGINES_ELSEWHERE):
+        return build_engines(path, platform, chain, **kw)
+
+
+def engines_kept(folder: Path) -> str:
+    """What an interrupted engine build leaves, in words."""
+    try:
+        engines = Bundle.open(folder, check_hashes=False).manifest.get(stamp.ENGINES_KEY)
+    except Exception:           # noqa: BLE001 - only words for an error message
+        return ""
+    done = sorted(stamp.built_graphs(engines))
+    if not done:
+        return "No engine was recorded yet."
+    return (f"The engines of {len(done)} graphs built so far stay recorded in the manifest: "
+            f"`fusion-edge build-engines {folder}` resumes with the next graph.")
 
 
 def verify_on_engines(path: Path, model: str, log=print, steps: int = 16, force: bool = False) -> dict:
@@ -95,9 +124,9 @@ def run_build_engines(args) -> int:
         raise TensorRTError(f"no TensorRT execution provider is usable here (onnxruntime {ort.__version__}: "
                             f"{', '.join(ort.get_available_providers())}); engines are built on the target.",
                             TRT_FIX)
-    engines = build_engines(bundle.path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
-                            rebuild=args.rebuild, progress=not args.quiet,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    engines = build_engines_checked(bundle.path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
+                                    rebuild=args.rebuild, progress=not args.quiet,
+                                    log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"engines {engines['state']}: {len(stamp.built_graphs(engines))} graphs for {platform.gpu_name} "
           f"(SM {platform.sm_text}, TensorRT {platform.tensorrt_version}) in {bundle.path}")
     if args.model:
