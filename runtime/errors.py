@@ -87,7 +87,10 @@ class ReadOnlyOutputError(OutputError):
 
 
 class DiskFullError(OutputError):
-    """The disk of an output folder filled up (ENOSPC / EDQUOT), or has less free space than the work needs."""
+    """The disk of an output folder filled up (ENOSPC / EDQUOT), or has less free space than the work needs.
+    `kept`: what stays on disk for the next run ("" when nothing)."""
+
+    kept: str = ""
 
 
 class MissingExtraError(FusionEdgeError):

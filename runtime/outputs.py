@@ -25,9 +25,9 @@ from .errors import DiskFullError, FusionEdgeError, OutputError, ReadOnlyOutputE
 
 try:
     import fcntl
+    LOCKS = True
 except ImportError:         # Windows: no flock; a writer's liveness is then its pid alone
-    fcntl = None
-LOCKS = fcntl is not None
+    LOCKS = False
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", f"[Errno {errno.ENOSPC}]")
@@ -60,7 +60,7 @@ def free_bytes(path: str | os.PathLike) -> int:
 def tree_bytes(path: str | os.PathLike) -> int:
     """Bytes of the files under `path` (0 when it is gone)."""
     total = 0
-    for root, _, files in os.walk(path):
+    for root, _, files in os.walk(os.fspath(path)):
         for f in files:
             try:
                 total += os.lstat(os.path.join(root, f)).st_size
@@ -139,11 +139,12 @@ def disk_full(folder: Path, what: str, out: Path | None = None, need: int | None
 def _os_error(e: BaseException) -> OSError | None:
     """The first OSError in `e`'s chain (itself, its cause or context)."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno is not None:
-            return e
-        e = e.__cause__ or e.__context__
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return cur
+        cur = cur.__cause__ or cur.__context__
     return None
 
 
@@ -168,7 +169,7 @@ def output_faults(folder: str | os.PathLike, what: str, out: str | os.PathLike |
     try:
         yield
     except DiskFullError as e:       # from a step below (a manifest update): said again with what is kept
-        if kept is None or getattr(e, "kept", ""):
+        if kept is None or e.kept:
             raise
         raise disk_full(folder, what, out, need, kept(), elsewhere) from None
     except OutputError:
@@ -187,7 +188,7 @@ def hold_folder(folder: str | os.PathLike) -> int | None:
     """An exclusive flock on `folder`, held while the returned descriptor is open (close it to
     release); None when another process holds it, or flock is not available here (LOCKS False).
     On a file system without flock (some network mounts) the descriptor comes back unlocked."""
-    if fcntl is None:
+    if not LOCKS:
         return None
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -202,7 +203,7 @@ def hold_folder(folder: str | os.PathLike) -> int | None:
 
 def folder_held(folder: str | os.PathLike) -> bool:
     """Whether a live process holds `folder`'s flock."""
-    if fcntl is None:
+    if not LOCKS:
         return False
     try:
         fd = os.open(folder, os.O_RDONLY)
