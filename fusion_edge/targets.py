@@ -195,12 +195,25 @@ def check_target(target: str, precision: str) -> Callable:
     return TARGETS[target][precision]
 
 
+def check_checkpoint_extra(model, purpose: str) -> None:
+    """A checkpoint (anything but a bundle folder) is read with PyTorch, the export extra: without
+    it a core install gets the error naming the extra before any check of paths or options."""
+    from fusion_edge.calibration.source import is_bundle
+    if is_bundle(model):
+        return
+    try:
+        importlib.import_module("torch")
+    except ModuleNotFoundError as e:
+        raise missing_module_error(e, purpose, "export") from None
+
+
 def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
                   query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                   verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
                   log=print, **extra) -> Path:
     """Checkpoint (or, for quantized ONNX, an fp32 bundle) → verified bundle of (target, precision)."""
     exporter = check_target(target, precision)
+    check_checkpoint_extra(model, "exporting a checkpoint")
     from fusion_edge.export.cli_export import check_export_options
     check_export_options(steps, extra)         # before any work; the command line's types check the same
     need = check_export_output(model, out, target, precision, overwrite, verify, extra.get("quant"),
@@ -263,6 +276,7 @@ def run_calibrate(args) -> int:
     temporary fp32 bundle first."""
     from fusion_edge.calibration.calibrate import calibrate_bundle
     out = Path(args.out)
+    check_checkpoint_extra(args.model, "calibrating a checkpoint")
     need = check_calibration_output(args.model, out, args.overwrite)
     with output_faults(out.parent, "calibration recording", out, need, kept=lambda: kept_note(out)), \
             work_area(out) as work, \

@@ -333,7 +333,8 @@ def test_bf16_reference_is_the_same_model_at_half_the_bytes(tiny_checkpoint, ref
 
 def test_real_size_script_steps_are_valid_commands(tmp_path):
     """bench/real_size.py runs for hours: every step's command must parse with today's CLI
-    (a renamed flag would otherwise surface an hour into a run)."""
+    (a renamed flag would otherwise surface an hour into a run). As in a run, each step's output
+    exists before the next step is parsed (the types check that --calib names an existing path)."""
     from fusion_edge.bench import real_size
     from fusion_edge.cli import _parser
     names = []
@@ -342,8 +343,10 @@ def test_real_size_script_steps_are_valid_commands(tmp_path):
         assert out.parent == tmp_path
         if name == "checkpoint":
             assert cmd[1:3] == ["-m", "fusion_edge.bench.real_size"] and "--make-checkpoint" in cmd
+            out.mkdir()
             continue
         args = _parser().parse_args(cmd[3:])            # after [python, -c, code]
+        out.mkdir()
         assert args.command in ("export", "calibrate")
         if args.command == "export":
             assert args.no_verify and args.out == str(out)

@@ -301,7 +301,9 @@ def test_quantized_gguf_export_passes_its_gate_and_records_both_comparisons(prec
     # the gate's fp32 vision graphs are the ones the bundle got (exported once)
     source = json.loads((verified_fp32 / "fusion_bundle.json").read_text())
     assert bundle.manifest["files"]["vision.onnx"] == source["files"]["vision.onnx"]
-    assert sum("gate: passed" in line for line in logs) == 2
+    # three gates passed: vision.gguf against the checkpoint's vision side, the fp32 pipeline, the reference
+    assert sum("gate: passed" in line for line in logs) == 3
+    assert any(line.startswith("vision.gguf (") and "gate: passed" in line for line in logs)
     assert figures_key("gguf", precision) == "reference_comparison"     # `fusion-edge verify` keeps these
 
 

@@ -46,6 +46,7 @@ def test_quick_steps_pass_the_depths_to_the_maker_and_build_the_subset(tmp_path)
     assert [n for n, _, _ in got] == ["checkpoint", "gguf-q8_0"]       # no fp32 export, no calibration
     make = got[0][2]
     assert make[make.index("--llm-layers") + 1] == "4" and make[make.index("--vision-layers") + 1] == "6"
+    (tmp_path / "calib").mkdir()            # --calib must exist when parsed (a run's calibrate step made it)
     onnx = real_size.steps(tmp_path, 2, 2, bundles=["onnx-int8"], vision="int8")
     assert [n for n, _, _ in onnx] == ["checkpoint", "onnx-fp32", "calibrate", "onnx-int8"]
     assert _parser().parse_args(onnx[-1][2][3:]).vision_precision == "int8"

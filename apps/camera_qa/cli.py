@@ -71,6 +71,9 @@ def run(args) -> int:
     from .watch import parse_interval
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.no_browser:
+        from .server import import_web
+        import_web()                     # the camera extra first: without it no other check helps
     if args.no_browser and not args.watch:
         raise PromptError("--no-browser prints the watch question's answers, but no --watch question was given.",
                           "add --watch 'What do you see?' (and --interval SECONDS)")
@@ -79,9 +82,6 @@ def run(args) -> int:
     settings = settings_from_args(args)
     check_max_new_tokens(args.max_new_tokens, *bundle_context(Bundle.open(args.bundle, check_hashes=False)))
     spec = parse_source(args.source)
-    if not args.no_browser:
-        from .server import import_web
-        import_web()                     # fail before the model loads when the extra is missing
     token, generated = resolve_token(args.host, args.token)
     sock = None
     if not args.no_browser:
