@@ -2,7 +2,7 @@
 
     python -m fusion_edge.bench.real_size --work /data/real [--threads N] [--calib-samples 2]
         [--max-new-tokens 16] [--json OUT] [--keep-fp32]
-        [--llm-layers N --vision-layers M] [--bundles B ...] [--vision-precision fp32|int8]
+        [--llm-layers N --vision-layers M] [--bundles B ...] [--vision-precision int8|int8-dynamic|int8-static|fp32]
 
 A script, not a test: about two hours and ~60 GB of disk on a 2-core, 24 GiB machine.
 The quick real-width check (issue 25): `--llm-layers 4 --vision-layers 6` keeps every width
@@ -12,8 +12,8 @@ most 10; N = 4: layer 0 only), the tower to M running layers with its early/late
 released ratio (19 of 39, written as config.json `mm_vision_early_layers`; export/tiny.py), so
 the reference and the bundles read the same schedule. Same steps, same JSON; without the two
 options nothing changes (the full depth is the reference figure). `--bundles` builds and
-benchmarks a subset; `--vision-precision int8` quantizes the ONNX bundles' tower too (default
-fp32: the note at BUNDLES).
+benchmarks a subset; `--vision-precision` sets the ONNX bundles' tower (default int8, dynamic: the
+note at BUNDLES; fp32 as the gguf bundles').
 Each step is skipped when its output already exists, so an interrupted run resumes.
 1. checkpoint: Phi-3.5-mini + SigLIP2 giant-opt dimensions (runtime/config.py presets),
    BF16, 8 shards, written tensor by tensor (export/tiny.py);
@@ -21,9 +21,9 @@ Each step is skipped when its output already exists, so an interrupted run resum
 3. one calibration recording of it (`fusion-edge calibrate`; the fp32 weights do not fit in
    RAM prepacked, so its sessions run memory-mapped, runtime/memory.py);
 4. ONNX int8 and int4 bundles from it with that recording, `--no-verify` (their gate
-   compares against the fp32 pipeline and the fp32 reference, which do not fit), vision
-   kept fp32 like the gguf bundles' (the note at BUNDLES); one after the other (onnxruntime's
-   quantizer writes `<graph>-inferred.onnx` beside the source graph);
+   compares against the fp32 pipeline and the fp32 reference, which do not fit), the vision
+   tower dynamic int8 (the note at BUNDLES); one after the other (onnxruntime's quantizer
+   writes `<graph>-inferred.onnx` beside the source graph);
 5. the fp32 bundle is removed (21.6 GiB) unless --keep-fp32;
 6. GGUF Q8_0 (`--precision int8`) and Q4_K_M (`--precision int4`) bundles, `--no-verify`;
 7. `fusion-edge bench` on all four with the PyTorch reference in bfloat16 as the same-run
@@ -83,11 +83,13 @@ def steps(work: Path, calib_samples: int, threads: int, llm_layers: int | None =
 
 
 BUNDLES = ("onnx-int8", "onnx-int4", "gguf-q8_0", "gguf-q4_k_m")
-# The ONNX bundles keep the vision tower fp32, as the gguf bundles do, so the four differ in
-# their LLM only. Also a limit: onnxruntime's quantize_static holds several copies of the
-# 4.5 GB fp32 tower (loaded, shape-inferred, augmented, its session) and was killed by the
-# kernel at 23.7 GB anonymous memory on a 24 GiB machine. `--vision-precision int8` lifts it
-# for towers that fit (the quick check's shortened tower).
+# The ONNX bundles' vision tower is int8 by default: dynamic int8 (quantize/dynamic_int8.py,
+# no calibration), which quantized the full-depth 4.5 GB tower at 13.0 GiB peak RSS in 170 s
+# (docs/quantization.md, 2026-12-07). Until then it was kept fp32: onnxruntime's
+# quantize_static was killed at 23.7 GB on a 24 GiB machine, by the live activations of its
+# calibration session (fixed in static_int8.py: 13.6 GiB, `--vision-precision int8-static`).
+# `--vision-precision fp32` keeps the tower fp32 as the gguf bundles do (the four then differ
+# in their LLM only).
 
 
 def run_step(name: str, out: Path, cmd: list[str], work: Path, report: dict) -> None:
@@ -150,8 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--llm-layers", type=int, help="quick check: LLM layers (real widths; default: all 32)")
     p.add_argument("--vision-layers", type=int, help="quick check: tower layers that run (default: all 39)")
     p.add_argument("--bundles", nargs="+", choices=BUNDLES, help="build and benchmark only these (default: all)")
-    p.add_argument("--vision-precision", choices=["fp32", "int8"], default="fp32",
-                   help="the ONNX bundles' tower (default fp32, as the gguf bundles')")
+    from fusion_edge.runtime.precisions import VISION_PRECISIONS
+    p.add_argument("--vision-precision", choices=list(VISION_PRECISIONS), default="int8",
+                   help="the ONNX bundles' tower (default int8: dynamic int8; fp32 as the gguf bundles')")
     p.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)    # internal: the maker process
     args = p.parse_args(argv)
     for name in ("llm_layers", "vision_layers"):

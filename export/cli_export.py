@@ -49,8 +49,10 @@ def add_quant_args(p) -> None:
     g.add_argument("--eval-cases", type=ot.int_arg("--eval-cases", 1), default=4,
                    help="held-out cases of the quality gate (at least 1; the built-in set has 8 distinct ones "
                         "and repeats none)")
-    g.add_argument("--vision-precision", choices=["int8", "fp32"], default=None,
-                   help="--target onnx: fp32 keeps the vision tower unquantized (default: the plan's int8)")
+    from fusion_edge.runtime.precisions import VISION_PRECISIONS
+    g.add_argument("--vision-precision", choices=list(VISION_PRECISIONS), default=None,
+                   help="--target onnx: how the vision tower is stored: "
+                        + "; ".join(f"{k}: {v}" for k, v in VISION_PRECISIONS.items()) + " (default: int8)")
 
 
 def add_gguf_args(p) -> None:

@@ -1,6 +1,7 @@
 """Quantize every graph of an fp32 ONNX bundle into a BundleWriter, following a Plan.
 
-vision, align_*: int8 W8A8 Q/DQ (static_int8) calibrated on their recordings; embed: int8
+vision: int8 dynamic (dynamic_int8; the CPU flavour) or W8A8 Q/DQ; align_*: int8 W8A8 Q/DQ
+(static_int8) calibrated on their recordings; embed: int8
 rows (embed_int8) or copied for TensorRT; segment_*: int8 W8A8 or int4 weight-only, the
 lm_head int8 weight-only (weight_int8). The TensorRT flavour's graphs are checked with
 qdq_check before anything is written. Returns the manifest (without files/hashes) with
@@ -22,6 +23,7 @@ from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.graph_gates import gate_decode_twin_fields
 
 from . import graph_io, qdq_check
+from .dynamic_int8 import quantize_dynamic_int8
 from .embed_int8 import quantize_embed
 from .planner import Plan
 from .static_int8 import Int8Scheme, keep_float_nodes, quantize_int8
@@ -89,6 +91,8 @@ def _quantize_component(src: Bundle, writer, name: str, comp: dict, the_plan: Pl
     s, d = src.file(comp["files"][0]), writer.path(comp["files"][0])
     if kind == "llm":
         return _quantize_segment(s, d, name, comp, precision, the_plan.flavour, rec, src.config.llm.vocab_size, opts)
+    if precision == "int8" and the_plan.components[kind].method == "dynamic":
+        return quantize_dynamic_int8(s, d, name, opts.keep_float)
     if precision == "int8":
         return quantize_int8(s, d, GraphFeeds(rec, name, comp["inputs"]), name,
                              Int8Scheme.for_flavour(the_plan.flavour), keep_float=opts.keep_float)
@@ -129,7 +133,9 @@ def _check_trt(writer, components: dict) -> None:
 
 # ---- sizes -------------------------------------------------------------------------------------
 def _sizes(src_file: Path, dst_file: Path) -> dict:
-    a, b = graph_io.weight_bytes(graph_io.load(src_file)), graph_io.weight_bytes(graph_io.load(dst_file))
+    """Weight bytes from the initializers' shapes: read without the weights (4.5 GB for a real tower)."""
+    a, b = graph_io.weight_bytes(graph_io.load_structure(src_file)), graph_io.weight_bytes(
+        graph_io.load_structure(dst_file))
     return {"fp32": sum(a.values()), "quantized": sum(b.values()), "by_type": b}
 
 

@@ -20,6 +20,12 @@ def load(path: Path):
     return onnx.load(str(path), load_external_data=True)
 
 
+def load_structure(path: Path):
+    """The graph without its external weights (initializers keep names, shapes and types)."""
+    import onnx
+    return onnx.load(str(path), load_external_data=False)
+
+
 def has_external_data(path: Path) -> bool:
     """Whether any initializer of the graph at `path` lives in an external file — its own
     `<name>.data` or a shared one (the LLM segments' `llm.onnx.data`). Read without the
@@ -83,9 +89,11 @@ def weight_bytes(model) -> dict[str, int]:
 
 
 def quantized_weight_count(model) -> int:
-    """Weights stored in 8 or 4 bits: DequantizeLinear nodes / MatMulNBits fed by such a constant."""
+    """Weights stored in 8 or 4 bits: DequantizeLinear / MatMulNBits / MatMulInteger (dynamic
+    int8) / DynamicQuantizeMatMul nodes fed by such a constant."""
     low = {t.name for t in model.graph.initializer if t.data_type in LOW_BIT_TYPES}
-    weight_input = {"DequantizeLinear": 0, "MatMulNBits": 1}       # which input holds the weight
+    weight_input = {"DequantizeLinear": 0, "MatMulNBits": 1, "MatMulInteger": 1, "ConvInteger": 1,
+                    "DynamicQuantizeMatMul": 1}       # which input holds the weight
     return sum(1 for n in model.graph.node if n.op_type in weight_input and n.input[weight_input[n.op_type]] in low)
 
 

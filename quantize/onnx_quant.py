@@ -41,9 +41,11 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
     fp32 first by fusion_edge/targets.py). reference: (pipe, image, question, steps) →
     (layout, tokens, logits), the PyTorch reference's side of the gate (targets.py builds it).
     target "trt": the same TensorRT-flavoured graphs (--for trt) in a trt bundle;
-    manifest_extend(fields) → fields adds its sections. vision_precision "fp32": the vision
-    graph stays fp32 (copied), the rest as planned — the LLM-only comparison with gguf bundles,
-    whose vision is fp32 too, or a tower too large for onnxruntime's quantizer in RAM."""
+    manifest_extend(fields) → fields adds its sections. vision_precision: a name of
+    runtime/precisions.py VISION_PRECISIONS — None / "int8": as planned (dynamic int8 for --for cpu, static
+    Q/DQ for cuda/trt), "int8-dynamic", "int8-static", or "fp32": the vision graph stays fp32
+    (copied), the rest as planned (the LLM-only comparison with gguf bundles, whose vision is
+    fp32 too). An unknown name is a PrecisionNotSupportedError listing the supported ones."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
@@ -55,11 +57,7 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
                           "drop --for (trt bundles use --for trt)")
     if flavour not in FLAVOURS:
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
-    the_plan = plan(FLAVOURS[flavour], precision, sm)
-    if vision_precision not in (None, "int8", "fp32"):
-        raise ExportError(f"unknown --vision-precision {vision_precision!r}.", "choose int8 or fp32")
-    if vision_precision == "fp32":
-        the_plan = the_plan.keep_fp32("vision", "asked for (--vision-precision fp32)")
+    the_plan = plan(FLAVOURS[flavour], precision, sm).with_vision(vision_precision)
     log(the_plan.explain())
     src = check_fp32_bundle(fp32, query_len, image_tokens)
     with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:

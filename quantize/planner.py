@@ -18,7 +18,8 @@ Hardware facts used (vendor documentation):
   docs, "saturation"): there the runtime sets session.x64quantprecision (exact U8U8), see
   runtime/cpu_features.py;
   int4 weight-only is the `MatMulNBits` contrib op (`accuracy_level` 4 = int8 compute).
-  No FP8/FP4 kernels.
+  The vision tower is int8 *dynamic* there (DynamicQuantizeMatMul, the same U8S8 kernels,
+  activation ranges per call, no calibration: quantize/dynamic_int8.py). No FP8/FP4 kernels.
 * onnxruntime CUDA: `MatMulNBits` has a CUDA kernel (int4 weight-only); Q/DQ int8 runs,
   but this provider is not an int8 GEMM engine — int8 there saves memory, not time;
   TensorRT is the int8 speed path on NVIDIA GPUs.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusion_edge.runtime.precisions import VISION_PRECISIONS
 from fusion_edge.runtime.errors import DeviceError
 
 TARGETS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
@@ -51,9 +53,12 @@ class PrecisionNotSupportedError(DeviceError):
 
 @dataclass(frozen=True)
 class Choice:
-    precision: str     # fp32 | fp16 | int8 (W8A8 Q/DQ) | int8-weight (weight-only) | int4 (weight-only)
+    precision: str     # fp32 | fp16 | int8 (W8A8) | int8-weight (weight-only) | int4 (weight-only)
     scheme: str        # how it is stored and run, in words
     reason: str
+    method: str | None = None    # int8 (W8A8) only: "static" (calibrated Q/DQ) or "dynamic" (per-call ranges)
+
+
 
 
 @dataclass
@@ -75,10 +80,30 @@ class Plan:
         comps = {**self.components, component: Choice("fp32", "unchanged fp32 graph", reason)}
         return Plan(self.target, self.precision, self.sm, comps, list(self.notes))
 
+    def with_vision(self, name: str | None) -> "Plan":
+        """The plan with the vision tower stored as VISION_PRECISIONS[name] (None or "int8": as
+        planned) → a new Plan; a PrecisionNotSupportedError names the supported ones."""
+        if name is not None and name not in VISION_PRECISIONS:
+            raise PrecisionNotSupportedError(f"unknown vision precision {name!r}.",
+                                             "choose one of: " + ", ".join(VISION_PRECISIONS))
+        if name in (None, "int8"):
+            return self
+        if name == "fp32":
+            return self.keep_fp32("vision", "asked for (--vision-precision fp32)")
+        if name == "int8-dynamic" and self.flavour != "cpu":
+            raise PrecisionNotSupportedError(
+                f"int8-dynamic vision is for onnxruntime's CPU EP, not {self.target}: TensorRT takes int8 only as "
+                "static Q/DQ.", "use --vision-precision int8-static (or int8) with --for cuda|trt")
+        choice = vision_choice(self.flavour, name.removeprefix("int8-"))
+        comps = {**self.components, "vision": Choice(choice.precision, choice.scheme,
+                                                     f"asked for (--vision-precision {name})", choice.method)}
+        return Plan(self.target, self.precision, self.sm, comps, list(self.notes))
+
     def to_dict(self) -> dict:
         return {"target": self.target, "precision": self.precision,
                 "sm": f"{self.sm[0]}.{self.sm[1]}" if self.sm else None,
-                "components": {k: vars(c) for k, c in self.components.items()}, "notes": list(self.notes)}
+                "components": {k: {f: v for f, v in vars(c).items() if v is not None}
+                               for k, c in self.components.items()}, "notes": list(self.notes)}
 
     def explain(self) -> str:
         head = f"precision plan for {self.target}" + (f" (SM {self.sm[0]}.{self.sm[1]}, {arch_name(self.sm)})"
@@ -167,17 +192,14 @@ def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choi
             notes.append("fp16 on CPU: onnxruntime computes most fp16 ops through casts; expect fp32 speed or "
                          "slower, half the size")
         return {name: c for name in COMPONENTS}
-    trt, cpu = target == "tensorrt", target == "onnxruntime-cpu"
-    act = "uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)"
-    weights = "uint8 (zero-point 128)" if cpu else "int8"
-    w8a8 = f"Q/DQ W8A8: per-channel {weights} symmetric weights, per-tensor {act}"
+    trt = target == "tensorrt"
+    w8a8 = _static_scheme(target == "onnxruntime-cpu")
     if sm is not None and sm < (7, 2):
         notes.append(f"SM {sm[0]}.{sm[1]} has no INT8 tensor cores: int8 runs but fp16 is likely as fast")
     if target == "onnxruntime-cuda":
         notes.append("onnxruntime's CUDA EP runs Q/DQ int8 by dequantizing (memory saving only); "
                      "use --target trt for int8 speed")
-    dense = Choice("int8", w8a8, "compute-bound (729-token tiles, many latents): int8 GEMMs pay and weights "
-                                 "shrink 4×")
+    dense = Choice("int8", w8a8, DENSE_REASON, "static")
     embed = (Choice("fp32", "fp32 table (Gather)",
                     "a row-gathered per-row scale is not a Q/DQ pattern TensorRT maps; the lookup is memory, "
                     "not compute") if trt else
@@ -185,9 +207,31 @@ def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choi
                     "a quarter of the table's bytes; each looked-up row is exact to 1/254 of its largest value"))
     head = "; lm_head int8 weight-only"
     if precision == "int8":
-        llm = Choice("int8", w8a8 + head, "decode is memory-bound: int8 weights quarter the bytes read per token")
+        llm = Choice("int8", w8a8 + head, "decode is memory-bound: int8 weights quarter the bytes read per token",
+                     "static")
     else:
         blocks = ("int4 DequantizeLinear blocks (opset 21) → MatMul" if trt else "MatMulNBits 4-bit blocks")
         llm = Choice("int4", f"weight-only, symmetric {blocks}, fp activations{head}",
                      "decode is memory-bound: 4-bit weights read an eighth of fp32's bytes per token")
-    return {"vision": dense, "align": dense, "embed": embed, "llm": llm}
+    vision = vision_choice({"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "trt"}[target])
+    return {"vision": vision, "align": dense, "embed": embed, "llm": llm}
+
+
+DENSE_REASON = "compute-bound (729-token tiles, many latents): int8 GEMMs pay and weights shrink 4×"
+
+
+def _static_scheme(cpu: bool) -> str:
+    act = "uint8 asymmetric activations" if cpu else "int8 symmetric activations (zero-point 0)"
+    return f"Q/DQ W8A8: per-channel int8 symmetric weights, per-tensor {act}"
+
+
+def vision_choice(flavour: str, method: str | None = None) -> Choice:
+    """The int8 vision tower for a Q/DQ flavour: dynamic on the CPU (default there), static Q/DQ
+    calibrated on the recording otherwise (TensorRT's explicit quantization is static Q/DQ)."""
+    method = method or ("dynamic" if flavour == "cpu" else "static")
+    if method == "static":
+        return Choice("int8", _static_scheme(flavour == "cpu"), DENSE_REASON, "static")
+    from .dynamic_int8 import SCHEME
+    return Choice("int8", SCHEME, DENSE_REASON + "; dynamic: no calibration session, so the real-size tower "
+                  "quantizes within 24 GiB (onnxruntime's static quantizer was killed at 23.7 GB), and each "
+                  "image's activations get their own range", "dynamic")

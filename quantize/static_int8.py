@@ -31,9 +31,22 @@ Exclusions, each with its reason (recorded in the bundle manifest):
 * node-name patterns the user keeps float (`--keep-float REGEX`).
 MinMax is the calibrator because the histogram ones (Entropy/Percentile) in onnxruntime
 need equal shapes across samples, and prompts differ in length.
+
+Calibration memory: onnxruntime's calibrator adds a ReduceMin and a ReduceMax on every
+calibrated tensor and runs that graph in its default node order, which schedules those
+reductions after the rest of the graph: every intermediate tensor stays alive to the end of
+the run. Quantizing the tiny test tower took 1.26 GB peak RSS against 0.20 GB in priority order
+(one process each, 2026-12-07; docs/quantization.md), and the real SigLIP2 giant-opt tower
+(1536 wide) was killed at 23.7 GB. The collected outputs are two numbers
+per tensor (onnxruntime's CalibMaxIntermediateOutputs bounds those, and in 1.32.0 it drops
+them without merging: "No data is collected", onnxruntime issue 18893). `quantize_int8` runs
+the calibration session in priority order (`_calibration_in_priority_order`): each tensor is
+freed once reduced, the ranges and the quantized graph are the same (tiny tower: identical
+initializers).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +108,9 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
     quantized weight count, exclusions with reasons, scheme). `extra_exclude`: more
     node → reason (e.g. the lm_head, which weight_int8 stores separately)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    excluded = {**exclusions(graph_io.load(src), keep_float), **(extra_exclude or {})}
+    excluded = {**exclusions(graph_io.load_structure(src), keep_float), **(extra_exclude or {})}
     external = graph_io.has_external_data(src)
-    with graph_io.quiet_ort_logging():
+    with graph_io.quiet_ort_logging(), _calibration_in_priority_order():
         quantize_static(
             str(src), str(dst), feeds, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
             per_channel=True, reduce_range=scheme.reduce_range,
@@ -110,10 +123,33 @@ def quantize_int8(src: Path, dst: Path, feeds, component: str, scheme: Int8Schem
                            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]})
     model = graph_io.load(dst)
     files = graph_io.save(model, dst)
-    return {"precision": "int8", "scheme": scheme.describe(), "files": files, "component": component,
-            "quantized_weights": graph_io.quantized_weight_count(model),
+    return {"precision": "int8", "method": "static", "scheme": scheme.describe(), "files": files,
+            "component": component, "quantized_weights": graph_io.quantized_weight_count(model),
             "excluded": _group(excluded), "calibration_samples": len(feeds),
             EXACT_QDQ_KEY: scheme.activation_signed}
+
+
+@contextlib.contextmanager
+def _calibration_in_priority_order():
+    """onnxruntime's calibrators open their session on the augmented graph with optimizations off
+    and the default node order; within this block they use priority-based order, so each
+    calibrated tensor is freed once its ReduceMin/ReduceMax ran (module docstring). The session
+    is otherwise the one onnxruntime opens (optimizations off, the calibrator's providers)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import CalibraterBase
+    original = CalibraterBase.create_inference_session
+
+    def create_inference_session(self):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=opts,
+                                                  providers=self.execution_providers)
+    CalibraterBase.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        CalibraterBase.create_inference_session = original
 
 
 def _group(excluded: dict[str, str]) -> list[dict]:

@@ -88,7 +88,17 @@ def test_int8_weights_are_a_quarter(q8, fp32):
     assert totals["llm"]["fp32"] / totals["llm"]["quantized"] > 3.5          # int8 + fp32 norms and scales
     assert totals["align"]["fp32"] / totals["align"]["quantized"] > 3.4
     assert totals["embed"]["fp32"] / totals["embed"]["quantized"] > 3.7
-    assert totals["vision"]["fp32"] / totals["vision"]["quantized"] > 2.5     # tiny tower: pos. embeddings stay fp32
+    # tiny tower: pos. embeddings and the patch Conv stay fp32 (dynamic int8 leaves the Conv float: raw pixels);
+    # every projection's weight is int8, one byte per fp32 element (below)
+    assert totals["vision"]["fp32"] / totals["vision"]["quantized"] > 2.3
+    vsrc, vdst = graph_io.load(fp32 / "vision.onnx"), graph_io.load(out / "vision.onnx")
+    v_inits = {t.name: t for t in vsrc.graph.initializer}
+    v_fp32 = sum(int(np.prod(v_inits[n.input[1]].dims)) for n in vsrc.graph.node
+                 if n.op_type == "MatMul" and n.input[1] in v_inits)
+    vq = {t.name: t for t in vdst.graph.initializer}
+    v_int8 = sum(int(np.prod(vq[n.input[1]].dims)) for n in vdst.graph.node
+                 if n.op_type == "MatMulInteger" and vq[n.input[1]].data_type == onnx.TensorProto.INT8)
+    assert v_int8 == v_fp32 > 0
     # the int8 weights of a segment hold exactly the fp32 MatMul weights' elements, one byte each
     src, dst = graph_io.load(fp32 / "segment_05.onnx"), graph_io.load(out / "segment_05.onnx")
     inits = {t.name: t for t in src.graph.initializer}
@@ -196,6 +206,60 @@ def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
         v["logit_cosine_mean"] < agreement.GATES["int8"]["logit_cosine_mean"]
 
 
+def test_vision_tower_is_dynamic_int8_and_gated(q8):
+    """The default int8 tower of the cpu flavour is dynamic int8 (no calibration; quantize/dynamic_int8.py):
+    the manifest records the method in the plan and the component, the float nodes with their reasons, and
+    the gate's per-graph figures for both of the tower's modes."""
+    out, text = q8
+    m = Bundle.open(out).manifest
+    q = m["components"]["vision"]["quantization"]
+    assert m["components"]["vision"]["precision"] == "int8"
+    assert q["method"] == "dynamic" and q["calibration_samples"] == 0 and q["quantized_weights"] > 0
+    reasons = " ".join(e["reason"] for e in q["excluded"])
+    assert "activation × activation" in reasons and "patch embedding Conv" in reasons
+    assert m["quantization"]["plan"]["components"]["vision"]["method"] == "dynamic"
+    assert m["quantization"]["plan"]["components"]["align"]["method"] == "static"
+    assert m["components"]["align_00"]["quantization"]["method"] == "static"
+    assert "dynamic int8" in text                              # the printed plan says so
+    per_graph = m["verification"]["per_graph"]
+    for mode in ("vision_global", "vision_main"):              # closer than the static tower's ~3.5 % here
+        assert per_graph[mode]["cosine_min"] > 0.999 and per_graph[mode]["rel_error_max"] < 0.05, per_graph[mode]
+
+
+def _break_vision_scales(folder, factor: float = 8.0) -> int:
+    """Multiply the dynamic int8 tower's weight scales by `factor` (a broken quantization) → count."""
+    from onnx import numpy_helper
+    path = folder / "vision.onnx"
+    model = graph_io.load(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    n = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            t = inits[node.input[1].removesuffix("_quantized") + "_scale"]
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+            n += 1
+    graph_io.save(model, path)
+    return n
+
+
+def test_gate_rejects_a_broken_int8_tower(q8, fp32, tmp_path):
+    """The int8 tower is gated like every quantized graph: its weight scales forced ×8 (everything else the
+    good bundle's), the end-to-end gate refuses the bundle and the per-graph record shows the tower off."""
+    from fusion_edge.quantize.onnx_quant import gate_folder
+    good, _ = q8
+    cases = [(img, q) for _, img, q in builtin_pairs("eval", 1)]
+    with BundleWriter(tmp_path / "broken-tower") as w:
+        shutil.copytree(good, w.tmp, dirs_exist_ok=True)
+        manifest = {k: v for k, v in Bundle.open(good).manifest.items()
+                    if k not in ("format", "format_version", "created", "files", "verification")}
+        assert _break_vision_scales(w.tmp) > 0
+        w.write_manifest(manifest)
+        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False, lambda *_: None)
+    assert not figures["passed"] and figures["forced"] and figures["gate"]
+    assert figures["per_graph"]["vision_main"]["rel_error_max"] > 0.2
+    assert figures["per_graph"]["segment_00"]["rel_error_max"] < 0.1      # the rest is the good bundle's
+
+
 def test_gate_function_thresholds():
     f = {"top1_agreement": 0.95, "logit_cosine_mean": 0.995, "max_dlogit_first": 2.0}
     assert agreement.gate(f, "int8")[0]
@@ -217,6 +281,8 @@ def test_cpu_int8_weights_are_signed_for_the_vnni_kernels(q8):
         weights = [inits[n.input[0]] for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2
                    and inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS]
+        # the vision tower is dynamic int8 (DynamicQuantizeLinear → MatMulInteger): its weights are MatMulInteger's B
+        weights += [inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
         assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights), name
         assert not m["components"][name]["exact_qdq_on_cpu"]
     assert "int8 symmetric weights" in m["components"]["vision"]["quantization"]["scheme"]
