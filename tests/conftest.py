@@ -6,7 +6,9 @@ Nothing here downloads: checkpoints are made with the project's tiny-checkpoint 
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,54 @@ def verified_fp32(onnx_bundle, tiny_checkpoint, work_dir) -> Path:
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["verify", str(out), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "4"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle(onnx_bundle) -> Path:
+    """The phi3/so400m fp32 ONNX bundle (unverified): the cheapest bundle, shared by most test files.
+    Shared by the whole session: a test that changes a bundle works on a copy."""
+    return onnx_bundle("phi3", "so400m")
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle):
+    """A CPU Pipeline on `bundle`, one per module: tests set its recorder and read its last result."""
+    from fusion_edge.runtime.pipeline import Pipeline
+    return Pipeline.open(bundle, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gguf_bundle(tiny_checkpoint, work_dir):
+    """gguf_bundle(llm, tower, precision="fp32", **extra) → gguf bundle folder with vision.gguf
+    (exported once per run, not verified; shared by the gguf, native, graph-gate, corpus and
+    export-gate tests). Skips where the gguf extra is missing."""
+    pytest.importorskip("gguf", reason="the gguf extra (gguf) is not installed")
+    pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
+    from fusion_edge.export.gguf_bundle import export_gguf_bundle
+    cache: dict = {}
+
+    def tag(k: str, v) -> str:          # a path value (onnx_from=...) is named by a digest
+        v = str(v)
+        return f"{k}{hashlib.sha1(v.encode()).hexdigest()[:10] if os.sep in v else v}"
+
+    def make(llm: str = "phi3", tower: str = "so400m", precision: str = "fp32", **extra) -> Path:
+        key = (llm, tower, precision, tuple(sorted(extra.items())))
+        if key not in cache:
+            out = work_dir / "gguf" / "-".join([llm, tower, precision, *(tag(k, v) for k, v in sorted(extra.items()))])
+            cache[key] = export_gguf_bundle(str(tiny_checkpoint(llm, tower)), out, "gguf", precision,
+                                            verify=False, progress=False, log=lambda *_: None, **extra)
+        return cache[key]
+    return make
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll `pred` every `step` seconds until it is true (→ True) or `timeout` seconds pass (→ False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
 
 
 def draw_scene(w: int, h: int, seed: int = 0) -> Image.Image:

@@ -18,18 +18,12 @@ import pytest
 pytest.importorskip("gguf", reason="the gguf extra (gguf) is not installed")
 pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
 
-from native_fixtures import bundle_maker
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is on the table?"
 STEPS = 12
 SOAK_CYCLES = 100
 SOAK_MAX_GROWTH_KIB = 32 * 1024
-
-
-@pytest.fixture(scope="session")
-def native_bundle(tiny_checkpoint, work_dir):
-    return bundle_maker(tiny_checkpoint, work_dir)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +61,10 @@ def _run_host_test(bundle: Path, png: Path, *extra: str, jvm: tuple[str, ...] = 
     return p.stdout
 
 
-def test_java_api_answers_with_the_python_runtimes_token_ids(native_bundle, scene_png):
+def test_java_api_answers_with_the_python_runtimes_token_ids(gguf_bundle, scene_png):
     """Streaming, cancel within a token, FusionEdgeException for bad input, and parity with Python."""
     from fusion_edge.runtime.pipeline import Pipeline
-    bundle = native_bundle("phi3", "so400m")
+    bundle = gguf_bundle("phi3", "so400m")
     out = _run_host_test(bundle, scene_png, "--cycles", "0")
     got_ids = [int(t) for t in re.search(r"^ANSWER_IDS(.*)$", out, re.M).group(1).split()]
     got_text = bytes.fromhex(re.search(r"^ANSWER_TEXT_HEX (\S*)$", out, re.M).group(1)).decode()
@@ -86,13 +80,13 @@ def test_java_api_answers_with_the_python_runtimes_token_ids(native_bundle, scen
 
 
 @pytest.mark.slow
-def test_java_api_survives_100_open_ask_close_cycles_without_growing(native_bundle, scene_png):
+def test_java_api_survives_100_open_ask_close_cycles_without_growing(gguf_bundle, scene_png):
     """VmRSS of the JVM after 3 warm-up cycles, then after 100 open/look/ask/close cycles.
 
     The Java heap is fixed and pre-touched (64 MiB), so RSS changes are the native side's (and the
     JVM's non-heap). With the default heap, RSS rose by ~50 MB to a plateau reached near cycle 50;
     with the heap fixed it stays flat (+0.2 MB over 10 cycles), so that was the heap growing."""
-    out = _run_host_test(native_bundle("phi3", "so400m"), scene_png, "--soak-only", "--cycles", str(SOAK_CYCLES),
+    out = _run_host_test(gguf_bundle("phi3", "so400m"), scene_png, "--soak-only", "--cycles", str(SOAK_CYCLES),
                          "--max-growth-kib", str(SOAK_MAX_GROWTH_KIB),
                          jvm=("-Xms64m", "-Xmx64m", "-XX:+AlwaysPreTouch"))
     m = re.search(r"^RSS_KIB before=(\d+) after=(\d+) growth=(-?\d+) peak=(\d+) cycles=(\d+)", out, re.M)

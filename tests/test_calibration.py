@@ -108,18 +108,7 @@ def test_builtin_set_is_deterministic_with_disjoint_eval_split():
 
 # ---- recordings ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fp32(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
-def pipe(fp32):
-    from fusion_edge.runtime.pipeline import Pipeline
-    return Pipeline.open(fp32, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def recording(pipe, fp32, tmp_path_factory):
+def recording(pipe, bundle, tmp_path_factory):
     img = builtin_pairs("calib", 1)[0][1]
     items = [CalibItem("one", img, "What is on the table?"), CalibItem("one", img, "<image>"),
              CalibItem("one", img, "Is the door open?")]
@@ -133,7 +122,7 @@ def recording(pipe, fp32, tmp_path_factory):
     return rec, direct
 
 
-def test_recording_layout_counts_and_skips(recording, fp32):
+def test_recording_layout_counts_and_skips(recording, bundle):
     rec, _ = recording
     m = rec.manifest
     assert m["samples"] == 2 and m["images"] == 1                # global tiles once per image
@@ -159,12 +148,12 @@ def test_recorded_inputs_read_back_as_the_pipeline_fed_them(recording, pipe):
     assert seg["hidden"].shape[:2] == (1, seg["cos"].shape[0]) and seg["past_k_1"].shape[1] == 0
 
 
-def test_graph_feeds_drive_the_real_graph(recording, pipe, fp32):
+def test_graph_feeds_drive_the_real_graph(recording, pipe, bundle):
     import onnxruntime as ort
     rec, _ = recording
     feeds = GraphFeeds(rec, "vision", ["pixels", "instruct_embeds", "instruct_keep"])
     assert len(feeds) == 3                                       # 2 main-tile calls + 1 global call
-    sess = ort.InferenceSession(str(fp32 / "vision.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(bundle / "vision.onnx"), providers=["CPUExecutionProvider"])
     outs = []
     while (f := feeds.get_next()) is not None:
         outs.append(sess.run(None, f)[0].shape)
@@ -188,14 +177,14 @@ def test_max_mb_stops_early_with_a_notice(pipe, tmp_path):
     assert not list(tmp_path.glob(".small.partial-*"))
 
 
-def test_cli_calibrate(fp32, tmp_path, images, capsys):
+def test_cli_calibrate(bundle, tmp_path, images, capsys):
     from fusion_edge.cli import main
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"image": str(images["wide"]), "question": "Where is the box?"}) + "\n"
                     + json.dumps({"image": str(images["empty"]), "question": "x"}) + "\n"
                     + json.dumps({"image": str(images["tall"]), "question": "Any people?"}) + "\n")
     out = tmp_path / "calib"
-    assert main(["calibrate", str(fp32), "--data", str(data), "-o", str(out), "--samples", "1",
+    assert main(["calibrate", str(bundle), "--data", str(data), "-o", str(out), "--samples", "1",
                  "--holdout", "1", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "1 bad entries skipped" in text and "empty.jpg" in text
@@ -203,5 +192,5 @@ def test_cli_calibrate(fp32, tmp_path, images, capsys):
     assert m["samples"] == 1 and m["dataset"]["kind"] == "jsonl" and len(m["dataset"]["skipped"]) == 1
     assert m["held_out"] == [{"image": str(images["tall"]), "question": "Any people?"}]
     assert m["source"]["fingerprint"]
-    assert main(["calibrate", str(fp32), "-o", str(out), "--quiet"]) == 2     # exists: typed error
+    assert main(["calibrate", str(bundle), "-o", str(out), "--quiet"]) == 2     # exists: typed error
     assert "--overwrite" in capsys.readouterr().err

@@ -22,6 +22,7 @@ pytest.importorskip("uvicorn", reason="uvicorn (the 'camera' extra) is not insta
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 ws_client = pytest.importorskip("websockets.sync.client", reason="websockets is not installed")
 from websockets.exceptions import InvalidStatus  # noqa: E402
+from conftest import wait_for  # noqa: E402
 
 from fusion_edge.apps.camera_qa.app import CameraApp, Settings  # noqa: E402
 from fusion_edge.apps.camera_qa.demo import write_demo_video  # noqa: E402
@@ -39,11 +40,6 @@ WAIT = 120                # seconds: generous, the CI machine has 2 shared cores
 
 # ---- fixtures --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bundle(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_demo_video(tmp_path_factory.mktemp("camera") / "clip.avi", frames=30, fps=10)
 
@@ -56,12 +52,6 @@ def cam(bundle, clip):
                              max_upload_bytes=MAX_UPLOAD)).start()
     yield app
     app.stop()
-
-
-@pytest.fixture(scope="module")
-def ref_pipe(bundle):
-    """A second Pipeline on the same bundle: what the app's answers must equal."""
-    return Pipeline.open(bundle, device="cpu")
 
 
 class LiveServer:
@@ -102,15 +92,6 @@ def reset(cam):
     cam.set_watch(False)
     cam.freeze(False)
     assert wait_for(lambda: cam.worker.idle, WAIT)
-
-
-def wait_for(pred, timeout=WAIT, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 class Socket:
@@ -167,8 +148,8 @@ def upload(http, path, ctype="image/jpeg"):
     return http.post("/api/upload", content=path.read_bytes(), headers={"content-type": ctype})
 
 
-def expected_answer(ref_pipe, image_path, question, n):
-    return ref_pipe.ask(ref_pipe.look(image_path), question, max_new_tokens=n)
+def expected_answer(pipe, image_path, question, n):
+    return pipe.ask(pipe.look(image_path), question, max_new_tokens=n)
 
 
 # ---- page, frames, state -------------------------------------------------------------------------
@@ -202,7 +183,7 @@ def test_frame_endpoint_serves_the_newest_frame_as_jpeg(http, cam):
 
 
 # ---- answers ------------------------------------------------------------------------------------------
-def test_streamed_answer_about_an_uploaded_photo_equals_the_pipeline(http, sock, cam, ref_pipe, images, reset):
+def test_streamed_answer_about_an_uploaded_photo_equals_the_pipeline(http, sock, cam, pipe, images, reset):
     r = upload(http, images["wide"])
     assert r.status_code == 200 and r.json()["origin"] == "upload" and r.json()["width"] == 640
     sock.next("freeze", **{"freeze.origin": "upload"})
@@ -211,7 +192,7 @@ def test_streamed_answer_about_an_uploaded_photo_equals_the_pipeline(http, sock,
     assert job["thumb"].startswith("data:image/jpeg;base64,")
     end, streamed = sock.answer(job["id"])
     assert end["state"] == "done" and end["text"] == streamed
-    assert end["text"] == expected_answer(ref_pipe, images["wide"], "What is on the table?", SHORT)
+    assert end["text"] == expected_answer(pipe, images["wide"], "What is on the table?", SHORT)
     st = end["stats"]
     assert st["new_tokens"] == SHORT and st["prefill_s"] > 0 and st["vision_s"] > 0 and st["decode_s"] >= 0
     assert {"tokens_per_s", "ttft_s", "scene_cached", "total_s"} <= set(st)
@@ -259,7 +240,7 @@ def test_second_question_waits_third_is_refused(sock, cam, reset):
     assert not any(e["type"] == "job" and e["job"]["question"] == "Third question?" for e in sock.seen)
 
 
-def test_cancel_stops_between_tokens_and_the_next_answer_is_right(http, sock, cam, ref_pipe, images, reset):
+def test_cancel_stops_between_tokens_and_the_next_answer_is_right(http, sock, cam, pipe, images, reset):
     assert upload(http, images["tall"]).status_code == 200
     job = sock.ask("Describe everything in detail.")                  # up to CAP_TOKENS tokens
     first_token = sock.next("token", id=job["id"])
@@ -270,7 +251,7 @@ def test_cancel_stops_between_tokens_and_the_next_answer_is_right(http, sock, ca
     again = sock.ask("Describe everything in detail.", max_new_tokens=SHORT)
     end2, _ = sock.answer(again["id"])
     assert end2["state"] == "done" and end2["stats"]["scene_cached"] is True
-    assert end2["text"] == expected_answer(ref_pipe, images["tall"], "Describe everything in detail.", SHORT)
+    assert end2["text"] == expected_answer(pipe, images["tall"], "Describe everything in detail.", SHORT)
 
 
 def test_cancel_a_queued_question(sock, cam, reset):
@@ -305,7 +286,7 @@ def test_watch_mode_answers_each_new_frame(sock, cam, reset):
     assert sock.next("watch")["watch"]["on"] is False
     assert all(e["state"] == "done" and e["question"] == "Anything moving?" for e in ends)
     assert ends[0]["frame"]["key"] != ends[1]["frame"]["key"]
-    assert wait_for(lambda: cam.worker.idle)
+    assert wait_for(lambda: cam.worker.idle, WAIT)
     listed = [a["id"] for a in cam.watch.public()["answers"]]
     assert ends[0]["id"] in listed and ends[1]["id"] in listed
 

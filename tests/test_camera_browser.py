@@ -74,11 +74,6 @@ class App:
 
 
 @pytest.fixture(scope="module")
-def bundle(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
 def app_url(bundle, tmp_path_factory):
     from fusion_edge.apps.camera_qa.demo import write_demo_video
     clip = write_demo_video(tmp_path_factory.mktemp("browser") / "clip.avi", frames=40, fps=10)

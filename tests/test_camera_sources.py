@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 from PIL import Image
 
 from fusion_edge.apps.camera_qa.capture import Capture, readable
@@ -36,15 +37,6 @@ def level(image: Image.Image) -> int:
     """Nearest LEVELS index of a (near) flat image."""
     mean = float(np.asarray(image, np.float32).mean())
     return int(np.argmin([abs(mean - v) for v in LEVELS]))
-
-
-def wait_for(pred, timeout=10.0, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 # ---- parsing -----------------------------------------------------------------------------------

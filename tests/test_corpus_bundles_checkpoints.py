@@ -51,13 +51,8 @@ def test_damaged_onnx_bundle(name, break_, expect, onnx_bundle, tiny_checkpoint,
 
 
 @pytest.fixture(scope="module")
-def gguf_pair(tiny_checkpoint, tmp_path_factory):
-    pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
-    from fusion_edge.export.gguf_bundle import export_gguf_bundle
-    root = tmp_path_factory.mktemp("gguf-corpus")
-    return [export_gguf_bundle(str(tiny_checkpoint(llm, tower)), root / llm, "gguf", "fp32", verify=False,
-                               progress=False, log=lambda *_: None)
-            for llm, tower in (("phi3", "so400m"), ("llama3", "siglip2"))]
+def gguf_pair(gguf_bundle):
+    return [gguf_bundle("phi3", "so400m"), gguf_bundle("llama3", "siglip2")]
 
 
 @pytest.mark.parametrize("name,break_,expect", bundle_corpus.GGUF_CASES, ids=[c[0] for c in bundle_corpus.GGUF_CASES])

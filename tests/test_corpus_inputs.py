@@ -14,7 +14,6 @@ from PIL import Image
 
 from fusion_edge.cli import main
 from fusion_edge.runtime import errors
-from fusion_edge.runtime.pipeline import Pipeline
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.prompt import TEMPLATES
 from tests.corpus import assert_clean_failure, bounded
@@ -22,16 +21,6 @@ from tests.corpus import images as image_corpus
 from tests.corpus import questions as question_corpus
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def bundle(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
-def pipe(bundle):
-    return Pipeline.open(bundle, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -64,21 +64,12 @@ def ckpt(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def source(onnx_bundle, tiny_checkpoint, tmp_path_factory):
-    """source(target, precision) → an unverified bundle from a real export (cached)."""
-    cache: dict = {}
-
+def source(onnx_bundle, request):
+    """source(target, precision) → an unverified bundle from a real export (the session's, shared)."""
     def get(target: str, precision: str):
-        if (target, precision) not in cache:
-            if target == "onnx":
-                cache[target, precision] = onnx_bundle("phi3", "so400m", precision=precision)
-            else:
-                pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
-                from fusion_edge.export.gguf_bundle import export_gguf_bundle
-                cache[target, precision] = export_gguf_bundle(
-                    str(tiny_checkpoint("phi3", "so400m")), tmp_path_factory.mktemp("g") / "b", "gguf", precision,
-                    verify=False, progress=False, log=lambda *_: None)
-        return cache[target, precision]
+        if target == "onnx":
+            return onnx_bundle("phi3", "so400m", precision=precision)
+        return request.getfixturevalue("gguf_bundle")("phi3", "so400m", precision)   # skips without the extra
     return get
 
 

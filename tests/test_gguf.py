@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,22 +23,6 @@ from fusion_edge.runtime.prompt import build_prompt  # noqa: E402
 QUESTIONS = ("What is on the table?", "  How many red objects are there?\n",
              "Where is the <image-placeholder> cup, 3.5 m away?")
 FLAVORS = [("phi3", "so400m"), ("llama3", "siglip2")]
-
-
-@pytest.fixture(scope="session")
-def gguf_bundle(tiny_checkpoint, work_dir):
-    """gguf_bundle(llm, tower, precision="fp32", **extra) → bundle folder (exported once, not verified)."""
-    from fusion_edge.export.gguf_bundle import export_gguf_bundle
-    cache: dict = {}
-
-    def make(llm: str = "phi3", tower: str = "so400m", precision: str = "fp32", **extra) -> Path:
-        key = (llm, tower, precision, tuple(sorted(extra.items())))
-        if key not in cache:
-            out = work_dir / "gguf" / "-".join([llm, tower, precision, *sorted(extra)])
-            cache[key] = export_gguf_bundle(str(tiny_checkpoint(llm, tower)), out, "gguf", precision,
-                                            verify=False, progress=False, log=lambda *_: None, **extra)
-        return cache[key]
-    return make
 
 
 @pytest.fixture(scope="session")

@@ -94,14 +94,6 @@ def test_fp32_export_with_verification_gates_the_twin(tiny_checkpoint, tmp_path)
 
 
 # ---- vision.gguf --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gguf_bundle(tiny_checkpoint, work_dir):
-    pytest.importorskip("gguf", reason="the gguf extra (gguf) is not installed")
-    pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
-    from native_fixtures import bundle_maker
-    return bundle_maker(tiny_checkpoint, work_dir)
-
-
 def _vision_gate(tiny_checkpoint, path, quant, force=False, llm="phi3", tower="so400m"):
     from fusion_edge.export.checkpoint import open_checkpoint
     from fusion_edge.export.vision_gguf_gate import gate_vision_gguf

@@ -17,18 +17,13 @@ from fusion_edge.runtime.pipeline import Pipeline
 QUESTION = "What is on the table?"
 
 
-@pytest.fixture(scope="module")
-def fp32(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-def test_low_memory_gives_the_same_answer(fp32, images):
+def test_low_memory_gives_the_same_answer(bundle, images):
     """Unpacked weights take another GEMM path: rounding only (measured max |Δlogit| 1.3e-5 on
     logits up to ~50, 3-4 float32 ulps); held to the fp32 bundles' own bound against the
     reference (1e-4, FUSION_SPEC / tests/test_onnx.py)."""
     answers = []
     for low in (False, True):
-        pipe = Pipeline.open(fp32, device="cpu", threads=1, low_memory=low)
+        pipe = Pipeline.open(bundle, device="cpu", threads=1, low_memory=low)
         pipe.ask(pipe.look(images["wide"]), QUESTION, max_new_tokens=8)
         answers.append(pipe.last_result)
     normal, low = answers
@@ -52,20 +47,20 @@ print(json.dumps(anon() - before))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps_rollup (Linux)")
-def test_low_memory_keeps_the_llm_weights_out_of_anonymous_memory(fp32):
+def test_low_memory_keeps_the_llm_weights_out_of_anonymous_memory(bundle):
     """Normally the segments and the decode graph each prepack the shared LLM weights (twice
     llm.onnx.data in anonymous memory; measured 47.0 vs 37.6 MiB on the tiny bundle, whose
     llm.onnx.data is 5.2 MiB); low-memory sessions read them from the mapped file."""
     def grown(low: bool) -> int:
-        out = subprocess.run([sys.executable, "-c", ANON, str(fp32), "1" if low else "0"], check=True,
+        out = subprocess.run([sys.executable, "-c", ANON, str(bundle), "1" if low else "0"], check=True,
                              capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
-    shared = (fp32 / "llm.onnx.data").stat().st_size
+    shared = (bundle / "llm.onnx.data").stat().st_size
     assert grown(False) - grown(True) >= 1.2 * shared
 
 
-def test_packed_bytes_count_the_shared_llm_weights_twice(fp32):
-    m = Bundle.open(fp32).manifest
+def test_packed_bytes_count_the_shared_llm_weights_twice(bundle):
+    m = Bundle.open(bundle).manifest
     onnx_files = sum(int(f["bytes"]) for n, f in m.files.items() if n.endswith((".onnx", ".onnx.data")))
     assert memory.packed_bytes(m) == onnx_files + int(m.files["llm.onnx.data"]["bytes"])
     need = memory.packed_bytes(m)
@@ -73,7 +68,7 @@ def test_packed_bytes_count_the_shared_llm_weights_twice(fp32):
     assert not memory.needs_low_memory(m, available=int(need / memory.HEADROOM) + 1)
 
 
-def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(fp32, tmp_path, monkeypatch):
+def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(bundle, tmp_path, monkeypatch):
     from fusion_edge.calibration.calibrate import calibrate_bundle
     opened = []
     real_open = Pipeline.open.__func__
@@ -84,14 +79,14 @@ def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(fp32, tm
     monkeypatch.setattr(Pipeline, "open", classmethod(spy))
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)       # a 1 MiB machine
     logs = []
-    rec = calibrate_bundle(fp32, tmp_path / "rec", samples=1, holdout=0, progress=False, log=logs.append)
+    rec = calibrate_bundle(bundle, tmp_path / "rec", samples=1, holdout=0, progress=False, log=logs.append)
     assert opened == [True] and rec.manifest["samples"] == 1
     assert any("memory-mapped" in line for line in logs)
 
 
-def test_ask_low_memory_flag_answers_the_same(fp32, images, capsys):
+def test_ask_low_memory_flag_answers_the_same(bundle, images, capsys):
     from fusion_edge.cli import main
-    args = ["ask", "--bundle", str(fp32), "--image", str(images["tall"]), "--question", QUESTION,
+    args = ["ask", "--bundle", str(bundle), "--image", str(images["tall"]), "--question", QUESTION,
             "--max-new-tokens", "6", "--json"]
     assert main(args) == 0
     normal = json.loads(capsys.readouterr().out)

@@ -20,12 +20,6 @@ pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is no
 
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.tokenizer import Tokenizer
-from native_fixtures import bundle_maker
-
-
-@pytest.fixture(scope="session")
-def native_bundle(tiny_checkpoint, work_dir):
-    return bundle_maker(tiny_checkpoint, work_dir)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +60,7 @@ def png_image(work_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def native_run(native_bundle, png_image, work_dir):
+def native_run(gguf_bundle, png_image, work_dir):
     """native_run(llm, tower) → (cli --json result, dump folder), one CLI run per flavour."""
     cache: dict = {}
 
@@ -74,7 +68,7 @@ def native_run(native_bundle, png_image, work_dir):
         if (llm, tower) not in cache:
             dump = work_dir / f"native_dump_{llm}"
             dump.mkdir(exist_ok=True)
-            cmd = [str(_build_dir() / "fusion_edge_cli"), "ask", "--bundle", str(native_bundle(llm, tower)),
+            cmd = [str(_build_dir() / "fusion_edge_cli"), "ask", "--bundle", str(gguf_bundle(llm, tower)),
                    "--image", str(png_image), "--question", QUESTION, "--max-new-tokens", str(STEPS),
                    "--json", "--threads", "1", "--dump", str(dump)]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -90,10 +84,10 @@ def _f32(path: Path, *shape) -> np.ndarray:
 
 # ---- end to end: the Python runtime ---------------------------------------------------------
 @pytest.mark.parametrize("llm,tower", FLAVORS)
-def test_native_cli_gives_the_python_runtimes_greedy_tokens(llm, tower, native_run, native_bundle, png_image):
+def test_native_cli_gives_the_python_runtimes_greedy_tokens(llm, tower, native_run, gguf_bundle, png_image):
     from fusion_edge.runtime.pipeline import Pipeline
     got, _ = native_run(llm, tower)
-    pipe = Pipeline.open(native_bundle(llm, tower), device="cpu", threads=1)
+    pipe = Pipeline.open(gguf_bundle(llm, tower), device="cpu", threads=1)
     pipe.ask(pipe.look(png_image), QUESTION, max_new_tokens=STEPS)
     want = pipe.last_result
     print(f"native {llm}: {got['token_ids']} vs python {want.token_ids}")
@@ -171,9 +165,9 @@ TEXTS = ["What is on the table?", "  How many red objects are there?\n", "Where 
 
 
 @pytest.mark.parametrize("llm,tower", FLAVORS)
-def test_native_tokenizer_matches_the_runtime_tokenizer(llm, tower, native_lib, native_bundle):
+def test_native_tokenizer_matches_the_runtime_tokenizer(llm, tower, native_lib, gguf_bundle):
     from fusion_edge.runtime.prompt import TEMPLATES, render_prompt
-    bundle = native_bundle(llm, tower)
+    bundle = gguf_bundle(llm, tower)
     tok = Tokenizer.from_dir(bundle / "tokenizer")
     h = ctypes.c_void_p()
     assert native_lib.fe_open(str(bundle).encode(), None, ctypes.byref(h)) == 0, native_lib.fe_last_error()
@@ -193,9 +187,9 @@ def test_native_tokenizer_matches_the_runtime_tokenizer(llm, tower, native_lib, 
     assert len(texts) > 60
 
 
-def test_native_cli_errors_are_one_error_fix_pair(native_bundle, png_image, tmp_path):
+def test_native_cli_errors_are_one_error_fix_pair(gguf_bundle, png_image, tmp_path):
     cli = str(_build_dir() / "fusion_edge_cli")
-    bundle = str(native_bundle("phi3", "so400m"))
+    bundle = str(gguf_bundle("phi3", "so400m"))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     cases = [["ask", "--bundle", str(tmp_path / "nope"), "--image", str(png_image), "--question", "Q?"],
@@ -218,18 +212,18 @@ def _abi_check(build: Path, bundle: Path, env: dict | None = None) -> str:
     return p.stdout
 
 
-def test_c_abi_bad_inputs_on_an_open_bundle(native_bundle):
+def test_c_abi_bad_inputs_on_an_open_bundle(gguf_bundle):
     """null pointers, wrong stride, bad sizes, over-long questions, cancel: error codes, then a good answer."""
-    out = _abi_check(_build_dir(), native_bundle("phi3", "so400m"))
+    out = _abi_check(_build_dir(), gguf_bundle("phi3", "so400m"))
     assert out.count("ok  ") >= 25
 
 
-def test_c_abi_bad_inputs_under_address_sanitizer(native_bundle):
+def test_c_abi_bad_inputs_under_address_sanitizer(gguf_bundle):
     """The same checks on the AddressSanitizer build (FUSION_NATIVE_ASAN_BUILD, made by scripts/test.sh)."""
     env = os.environ.get("FUSION_NATIVE_ASAN_BUILD")
     if not env:
         pytest.skip("no AddressSanitizer build (FUSION_NATIVE_ASAN_BUILD)")
-    _abi_check(Path(env), native_bundle("phi3", "so400m"), {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
+    _abi_check(Path(env), gguf_bundle("phi3", "so400m"), {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
 
 
 # ---- sampling and streaming through the C ABI -----------------------------------------------
@@ -241,7 +235,7 @@ class _AskOptions(ctypes.Structure):
 _TOKEN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
 
 
-def test_native_streaming_and_seeded_sampling(native_lib, native_bundle, png_image):
+def test_native_streaming_and_seeded_sampling(native_lib, gguf_bundle, png_image):
     from PIL import Image
     lib = native_lib
     lib.fe_look.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]
@@ -253,7 +247,7 @@ def test_native_streaming_and_seeded_sampling(native_lib, native_bundle, png_ima
     lib.fe_answer_token_ids.restype = ctypes.POINTER(ctypes.c_int32)
     h = ctypes.c_void_p()
     one_thread = (ctypes.c_int32 * 4)(1, 0, 0, 0)         # fe_open_options {threads=1, device=NULL}
-    assert lib.fe_open(str(native_bundle("phi3", "so400m")).encode(), ctypes.byref(one_thread), ctypes.byref(h)) == 0, \
+    assert lib.fe_open(str(gguf_bundle("phi3", "so400m")).encode(), ctypes.byref(one_thread), ctypes.byref(h)) == 0, \
         lib.fe_last_error()
     try:
         rgb = np.ascontiguousarray(np.asarray(Image.open(png_image).convert("RGB")))
@@ -283,11 +277,11 @@ def test_native_streaming_and_seeded_sampling(native_lib, native_bundle, png_ima
 
 
 # ---- fusion-edge bench ----------------------------------------------------------------------
-def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_checkpoint, native_bundle, tmp_path,
+def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_checkpoint, gguf_bundle, tmp_path,
                                                                       monkeypatch):
     from fusion_edge.cli import main
     monkeypatch.setenv("FUSION_NATIVE_LIB", str(_build_dir() / "libfusion_edge.so"))
-    bundle = str(native_bundle("phi3", "so400m"))
+    bundle = str(gguf_bundle("phi3", "so400m"))
     out = tmp_path / "bench.json"
     rc = main(["bench", "--model", str(tiny_checkpoint("phi3", "so400m")), "--bundles", bundle, "--native", bundle,
                "--cases", "1", "--questions-per-image", "2", "--max-new-tokens", "3", "--repeats", "1",
@@ -302,10 +296,10 @@ def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_chec
     assert nat["fidelity"]["max_dlogit"] <= 1e-3 and nat["fidelity"]["greedy_agreement"] == 1.0
 
 
-def test_native_fusion_l_placeholder_and_query_len_match_python(native_bundle, png_image):
+def test_native_fusion_l_placeholder_and_query_len_match_python(gguf_bundle, png_image):
     """FUSION-L (144 image tokens, bilinear resize), the image block inside the question, q=16."""
     from fusion_edge.runtime.pipeline import Pipeline
-    bundle = native_bundle("phi3", "so400m", image_tokens=144)
+    bundle = gguf_bundle("phi3", "so400m", image_tokens=144)
     question = "Is <image-placeholder> the red box left of the cup?"
     p = subprocess.run([str(_build_dir() / "fusion_edge_cli"), "ask", "--bundle", str(bundle), "--image",
                         str(png_image), "--question", question, "--max-new-tokens", str(STEPS), "--query-len", "16",

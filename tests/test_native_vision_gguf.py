@@ -16,12 +16,6 @@ from fusion_edge.export.weight_map import (
     tower_entries,
 )
 from fusion_edge.runtime.errors import ExportError
-from native_fixtures import bundle_maker
-
-
-@pytest.fixture(scope="session")
-def native_bundle(tiny_checkpoint, work_dir):
-    return bundle_maker(tiny_checkpoint, work_dir)
 
 
 def _read(path):
@@ -40,8 +34,8 @@ def _field(r, key):
 
 
 @pytest.mark.parametrize("llm,tower", [("phi3", "so400m"), ("llama3", "siglip2")])
-def test_vision_gguf_holds_every_vision_weight_and_the_hyperparameters(llm, tower, native_bundle, tiny_checkpoint):
-    folder = native_bundle(llm, tower)
+def test_vision_gguf_holds_every_vision_weight_and_the_hyperparameters(llm, tower, gguf_bundle, tiny_checkpoint):
+    folder = gguf_bundle(llm, tower)
     ckpt = open_checkpoint(tiny_checkpoint(llm, tower))
     cfg = ckpt.config
     r, tensors = _read(folder / "vision.gguf")
@@ -70,9 +64,9 @@ def test_vision_gguf_holds_every_vision_weight_and_the_hyperparameters(llm, towe
 
 
 @pytest.mark.parametrize("quant", ["F16", "Q8_0"])
-def test_vision_gguf_reduced_types_dequantize_close_to_the_checkpoint(quant, native_bundle, tiny_checkpoint):
+def test_vision_gguf_reduced_types_dequantize_close_to_the_checkpoint(quant, gguf_bundle, tiny_checkpoint):
     import gguf
-    folder = native_bundle("phi3", "so400m", vision_quant=quant)
+    folder = gguf_bundle("phi3", "so400m", vision_quant=quant)
     ckpt = open_checkpoint(tiny_checkpoint("phi3", "so400m"))
     _, tensors = _read(folder / "vision.gguf")
     reduced = 0

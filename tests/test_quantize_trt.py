@@ -21,22 +21,17 @@ from fusion_edge.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
-def fp32(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
-def rec(fp32, tmp_path_factory):
+def rec(bundle, tmp_path_factory):
     (key, img, _), = builtin_pairs("calib", 1)
-    pipe = Pipeline.open(fp32, device="cpu")
+    pipe = Pipeline.open(bundle, device="cpu")
     return record_calibration(pipe, [CalibItem(key, img, "Is the path clear?")], tmp_path_factory.mktemp("t") / "c",
                               samples=1, progress=False, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
-def trt_int4(fp32, rec, tmp_path_factory):
+def trt_int4(bundle, rec, tmp_path_factory):
     """A whole --for trt --precision int4 bundle (SM 8.7), no gate: the exporter's own TensorRT check runs."""
-    return quantize_bundle(fp32, tmp_path_factory.mktemp("t4") / "b", plan("tensorrt", "int4", "8.7"), rec, [],
+    return quantize_bundle(bundle, tmp_path_factory.mktemp("t4") / "b", plan("tensorrt", "int4", "8.7"), rec, [],
                            verify=False, progress=False, log=lambda *_: None)
 
 
@@ -58,11 +53,11 @@ def _assert_trt_ready(model, min_opset: int) -> None:
             assert zp.data_type in (3, 22) and not np.any(onnx.numpy_helper.to_array(zp).astype(int))
 
 
-def test_trt_int8_segment_and_alignment_graphs(fp32, rec, tmp_path):
+def test_trt_int8_segment_and_alignment_graphs(bundle, rec, tmp_path):
     scheme = Int8Scheme.for_flavour("trt")
     for name in ("align_02", "segment_01"):
-        comp = Bundle.open(fp32).components[name]
-        quantize_int8(fp32 / f"{name}.onnx", tmp_path / f"{name}.onnx", GraphFeeds(rec, name, comp["inputs"]),
+        comp = Bundle.open(bundle).components[name]
+        quantize_int8(bundle / f"{name}.onnx", tmp_path / f"{name}.onnx", GraphFeeds(rec, name, comp["inputs"]),
                       name, scheme)
         m = graph_io.load(tmp_path / f"{name}.onnx")
         _assert_trt_ready(m, 13)
@@ -73,8 +68,8 @@ def test_trt_int8_segment_and_alignment_graphs(fp32, rec, tmp_path):
         assert all(int(np.prod(scales[n.input[1]].dims)) == 1 for n in q)     # per-tensor activations
 
 
-def test_trt_lm_head_weight_only_int8_is_per_channel_dq(fp32, tmp_path):
-    model = graph_io.load(fp32 / "segment_10.onnx")
+def test_trt_lm_head_weight_only_int8_is_per_channel_dq(bundle, tmp_path):
+    model = graph_io.load(bundle / "segment_10.onnx")
     heads = lm_head_nodes(model, 832)
     assert heads == ["/lm_head/MatMul"]
     out = weight_only_int8(model, heads, "trt")
@@ -104,30 +99,30 @@ def test_trt_int4_bundle_is_plain_qdq_with_opset21_blocks(trt_int4):
     assert b.components["segment_04"]["quantization"]["accuracy_level"] is None
 
 
-def test_trt_bundle_runs_on_onnxruntime_close_to_fp32(trt_int4, fp32, images):
-    ref, q = Pipeline.open(fp32, device="cpu"), Pipeline.open(trt_int4, device="cpu")
+def test_trt_bundle_runs_on_onnxruntime_close_to_fp32(trt_int4, bundle, images):
+    ref, q = Pipeline.open(bundle, device="cpu"), Pipeline.open(trt_int4, device="cpu")
     ref.ask(ref.look(images["wide"]), "What is on the table?", max_new_tokens=1)
     q.ask(q.look(images["wide"]), "What is on the table?", max_new_tokens=1)
     assert agreement.cosine(ref.last_result.first_logits, q.last_result.first_logits) > 0.98
 
 
-def test_checker_catches_what_tensorrt_rejects(fp32, rec, tmp_path):
+def test_checker_catches_what_tensorrt_rejects(bundle, rec, tmp_path):
     """The onnxruntime (cpu) flavour is not TensorRT-ready: the check must say why."""
-    comp = Bundle.open(fp32).components["segment_01"]
-    quantize_int8(fp32 / "segment_01.onnx", tmp_path / "cpu8.onnx", GraphFeeds(rec, "segment_01", comp["inputs"]),
+    comp = Bundle.open(bundle).components["segment_01"]
+    quantize_int8(bundle / "segment_01.onnx", tmp_path / "cpu8.onnx", GraphFeeds(rec, "segment_01", comp["inputs"]),
                   "segment_01", Int8Scheme.for_flavour("cpu"))
     bad = " ".join(qdq_check.problems(graph_io.load(tmp_path / "cpu8.onnx")))
     assert "non-zero zero-point" in bad and "unsigned" in bad
-    quantize_int4(fp32 / "segment_01.onnx", tmp_path / "cpu4.onnx", "cpu")
+    quantize_int4(bundle / "segment_01.onnx", tmp_path / "cpu4.onnx", "cpu")
     bad = " ".join(qdq_check.problems(graph_io.load(tmp_path / "cpu4.onnx")))
     assert "MatMulNBits is not explicit Q/DQ" in bad
-    assert qdq_check.problems(graph_io.load(fp32 / "segment_01.onnx")) == ["no DequantizeLinear at all: the graph "
+    assert qdq_check.problems(graph_io.load(bundle / "segment_01.onnx")) == ["no DequantizeLinear at all: the graph "
                                                                            "is not quantized"]
 
 
-def test_keep_float_leaves_named_nodes_unquantized(fp32, rec, tmp_path):
-    comp = Bundle.open(fp32).components["segment_01"]
-    r = quantize_int8(fp32 / "segment_01.onnx", tmp_path / "k.onnx", GraphFeeds(rec, "segment_01", comp["inputs"]),
+def test_keep_float_leaves_named_nodes_unquantized(bundle, rec, tmp_path):
+    comp = Bundle.open(bundle).components["segment_01"]
+    r = quantize_int8(bundle / "segment_01.onnx", tmp_path / "k.onnx", GraphFeeds(rec, "segment_01", comp["inputs"]),
                       "segment_01", Int8Scheme.for_flavour("trt"), keep_float=("/down/",))
     kept = next(e for e in r["excluded"] if "--keep-float" in e["reason"])
     assert kept["count"] == 3 and all("/down/" in n for n in kept["nodes"])

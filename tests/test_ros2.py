@@ -49,17 +49,6 @@ def ros_env():
             os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def bundle(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
-def pipe(bundle):
-    from fusion_edge.runtime.pipeline import Pipeline
-    return Pipeline.open(bundle, device="cpu")
-
-
 def node_cmd(bundle, *ros_args):
     return [sys.executable, "-m", "fusion_edge.cli", "ros2", str(bundle), "--ros-args", "-r", f"__ns:={NS}",
             "-p", "device:=cpu", "-p", "max_new_tokens:=8", *ros_args]

@@ -27,11 +27,6 @@ N = 12
 
 
 @pytest.fixture(scope="module")
-def bundle(onnx_bundle):
-    return onnx_bundle("phi3", "so400m")
-
-
-@pytest.fixture(scope="module")
 def allowed(tmp_path_factory, images):
     """--allow-local-files folder: the test image, and a symlink that leaves the folder."""
     root = tmp_path_factory.mktemp("allowed")
