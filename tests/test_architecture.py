@@ -71,6 +71,7 @@ def test_weight_table_follows_the_registry(tiny_checkpoint, llm, tower, qkv):
     assert ckpt.canonical(entry).shape == entry.shape
 
 
+@pytest.mark.slow
 def test_engines_satisfy_the_protocols(onnx_bundle):
     from fusion_edge.runtime.backends import GraphAccess, LLMEngine, VisionEngine
     pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")

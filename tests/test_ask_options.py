@@ -67,6 +67,7 @@ def one_error(err: str) -> None:
 
 @pytest.mark.parametrize("source", ["model", "bundle"])
 @pytest.mark.parametrize("case,extra,words", BAD_OPTIONS, ids=[c[0] for c in BAD_OPTIONS])
+@pytest.mark.slow
 def test_bad_option_is_one_clear_error_before_any_work(case, extra, words, source, sources, images, tmp_path,
                                                        no_image_work, capsys):
     (tmp_path / "folder.npy").mkdir()

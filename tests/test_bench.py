@@ -41,6 +41,7 @@ def bench_run(tiny_checkpoint, onnx_bundle, tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure_for_every_backend(bench_run):
     rc, out = bench_run
     assert rc == 0
@@ -309,6 +310,7 @@ def test_gpu_check_fails_a_bench_backend_whose_fidelity_misses_its_gate(bench_ru
     assert row(lambda f: {**f, "max_dlogit": 1.9e-2}, ref_precision="bf16")[1] == "SKIP"
 
 
+@pytest.mark.slow
 def test_bf16_reference_is_the_same_model_at_half_the_bytes(tiny_checkpoint, reference, tmp_path):
     """--reference-dtype bf16 (real-size runs, where fp32 does not fit): loaded tensor by tensor
     in bfloat16, it answers, weighs half per token, and its first-step logits follow the fp32

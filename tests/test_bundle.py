@@ -92,6 +92,7 @@ def test_bundle_from_a_different_checkpoint(onnx_bundle, tiny_checkpoint, capsys
     assert rc == 2 and "different checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_verify_cli_writes_figures(onnx_bundle, tiny_checkpoint, tmp_path, capsys):
     dst = tmp_path / "v"
     shutil.copytree(onnx_bundle("llama3", "siglip2"), dst)
@@ -109,6 +110,7 @@ def test_existing_output_is_not_overwritten(onnx_bundle, tiny_checkpoint):
                       progress=False)
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_no_bundle(tiny_checkpoint, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "fusion_edge.cli", "export", str(tiny_checkpoint("phi3", "so400m")),
@@ -131,6 +133,7 @@ def test_killed_export_leaves_no_bundle(tiny_checkpoint, tmp_path):
     assert Bundle.open(out) and not list(tmp_path.glob(".killed.partial-*"))
 
 
+@pytest.mark.slow
 def test_large_graphs_use_one_external_data_file(tiny_checkpoint, onnx_bundle, tmp_path, monkeypatch, images):
     """Graphs over the threshold (real checkpoints: > 2 GB) keep weights in <graph>.onnx.data."""
     from fusion_edge.export import onnx_export
@@ -178,6 +181,7 @@ def test_streamed_external_data_matches_inline(tmp_path):
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_verify_names_the_library_versions_that_changed_since_the_build(onnx_bundle, tiny_checkpoint, tmp_path,
                                                                        capsys):
     """A bundle built with another onnxruntime: `verify` says which versions differ and

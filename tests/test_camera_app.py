@@ -421,6 +421,7 @@ def test_no_frame_yet_is_reported_not_crashed(cam, tmp_path):
 
 
 # ---- CLI: headless mode and the JSON-lines log ------------------------------------------------------------
+@pytest.mark.slow
 def test_headless_mode_prints_watch_answers_and_logs_json_lines(bundle, clip, tmp_path, capsys):
     from fusion_edge.cli import main
     log = tmp_path / "answers.jsonl"

@@ -10,6 +10,7 @@ from fusion_edge.cli import main
 
 
 @pytest.mark.parametrize("llm,tower", [("phi3", "so400m"), ("llama3", "siglip2")])
+@pytest.mark.slow
 def test_ask_json_and_logits_out(tiny_checkpoint, reference, images, tmp_path, capsys, llm, tower):
     ckpt = tiny_checkpoint(llm, tower)
     logits_path = tmp_path / "logits.npy"
@@ -29,6 +30,7 @@ def test_ask_json_and_logits_out(tiny_checkpoint, reference, images, tmp_path, c
     np.testing.assert_allclose(logits, want.first_logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ask_streams_text(tiny_checkpoint, images, capsys):
     ckpt = tiny_checkpoint("phi3", "so400m")
     assert main(["ask", "--model", str(ckpt), "--image", str(images["tall"]), "--question", "Hi?",
@@ -44,6 +46,7 @@ def test_ask_streams_text(tiny_checkpoint, images, capsys):
     ("wide", "   ", "empty"),
     ("wide", "x " * 3000, "more than the model's limit"),
 ])
+@pytest.mark.slow
 def test_ask_bad_input_is_a_clear_error(tiny_checkpoint, images, capsys, image, question, match):
     rc = main(["ask", "--model", str(tiny_checkpoint("phi3", "so400m")), "--image", str(images[image]),
                "--question", question])

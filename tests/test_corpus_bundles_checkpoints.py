@@ -56,6 +56,7 @@ def gguf_pair(gguf_bundle):
 
 
 @pytest.mark.parametrize("name,break_,expect", bundle_corpus.GGUF_CASES, ids=[c[0] for c in bundle_corpus.GGUF_CASES])
+@pytest.mark.slow
 def test_damaged_gguf_bundle(name, break_, expect, gguf_pair, tiny_checkpoint, images, tmp_path, capsys):
     folder = _damaged_copy(gguf_pair[0], gguf_pair[1], break_, tmp_path)
     _assert_refused(folder, expect, tiny_checkpoint("phi3", "so400m"), images, capsys)

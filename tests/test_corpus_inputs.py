@@ -35,6 +35,7 @@ def corpus_dir(tmp_path_factory):
 
 # ---- images ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,make,expect", image_corpus.CASES, ids=[c[0] for c in image_corpus.CASES])
+@pytest.mark.slow
 def test_image_case_api_and_cli(name, make, expect, corpus_dir, bundle, pipe, capsys):
     path = make(corpus_dir)
     q = question_corpus.QUESTION
@@ -60,6 +61,7 @@ def test_image_case_api_and_cli(name, make, expect, corpus_dir, bundle, pipe, ca
         assert_clean_failure(rc, err)
 
 
+@pytest.mark.slow
 def test_calibrate_skips_bad_images_and_names_them(corpus_dir, bundle, capsys, tmp_path):
     """A calibration folder with every broken image of the corpus and one good one: the bad ones
     are skipped with their reasons, the good one is recorded."""
@@ -96,6 +98,7 @@ QUESTION_CASES = question_corpus.CASES + question_corpus.template_token_cases(TE
 
 
 @pytest.mark.parametrize("name,question,expect", QUESTION_CASES, ids=[c[0] for c in QUESTION_CASES])
+@pytest.mark.slow
 def test_question_case_api_and_cli(name, question, expect, images, bundle, pipe, ref, capsys):
     scene = pipe.look(images["wide"])
     if expect == "answers":
@@ -126,6 +129,7 @@ def _question_of_length(pipe, seq_len: int) -> str:
     return "What" + " a" * n + "?"
 
 
+@pytest.mark.slow
 def test_question_at_the_length_limit_answers_and_one_over_is_refused(images, bundle, pipe, ref, capsys):
     limit = pipe.cfg.tokenizer_model_max_length
     at = _question_of_length(pipe, limit)

@@ -138,6 +138,7 @@ def test_tampered_shared_weights_are_refused(onnx_bundle, tmp_path):
         Bundle.open(dst)
 
 
+@pytest.mark.slow
 def test_bundle_without_decode_graph_answers_the_same(onnx_bundle, images, tmp_path):
     new = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
     old = Pipeline.open(_without_decode_graph(onnx_bundle("phi3", "so400m"), tmp_path / "old"), device="cpu")
@@ -167,6 +168,7 @@ def test_greedy_steps_take_the_graphs_argmax(onnx_bundle):
     assert greedy.length == full.length == PROMPT + STEPS and len(set(tokens)) > 1
 
 
+@pytest.mark.slow
 def test_greedy_ask_decodes_through_the_argmax_only(onnx_bundle, images, monkeypatch):
     """A greedy ask never asks the engine for logits after the prefill; sampling does."""
     pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")

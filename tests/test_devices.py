@@ -124,6 +124,7 @@ def test_ask_json_reports_the_device_map(onnx_bundle, images, capsys):
     assert out["timings"]["devices"] == out["devices"]
 
 
+@pytest.mark.slow
 def test_verify_records_the_placement_it_measured_on(tiny_checkpoint, onnx_bundle, tmp_path, capsys):
     import shutil
 

@@ -86,6 +86,7 @@ def broken_export(src, breaker, out, ckpt, target, precision, force, logs):
 
 
 @pytest.mark.parametrize("name,target,precision,breaker", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_a_broken_export_is_refused_and_leaves_no_bundle(name, target, precision, breaker, source, ckpt, tmp_path):
     out, logs = tmp_path / "broken", []
     with pytest.raises(ExportError, match="does not match the reference closely enough") as e:
@@ -119,6 +120,7 @@ def test_forced_and_skipped_bundles_are_marked_warned_about_and_refused_by_stric
     assert err.startswith("error: bundle") and "--strict refuses it" in err and "fix:" in err
 
 
+@pytest.mark.slow
 def test_a_verified_bundle_opens_without_a_warning(tiny_checkpoint, tmp_path):
     from fusion_edge.export.bundle_export import export_bundle
     out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "ok", steps=STEPS, progress=False,

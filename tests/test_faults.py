@@ -317,6 +317,7 @@ def test_quantized_export_into_a_full_disk_keeps_its_work_and_resumes(tiny_check
 
 
 # ---- 5. read-only output folder -------------------------------------------------------------
+@pytest.mark.slow
 def test_read_only_output_is_refused_before_any_work(tiny_checkpoint, fp32, tmp_path):
     with Tmpfs(tmp_path / "ro", 1, ro=True) as fs:
         ckpt = tiny_checkpoint("phi3", "so400m")

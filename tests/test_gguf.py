@@ -139,6 +139,7 @@ def test_phi3_prompts_differ_only_at_special_token_boundaries(gguf_pipe):
 
 
 # ---- parity with the reference --------------------------------------------------------------
+@pytest.mark.slow
 def test_fp32_gguf_phi3_passes_verification_like_onnx(gguf_pipe, reference, images):
     """export/verify.py on the gguf pipeline: two questions on one image (fresh prefills on a
     reused context), the alignment graphs checked from the inputs recorded inside the callback."""
@@ -165,6 +166,7 @@ def test_fp32_gguf_llama3_answers_exactly_like_the_reference(gguf_pipe, referenc
     assert d <= 1e-4 and got.token_ids == want.token_ids and len(got.token_ids) >= 1
 
 
+@pytest.mark.slow
 def test_the_alignment_really_runs_inside_llama_cpp(gguf_pipe, reference, images):
     pipe, ref = gguf_pipe("phi3", "so400m"), reference("phi3", "so400m")
     scene = pipe.look(images["tall"])
@@ -203,6 +205,7 @@ def test_embed_rows_are_the_gguf_token_embeddings(gguf_pipe, tiny_checkpoint):
 
 # ---- quantized bundles ----------------------------------------------------------------------
 @pytest.mark.parametrize("precision,quant", [("int8", "Q8_0"), ("fp16", "F16")])
+@pytest.mark.slow
 def test_quantized_gguf_bundles_load_and_answer(precision, quant, gguf_bundle, gguf_pipe, images):
     import gguf
     fp32 = gguf_bundle("phi3", "so400m", "fp32")
@@ -227,6 +230,7 @@ def test_quantized_gguf_bundles_load_and_answer(precision, quant, gguf_bundle, g
           f"greedy {same}/{len(b.token_ids)}")
 
 
+@pytest.mark.slow
 def test_cli_exports_an_int4_gguf_bundle_and_answers(tiny_checkpoint, images, work_dir):
     """The done criterion: fusion-export --target gguf --precision int4, then fusion-edge ask."""
     ckpt = tiny_checkpoint("llama3", "siglip2")
@@ -259,6 +263,7 @@ GATE_STEPS = 6
 
 @pytest.mark.parametrize("precision,quant", [("fp16", "F16"), ("int8", "Q8_0"), ("int4", "Q4_0"),
                                              ("int4", "Q4_K_M")])
+@pytest.mark.slow
 def test_quantized_gguf_export_passes_its_gate_and_records_both_comparisons(precision, quant, verified_fp32,
                                                                             tiny_checkpoint, tmp_path):
     from fusion_edge.runtime.bundle import Bundle
@@ -302,6 +307,7 @@ def flip_q8_0_output_scales(folder) -> None:
     reader.data.flush()
 
 
+@pytest.mark.slow
 def test_a_broken_quantized_gguf_is_refused_by_the_gate_and_leaves_no_bundle(gguf_bundle, verified_fp32,
                                                                                tiny_checkpoint, tmp_path):
     """The export sequence (runtime/bundle.py write_bundle) with a real Q8_0 export's files,
@@ -395,6 +401,7 @@ RISKY = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_error_paths_are_typed_and_the_process_survives(gguf_bundle, images, work_dir):
     folder = gguf_bundle("phi3", "so400m")
     tmp = work_dir / "gguf" / "truncated"
@@ -462,6 +469,7 @@ def test_gguf_on_the_cpu_reports_no_forced_tf32(gguf_bundle, images, capsys):
 
 
 @pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks that op_offload is inert without a GPU")
+@pytest.mark.slow
 def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, tmp_path):
     """bench/llama_probe.py (issue 11's diagnostic, run by scripts/gpu_check.sh): on a CPU-only
     build op_offload has nowhere to send ops (identical logits); an f16 KV cache moves them a

@@ -81,6 +81,7 @@ def test_export_records_the_twin_figures_and_folds_a_forced_twin(onnx_bundle, tm
     assert fold_into(verification, figures, DECODE_CONCAT) is verification
 
 
+@pytest.mark.slow
 def test_fp32_export_with_verification_gates_the_twin(tiny_checkpoint, tmp_path):
     from fusion_edge.export.bundle_export import export_bundle
     lines = []
@@ -104,6 +105,7 @@ def _vision_gate(tiny_checkpoint, path, quant, force=False, llm="phi3", tower="s
 @pytest.mark.parametrize("quant,llm,tower", [("F32", "phi3", "so400m"), ("F32", "llama3", "siglip2"),
                                              ("F16", "phi3", "so400m"), ("Q8_0", "phi3", "so400m"),
                                              ("Q8_0", "llama3", "siglip2")])
+@pytest.mark.slow
 def test_vision_gguf_matches_the_checkpoint_vision_side(gguf_bundle, tiny_checkpoint, quant, llm, tower):
     folder = gguf_bundle(llm, tower, vision_quant=quant)
     f = _vision_gate(tiny_checkpoint, folder / "vision.gguf", quant, llm=llm, tower=tower)
@@ -130,6 +132,7 @@ def _corrupt(src_folder, dst, tensor: str, how):
 
 
 @pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+@pytest.mark.slow
 def test_a_corrupted_vision_gguf_tensor_is_refused(gguf_bundle, tiny_checkpoint, tmp_path, quant):
     folder = gguf_bundle("phi3", "so400m", vision_quant=quant)
 
@@ -148,6 +151,7 @@ def test_a_corrupted_vision_gguf_tensor_is_refused(gguf_bundle, tiny_checkpoint,
     assert not f["passed"] and f["per_graph"]["vision_global"]["rel_error_max"] > 0.1
 
 
+@pytest.mark.slow
 def test_vision_gguf_with_other_hyperparameters_is_refused(gguf_bundle, tiny_checkpoint, tmp_path):
     import gguf
     bad = tmp_path / "vision.gguf"
@@ -159,6 +163,7 @@ def test_vision_gguf_with_other_hyperparameters_is_refused(gguf_bundle, tiny_che
         _vision_gate(tiny_checkpoint, bad, "F32")
 
 
+@pytest.mark.slow
 def test_gguf_export_with_verification_records_the_vision_gguf_figures(tiny_checkpoint, tmp_path):
     pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
     from fusion_edge.export.gguf_bundle import export_gguf_bundle
@@ -192,6 +197,7 @@ def engine_figures(onnx_bundle, reference, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_engine_status_decision(engine_figures):
     from fusion_edge.export.trt_engines import engine_status
     assert engine_status(engine_figures["good"], force=False) is None

@@ -93,6 +93,7 @@ CRASH_PREFILL = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_llama_cpp_crash_during_gguf_verification_fails_the_export_cleanly(
         tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """Issue 11: the F16/Q4_K_M exports died with SIGSEGV in verification on CUDA builds. Now the
@@ -114,6 +115,7 @@ def test_a_llama_cpp_crash_during_gguf_verification_fails_the_export_cleanly(
     assert not out.exists() and not list(tmp_path.glob(".crashed.partial-*"))
 
 
+@pytest.mark.slow
 def test_verify_runs_llama_cpp_in_a_child_a_crash_changes_nothing(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """`fusion-edge verify` on a gguf bundle (what a Jetson user runs after copying it): a crash in
     llama.cpp is one error:/fix: pair and exit code 2, the manifest stays as it was; without the

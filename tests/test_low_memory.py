@@ -17,6 +17,7 @@ from fusion_edge.runtime.pipeline import Pipeline
 QUESTION = "What is on the table?"
 
 
+@pytest.mark.slow
 def test_low_memory_gives_the_same_answer(bundle, images):
     """Unpacked weights take another GEMM path: rounding only (measured max |Δlogit| 1.3e-5 on
     logits up to ~50, 3-4 float32 ulps); held to the fp32 bundles' own bound against the
@@ -84,6 +85,7 @@ def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(bundle, 
     assert any("memory-mapped" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_ask_low_memory_flag_answers_the_same(bundle, images, capsys):
     from fusion_edge.cli import main
     args = ["ask", "--bundle", str(bundle), "--image", str(images["tall"]), "--question", QUESTION,

@@ -84,6 +84,7 @@ def _f32(path: Path, *shape) -> np.ndarray:
 
 # ---- end to end: the Python runtime ---------------------------------------------------------
 @pytest.mark.parametrize("llm,tower", FLAVORS)
+@pytest.mark.slow
 def test_native_cli_gives_the_python_runtimes_greedy_tokens(llm, tower, native_run, gguf_bundle, png_image):
     from fusion_edge.runtime.pipeline import Pipeline
     got, _ = native_run(llm, tower)
@@ -98,6 +99,7 @@ def test_native_cli_gives_the_python_runtimes_greedy_tokens(llm, tower, native_r
 
 # ---- per stage: the PyTorch reference -------------------------------------------------------
 @pytest.mark.parametrize("llm,tower", FLAVORS)
+@pytest.mark.slow
 def test_native_stages_match_the_pytorch_reference(llm, tower, native_run, reference, png_image):
     import torch
     from fusion_edge.runtime.vision_post import global_grid
@@ -212,6 +214,7 @@ def _abi_check(build: Path, bundle: Path, env: dict | None = None) -> str:
     return p.stdout
 
 
+@pytest.mark.slow
 def test_c_abi_bad_inputs_on_an_open_bundle(gguf_bundle):
     """null pointers, wrong stride, bad sizes, over-long questions, cancel: error codes, then a good answer."""
     out = _abi_check(_build_dir(), gguf_bundle("phi3", "so400m"))
@@ -235,6 +238,7 @@ class _AskOptions(ctypes.Structure):
 _TOKEN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
 
 
+@pytest.mark.slow
 def test_native_streaming_and_seeded_sampling(native_lib, gguf_bundle, png_image):
     from PIL import Image
     lib = native_lib
@@ -277,6 +281,7 @@ def test_native_streaming_and_seeded_sampling(native_lib, gguf_bundle, png_image
 
 
 # ---- fusion-edge bench ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_checkpoint, gguf_bundle, tmp_path,
                                                                       monkeypatch):
     from fusion_edge.cli import main
@@ -296,6 +301,7 @@ def test_bench_measures_the_native_runtime_next_to_the_python_backends(tiny_chec
     assert nat["fidelity"]["max_dlogit"] <= 1e-3 and nat["fidelity"]["greedy_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_native_fusion_l_placeholder_and_query_len_match_python(gguf_bundle, png_image):
     """FUSION-L (144 image tokens, bilinear resize), the image block inside the question, q=16."""
     from fusion_edge.runtime.pipeline import Pipeline

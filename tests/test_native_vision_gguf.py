@@ -84,6 +84,7 @@ def test_vision_gguf_reduced_types_dequantize_close_to_the_checkpoint(quant, ggu
     assert reduced > 0
 
 
+@pytest.mark.slow
 def test_vision_gguf_unknown_type_is_refused(tiny_checkpoint, tmp_path):
     from fusion_edge.export.gguf_bundle import export_gguf_bundle
     with pytest.raises(ExportError, match="vision.gguf type 'Q4_0'"):

@@ -12,6 +12,7 @@ from fusion_edge.runtime.pipeline import Pipeline
 
 
 @pytest.mark.parametrize("llm,tower", [("phi3", "so400m"), ("llama3", "siglip2")])
+@pytest.mark.slow
 def test_fp32_parity_per_graph_and_end_to_end(onnx_bundle, reference, llm, tower):
     pipe = Pipeline.open(onnx_bundle(llm, tower), device="cpu")
     f = verify(pipe, reference(llm, tower), steps=16)
@@ -26,6 +27,7 @@ def test_fp32_parity_per_graph_and_end_to_end(onnx_bundle, reference, llm, tower
     assert f["greedy_agreement"] == 1.0 and f["greedy_prefix_min"] == 16
 
 
+@pytest.mark.slow
 def test_fp16_bundle_agreement_is_reported(onnx_bundle, reference):
     pipe = Pipeline.open(onnx_bundle("phi3", "so400m", precision="fp16"), device="cpu")
     f = verify(pipe, reference("phi3", "so400m"), steps=16)
@@ -35,6 +37,7 @@ def test_fp16_bundle_agreement_is_reported(onnx_bundle, reference):
     assert 0 < f["max_dlogit"] < 1.0             # fp16 differs, but not wildly
 
 
+@pytest.mark.slow
 def test_scene_cache_skips_global_encoder(onnx_bundle, images):
     pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
     scene = pipe.look(images["wide"])
@@ -52,6 +55,7 @@ def test_scene_cache_skips_global_encoder(onnx_bundle, images):
     assert stats["new_tokens"] == 8 and stats["prompt_tokens"] > 729
 
 
+@pytest.mark.slow
 def test_streaming_equals_full_text(onnx_bundle, images):
     pipe = Pipeline.open(onnx_bundle("llama3", "siglip2"), device="cpu")
     scene = pipe.look(images["strip"])
@@ -59,6 +63,7 @@ def test_streaming_equals_full_text(onnx_bundle, images):
     assert "".join(pieces) == pipe.last_result.text == pipe.ask(scene, "Describe the scene.", max_new_tokens=12)
 
 
+@pytest.mark.slow
 def test_query_len_and_fusion_l_survive_export(onnx_bundle, reference, images):
     b16 = onnx_bundle("phi3", "so400m", query_len=16)
     pipe = Pipeline.open(b16, device="cpu")
@@ -84,6 +89,7 @@ def test_query_len_and_fusion_l_survive_export(onnx_bundle, reference, images):
     np.testing.assert_allclose(bl.last_result.first_logits, want_l.first_logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_kv_cache_is_preallocated_once(onnx_bundle, images):
     pipe = Pipeline.open(onnx_bundle("phi3", "so400m"), device="cpu")
     scene = pipe.look(images["wide"])
@@ -94,6 +100,7 @@ def test_kv_cache_is_preallocated_once(onnx_bundle, images):
     assert [id(b) for b in pipe.llm.k] == buffers and pipe.llm.capacity == cap
 
 
+@pytest.mark.slow
 def test_bundle_cli_ask_matches_reference(onnx_bundle, tiny_checkpoint, images, capsys):
     from fusion_edge.cli import main
     args = ["--image", str(images["tall"]), "--question", "Where is the box?", "--max-new-tokens", "8", "--json"]

@@ -60,6 +60,7 @@ def q8(fp32, recording, tmp_path_factory):
     return out, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_export_prints_plan_sizes_and_figures(q8):
     out, text = q8
     assert "precision plan for onnxruntime-cpu" in text
@@ -176,6 +177,7 @@ def _broken_copy(good, w) -> dict:
     return w.write_manifest(manifest)
 
 
+@pytest.mark.slow
 def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
     from fusion_edge.quantize.onnx_quant import gate_folder
     from fusion_edge.targets import reference_answer
@@ -242,6 +244,7 @@ def _break_vision_scales(folder, factor: float = 8.0) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_gate_rejects_a_broken_int8_tower(q8, fp32, tmp_path):
     """The int8 tower is gated like every quantized graph: its weight scales forced ×8 (everything else the
     good bundle's), the end-to-end gate refuses the bundle and the per-graph record shows the tower off."""
@@ -288,6 +291,7 @@ def test_cpu_int8_weights_are_signed_for_the_vnni_kernels(q8):
     assert "int8 symmetric weights" in m["components"]["vision"]["quantization"]["scheme"]
 
 
+@pytest.mark.slow
 def test_the_non_vnni_path_computes_the_same_int8_logits(q8, images, monkeypatch):
     """The exact path of x86 CPUs without VNNI (session.x64quantprecision, forced here) gives the
     logits of the path this machine detects: both sum int8 products exactly in int32."""
@@ -324,6 +328,7 @@ def test_an_unverified_fp32_bundle_is_not_quantized(onnx_bundle, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_vision_precision_fp32_keeps_the_tower_and_quantizes_the_rest(fp32, recording, tmp_path, capsys):
     """--vision-precision fp32: the vision graph is the fp32 bundle's, byte for byte; alignment
     and LLM are int8 as planned. (Ungated here: the structure is under test; the gate is the
@@ -353,6 +358,7 @@ def test_segments_with_shared_weights_are_quantized_as_external_data(fp32):
     assert not graph_io.has_external_data(fp32 / "embed.onnx")
 
 
+@pytest.mark.slow
 def test_no_verify_quantizes_an_unverified_fp32_bundle_and_marks_it_unverified(onnx_bundle, recording, tmp_path,
                                                                                capsys):
     """--no-verify: no gate, so the source need not be verified (models whose fp32 reference does

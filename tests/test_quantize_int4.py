@@ -38,6 +38,7 @@ def q4(fp32, tmp_path_factory):
     return out, "\n".join(logs)
 
 
+@pytest.mark.slow
 def test_int4_bundle_loads_and_answers(q4, images):
     out, log = q4
     b = Bundle.open(out)

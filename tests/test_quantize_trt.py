@@ -78,6 +78,7 @@ def test_trt_lm_head_weight_only_int8_is_per_channel_dq(bundle, tmp_path):
     assert {a.name: a.i for a in dq.attribute}["axis"] == 1
 
 
+@pytest.mark.slow
 def test_trt_int4_bundle_is_plain_qdq_with_opset21_blocks(trt_int4):
     b = Bundle.open(trt_int4)
     assert b.manifest["quantization"]["flavour"] == "trt" and b.manifest["quantization"]["plan"]["sm"] == "8.7"
@@ -99,6 +100,7 @@ def test_trt_int4_bundle_is_plain_qdq_with_opset21_blocks(trt_int4):
     assert b.components["segment_04"]["quantization"]["accuracy_level"] is None
 
 
+@pytest.mark.slow
 def test_trt_bundle_runs_on_onnxruntime_close_to_fp32(trt_int4, bundle, images):
     ref, q = Pipeline.open(bundle, device="cpu"), Pipeline.open(trt_int4, device="cpu")
     ref.ask(ref.look(images["wide"]), "What is on the table?", max_new_tokens=1)

@@ -158,6 +158,7 @@ def test_a_missing_bundle_is_error_and_fix_with_exit_2(tmp_path, ros_env):
 
 
 # ---- the node ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_streamed_and_final_answer_equal_the_pipeline(fresh, pipe):
     img = draw_scene(640, 480, seed=11)
     stamp = send_frame(fresh, img)
@@ -179,6 +180,7 @@ def test_streamed_and_final_answer_equal_the_pipeline(fresh, pipe):
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "mono8", "png", "jpeg"])
+@pytest.mark.slow
 def test_every_input_encoding_gives_the_pipeline_answer(fresh, pipe, encoding):
     img = draw_scene(320, 240, seed=12)
     if encoding in ("png", "jpeg"):
@@ -194,6 +196,7 @@ def test_every_input_encoding_gives_the_pipeline_answer(fresh, pipe, encoding):
     assert (job["text"], job["token_ids"]) == expected(pipe, want_img)
 
 
+@pytest.mark.slow
 def test_parameters_set_at_run_time_change_the_answer(fresh, pipe):
     img = draw_scene(200, 150, seed=13)
     send_frame(fresh, img)
@@ -277,6 +280,7 @@ def test_one_runs_one_waits_a_third_is_refused(fresh):
     assert_done(fresh.wait_final("Second?", since, WAIT))
 
 
+@pytest.mark.slow
 def test_watch_mode_answers_each_new_frame(fresh, pipe):
     watch_q = "Is anyone there?"
     assert fresh.set_params(watch_question=watch_q, watch_period_s=0.5)[0].successful

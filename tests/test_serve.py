@@ -73,6 +73,7 @@ def _model_id(client):
 
 
 # ---- answers ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_answer_equals_fusion_edge_ask(client, images, expected):
     r = ask(client, data_url(images["wide"]))
     assert r.model_extra["fusion"]["token_ids"] == expected["token_ids"]
@@ -211,6 +212,7 @@ def test_remote_image(client, remote, expected):
 
 @pytest.mark.parametrize("path,code", [("/big.bin", "image_too_large"), ("/slow", "image_fetch_failed"),
                                        ("/missing.png", "image_fetch_failed"), ("/drip", "image_fetch_failed")])
+@pytest.mark.slow
 def test_remote_image_refusals(client, remote, path, code):
     t0 = time.monotonic()
     with pytest.raises(openai.BadRequestError) as e:

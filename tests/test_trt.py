@@ -82,6 +82,7 @@ def _run(argv) -> tuple[int, str, str]:
 
 
 # ---- export: the same graphs and gates as the onnx target, engines pending ---------------------
+@pytest.mark.slow
 def test_fp16_trt_bundle_passes_the_reference_gate_with_pending_engines(trt16):
     path, log = trt16
     b = Bundle.open(path)
@@ -96,6 +97,7 @@ def test_fp16_trt_bundle_passes_the_reference_gate_with_pending_engines(trt16):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.slow
 def test_quantized_trt_bundles_pass_the_fp32_gate_and_the_reference(trt_q, tiny_checkpoint, tmp_path, precision):
     path, log = trt_q(precision)
     b = Bundle.open(path)
@@ -163,6 +165,7 @@ def _question_of_length(pipe, q: int, target: int) -> str:
     return " ".join(["table"] * lo) + "?"
 
 
+@pytest.mark.slow
 def test_profiles_cover_the_shortest_and_longest_prompt_and_the_longest_context(trt_q, images, monkeypatch):
     from fusion_edge.runtime.backends import ort_session
     path, _ = trt_q("int8")
@@ -271,6 +274,7 @@ def test_opening_with_tensorrt_checks_the_stamp_before_any_session(trt_q, tmp_pa
 
 
 # ---- no TensorRT here: the same graphs on the CPU, with a notice ------------------------------
+@pytest.mark.slow
 def test_ask_on_a_trt_bundle_without_tensorrt_answers_with_the_notice(trt_q, images):
     path = trt_q("int8")[0]
     rc, out, err = _run(["ask", "--bundle", str(path), "--image", str(images["wide"]), "--question", QUESTION,

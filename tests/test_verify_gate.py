@@ -151,6 +151,7 @@ def verified_q8(skipped_q8, ckpt, tmp_path_factory):
     return out, rc, text
 
 
+@pytest.mark.slow
 def test_verify_gates_a_skipped_quantized_bundle_with_its_quality_gate(verified_q8):
     """--no-verify → verify: the teacher-forced gate of the export (GATES["fp32_pipeline"]["int8"],
     against the PyTorch reference), its figures in `verification`, the reference figures beside."""
@@ -168,6 +169,7 @@ def test_verify_gates_a_skipped_quantized_bundle_with_its_quality_gate(verified_
     assert "agreement with the PyTorch reference on 2 held-out cases" in text and "gate: passed" in text
 
 
+@pytest.mark.slow
 def test_a_forced_bundle_does_not_become_passed(skipped_q8, verified_fp32, ckpt, tmp_path):
     """Kept below the export's gate with --force (the export sequence with the quantize gate, on
     weights whose scales are 50× wrong): verify on the same weights fails it; --strict refuses it."""
@@ -194,6 +196,7 @@ def test_a_forced_bundle_does_not_become_passed(skipped_q8, verified_fp32, ckpt,
         Pipeline.open(forced, device="cpu", strict=True)
 
 
+@pytest.mark.slow
 def test_a_corrupted_scale_with_a_rewritten_manifest_fails_verify(skipped_q8, ckpt, tmp_path):
     """The issue's reproduction: one weight scale of segment_05 × 50, the manifest's sha256 and
     bytes rewritten → verify exits 1 and writes `failed` (it printed `gate: passed` and exit 0)."""
@@ -210,6 +213,7 @@ def test_a_corrupted_scale_with_a_rewritten_manifest_fails_verify(skipped_q8, ck
     assert "gate: FAILED" in text
 
 
+@pytest.mark.slow
 def test_flattering_figures_are_replaced_by_the_recomputed_ones(verified_q8, ckpt, tmp_path):
     """A passed bundle whose stored figures were edited to look great: verify stores what it
     measures (the same as the first verify's: both deterministic on the CPU), not the edit."""
@@ -247,6 +251,7 @@ def drift_decode_logits(folder, shift: float = 5e-3) -> None:
     rehash(folder, "decode.onnx")
 
 
+@pytest.mark.slow
 def test_fp32_gate_bounds_every_step_not_only_the_first(onnx_bundle, ckpt, tmp_path):
     """An fp32 bundle whose decode steps drift by 5e-3 (5× the bound) while the first step and
     every greedy token match: verify fails it (the gate read the first step's logits only)."""

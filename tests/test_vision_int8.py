@@ -62,6 +62,7 @@ def test_vision_precisions_are_one_table_and_an_unknown_name_lists_them(capsys):
     assert rc == 2 and "--vision-precision" in err and all(name in err for name in VISION_PRECISIONS)
 
 
+@pytest.mark.slow
 def test_dynamic_tower_holds_int8_weights_and_runs_the_u8s8_kernel(verified_fp32, recording, tmp_path):
     """Every constant-weight MatMul becomes DynamicQuantizeLinear → MatMulInteger with int8 (S8) weights;
     onnxruntime's CPU EP fuses each into DynamicQuantizeMatMul with those int8 weights: the U8S8 GEMM
@@ -123,6 +124,7 @@ def _quantize_static_tower(src, dst, recording) -> list:
     return opened
 
 
+@pytest.mark.slow
 def test_static_calibration_frees_each_tensor_after_its_ranges(verified_fp32, recording, tmp_path, monkeypatch):
     """onnxruntime's MinMax calibrator, run in its default node order, schedules the ReduceMin/ReduceMax it
     adds to every calibrated tensor after the rest of the graph, so every intermediate tensor stays alive
@@ -148,6 +150,7 @@ def test_static_calibration_frees_each_tensor_after_its_ranges(verified_fp32, re
     assert (tmp_path / "fixed.onnx").read_bytes() == (tmp_path / "before.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_int8_static_tower_export_is_qdq_and_gated(verified_fp32, recording, tmp_path, capsys):
     """--vision-precision int8-static: the calibrated W8A8 Q/DQ tower (int8 weights), through the same gate."""
     from fusion_edge.cli import main
@@ -173,6 +176,7 @@ def test_int8_static_tower_export_is_qdq_and_gated(verified_fp32, recording, tmp
     assert all(v["per_graph"][g]["cosine_min"] > 0.99 for g in ("vision_global", "vision_main"))
 
 
+@pytest.mark.slow
 def test_vision_bench_records_quantizes_and_compares(verified_fp32, recording, tmp_path, capsys):
     """bench/vision_tower.py, the tool behind the real-size figures (docs/results/benchmarks.md),
     on the tiny bundle: inputs of both modes recorded, a tower quantized with its peak RSS, and the
