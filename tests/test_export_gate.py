@@ -96,6 +96,7 @@ def test_a_broken_export_is_refused_and_leaves_no_bundle(name, target, precision
     assert not out.exists() and not list(tmp_path.glob(".broken.partial-*"))
 
 
+@pytest.mark.slow
 def test_forced_and_skipped_bundles_are_marked_warned_about_and_refused_by_strict(source, ckpt, tmp_path, images,
                                                                                   capsys):
     from fusion_edge.cli import main

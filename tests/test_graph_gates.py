@@ -206,6 +206,7 @@ def test_engine_status_decision(engine_figures):
     assert engine_status(engine_figures["bad"], force=True) == "forced"
 
 
+@pytest.mark.slow
 def test_engines_below_the_gate_mark_the_bundle_failed_and_are_refused(onnx_bundle, engine_figures, tmp_path):
     from fusion_edge.export.trt_engines import record_engine_figures
     for name in ("good", "bad", "forced"):

@@ -258,6 +258,7 @@ def test_a_record_from_another_platform_is_dropped_not_mixed(tmp_path):
     assert set(other["graphs"]) == {"embed"} and other["state"] == "partial" and other["tensorrt_version"] == "10.4.0"
 
 
+@pytest.mark.slow
 def test_opening_with_tensorrt_checks_the_stamp_before_any_session(trt_q, tmp_path):
     copy = _copy(trt_q("int8")[0], tmp_path)
     b = Bundle.open(copy)
