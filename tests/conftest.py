@@ -89,6 +89,24 @@ def verified_fp32(onnx_bundle, tiny_checkpoint, work_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def recording(verified_fp32, tmp_path_factory):
+    """A small calibration recording of `verified_fp32`, recorded once per run for the quantized
+    exports (test_quantize, test_vision_int8): one scene, two questions (both vision modes), and
+    one built-in eval pair held out for the gate. test_calibration records its own."""
+    from fusion_edge.calibration.builtin import builtin_pairs
+    from fusion_edge.calibration.dataset import CalibItem
+    from fusion_edge.calibration.record import record_calibration
+    from fusion_edge.runtime.pipeline import Pipeline
+    (key, img, _), = builtin_pairs("calib", 1)
+    items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
+    held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
+    pipe = Pipeline.open(verified_fp32, device="cpu")
+    return record_calibration(pipe, items, tmp_path_factory.mktemp("q8") / "calib", samples=2, held_out=held,
+                              source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
+                              progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
 def bundle(onnx_bundle) -> Path:
     """The phi3/so400m fp32 ONNX bundle (unverified): the cheapest bundle, shared by most test files.
     Shared by the whole session: a test that changes a bundle works on a copy."""

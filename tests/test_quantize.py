@@ -14,34 +14,19 @@ import onnx
 import pytest
 
 from fusion_edge.calibration.builtin import builtin_pairs
-from fusion_edge.calibration.dataset import CalibItem
-from fusion_edge.calibration.record import Recordings, record_calibration
 from fusion_edge.quantize import agreement, graph_io
 from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
 STEPS = 6
-# The cpu flavour stores W8A8 weights as uint8 (zero-point 128, exact on every x86 kernel);
-# the cuda/trt flavour as int8.
+# W8A8 weights are int8 in every flavour since d59cb5e (uint8 before it); either is one byte.
 ONE_BYTE_WEIGHTS = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
 
 
 @pytest.fixture(scope="module")
 def fp32(verified_fp32):
     return verified_fp32                  # quantized bundles are built only from a verified fp32 bundle
-
-
-@pytest.fixture(scope="module")
-def recording(fp32, tmp_path_factory) -> Recordings:
-    """One scene, two questions; the gate's held-out case is one built-in eval pair."""
-    (key, img, _), = builtin_pairs("calib", 1)
-    items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
-    held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
-    pipe = Pipeline.open(fp32, device="cpu")
-    return record_calibration(pipe, items, tmp_path_factory.mktemp("q8") / "calib", samples=2, held_out=held,
-                              source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
-                              progress=False, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +67,14 @@ def test_int8_bundle_loads_and_answers(q8, images):
     assert np.isfinite(pipe.last_result.first_logits).all()
 
 
+def _weight_elements(model, op_type: str, index: int, types: tuple | None = None) -> int:
+    """Elements of the initializers that feed input `index` of every `op_type` node (of `types`, if given)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return sum(int(np.prod(inits[n.input[index]].dims)) for n in model.graph.node
+               if n.op_type == op_type and n.input[index] in inits
+               and (types is None or inits[n.input[index]].data_type in types))
+
+
 def test_int8_weights_are_a_quarter(q8, fp32):
     out, _ = q8
     q = json.loads((out / "fusion_bundle.json").read_text())["quantization"]
@@ -93,23 +86,12 @@ def test_int8_weights_are_a_quarter(q8, fp32):
     # every projection's weight is int8, one byte per fp32 element (below)
     assert totals["vision"]["fp32"] / totals["vision"]["quantized"] > 2.3
     vsrc, vdst = graph_io.load(fp32 / "vision.onnx"), graph_io.load(out / "vision.onnx")
-    v_inits = {t.name: t for t in vsrc.graph.initializer}
-    v_fp32 = sum(int(np.prod(v_inits[n.input[1]].dims)) for n in vsrc.graph.node
-                 if n.op_type == "MatMul" and n.input[1] in v_inits)
-    vq = {t.name: t for t in vdst.graph.initializer}
-    v_int8 = sum(int(np.prod(vq[n.input[1]].dims)) for n in vdst.graph.node
-                 if n.op_type == "MatMulInteger" and vq[n.input[1]].data_type == onnx.TensorProto.INT8)
-    assert v_int8 == v_fp32 > 0
+    vision_int8 = _weight_elements(vdst, "MatMulInteger", 1, (onnx.TensorProto.INT8,))
+    assert vision_int8 == _weight_elements(vsrc, "MatMul", 1) > 0
     # the int8 weights of a segment hold exactly the fp32 MatMul weights' elements, one byte each
     src, dst = graph_io.load(fp32 / "segment_05.onnx"), graph_io.load(out / "segment_05.onnx")
-    inits = {t.name: t for t in src.graph.initializer}
-    fp32_matmul = sum(int(np.prod(inits[n.input[1]].dims)) for n in src.graph.node
-                      if n.op_type == "MatMul" and n.input[1] in inits)
-    q_inits = {t.name: t for t in dst.graph.initializer}
-    int8_weights = sum(int(np.prod(q_inits[n.input[0]].dims)) for n in dst.graph.node
-                       if n.op_type == "DequantizeLinear" and n.input[0] in q_inits
-                       and q_inits[n.input[0]].data_type in ONE_BYTE_WEIGHTS)
-    assert int8_weights == fp32_matmul
+    fp32_matmul = _weight_elements(src, "MatMul", 1)
+    assert _weight_elements(dst, "DequantizeLinear", 0, ONE_BYTE_WEIGHTS) == fp32_matmul
     # on disk (graph file + its part of llm.onnx.data): ~3 bytes less per weight (tiny graphs: the node
     # structure is a fixed cost)
     saved = graph_io.stored_bytes(fp32 / "segment_05.onnx") - graph_io.stored_bytes(out / "segment_05.onnx")

@@ -14,26 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
-from fusion_edge.calibration.builtin import builtin_pairs
-from fusion_edge.calibration.dataset import CalibItem
-from fusion_edge.calibration.record import Recordings, record_calibration
+from fusion_edge.calibration.record import Recordings
 from fusion_edge.quantize import graph_io
 from fusion_edge.quantize.planner import PrecisionNotSupportedError, plan
 from fusion_edge.runtime.precisions import VISION_PRECISIONS
 from fusion_edge.runtime.bundle import Bundle
-from fusion_edge.runtime.pipeline import Pipeline
-
-
-@pytest.fixture(scope="module")
-def recording(verified_fp32, tmp_path_factory) -> Recordings:
-    """One scene, two questions (both vision modes recorded); one built-in held-out eval pair."""
-    (key, img, _), = builtin_pairs("calib", 1)
-    items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
-    held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
-    pipe = Pipeline.open(verified_fp32, device="cpu")
-    return record_calibration(pipe, items, tmp_path_factory.mktemp("v8") / "calib", samples=2, held_out=held,
-                              source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
-                              progress=False, log=lambda *_: None)
 
 
 def _vision_feeds(rec: Recordings) -> list[dict]:
