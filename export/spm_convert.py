@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_edge.runtime.errors import CheckpointError, ConfigError, MissingExtraError
+from fusion_edge.runtime.protowire import fields
 
 SPIECE = "▁"
 # SentencePiece piece types (sentencepiece_model.proto).
@@ -45,46 +46,13 @@ class SpmModel:
     remove_extra_whitespaces: bool = True
 
 
-# ------------------------------------------------------------------------------------
-# Minimal protobuf wire-format reader (varint, 64-bit, length-delimited, 32-bit).
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field_number, wire_type, value) of one message; value is int or bytes."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        num, wtype = key >> 3, key & 7
-        if wtype == 0:
-            val, pos = _varint(buf, pos)
-        elif wtype == 1:
-            val, pos = buf[pos:pos + 8], pos + 8
-        elif wtype == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = buf[pos:pos + n], pos + n
-        elif wtype == 5:
-            val, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wtype}")
-        yield num, wtype, val
-
-
 def parse_model_proto(data: bytes) -> SpmModel:
     """Parse the fields of a serialized sentencepiece ModelProto that the converter uses."""
     m = SpmModel()
-    for num, _, val in _fields(data):
+    for num, _, val in fields(data):
         if num == 1:                                   # repeated SentencePiece pieces
             piece, score, ptype = "", 0.0, NORMAL
-            for n, _, v in _fields(val):
+            for n, _, v in fields(val):
                 if n == 1:
                     piece = v.decode("utf-8")
                 elif n == 2:
@@ -93,7 +61,7 @@ def parse_model_proto(data: bytes) -> SpmModel:
                     ptype = v
             m.pieces.append((piece, score, ptype))
         elif num == 2:                                 # TrainerSpec
-            for n, _, v in _fields(val):
+            for n, _, v in fields(val):
                 if n == 3:
                     m.model_type = v
                 elif n == 35:
@@ -101,7 +69,7 @@ def parse_model_proto(data: bytes) -> SpmModel:
                 elif n == 45:
                     m.unk_piece = v.decode("utf-8")
         elif num == 3:                                 # NormalizerSpec
-            for n, _, v in _fields(val):
+            for n, _, v in fields(val):
                 if n == 3:
                     m.add_dummy_prefix = bool(v)
                 elif n == 4:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator
+from typing import cast
 from pathlib import Path
+
+from . import protowire
+from .protowire import WireError
 
 # field numbers of onnx.proto (ModelProto / GraphProto / NodeProto / AttributeProto / TensorProto)
 MODEL_GRAPH, MODEL_FUNCTIONS = 7, 25
@@ -22,48 +26,10 @@ TENSOR_EXTERNAL_DATA = 13
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 
 
-class WireError(ValueError):
-    """The bytes are not a well-formed protobuf message."""
-
-
-def _varint(buf, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise WireError("truncated varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
 def _fields(buf) -> Iterator[tuple[int, memoryview | None]]:
     """(field number, bytes of a length-delimited field or None) for every field of a message."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-            yield field, None
-        elif wire == 1:
-            i += 8
-            yield field, None
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            if i + size > n:
-                raise WireError("length-delimited field runs past the end")
-            yield field, buf[i:i + size]
-            i += size
-        elif wire == 5:
-            i += 4
-            yield field, None
-        else:
-            raise WireError(f"unsupported wire type {wire}")
-    if i != n:
-        raise WireError("message runs past the end")
+    for number, wire, value in protowire.fields(buf):
+        yield number, (cast(memoryview, value) if wire == protowire.LEN else None)
 
 
 def _tensor(buf) -> Iterator[str]:
