@@ -40,15 +40,8 @@ def _build_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def native_lib():
-    lib = ctypes.CDLL(str(_build_dir() / "libfusion_edge.so"))
-    lib.fe_open.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
-    lib.fe_debug_tokenize.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32),
-                                      ctypes.POINTER(ctypes.c_int32)]
-    lib.fe_debug_preprocess.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                                        ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
-    lib.fe_last_error.restype = ctypes.c_char_p
-    lib.fe_close.argtypes = [ctypes.c_void_p]
-    return lib
+    from fusion_edge.native import load_library
+    return load_library(_build_dir() / "libfusion_edge.so")
 
 
 @pytest.fixture(scope="session")
@@ -230,52 +223,38 @@ def test_c_abi_bad_inputs_under_address_sanitizer(gguf_bundle):
 
 
 # ---- sampling and streaming through the C ABI -----------------------------------------------
-class _AskOptions(ctypes.Structure):
-    _fields_ = [("max_new_tokens", ctypes.c_int32), ("temperature", ctypes.c_float), ("top_p", ctypes.c_float),
-                ("top_k", ctypes.c_int32), ("seed", ctypes.c_uint64), ("query_len", ctypes.c_int32)]
-
-
-_TOKEN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
-
-
 @pytest.mark.slow
 def test_native_streaming_and_seeded_sampling(native_lib, gguf_bundle, png_image):
     from PIL import Image
+    from fusion_edge.native import AskOptions, OpenOptions, TokenCallback
     lib = native_lib
-    lib.fe_look.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]
-    lib.fe_ask.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(_AskOptions), _TOKEN_CB, ctypes.c_void_p,
-                           ctypes.c_void_p]
-    lib.fe_answer_text.argtypes = [ctypes.c_void_p]
-    lib.fe_answer_text.restype = ctypes.c_char_p
-    lib.fe_answer_token_ids.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)]
-    lib.fe_answer_token_ids.restype = ctypes.POINTER(ctypes.c_int32)
     h = ctypes.c_void_p()
-    one_thread = (ctypes.c_int32 * 4)(1, 0, 0, 0)         # fe_open_options {threads=1, device=NULL}
+    one_thread = OpenOptions(1, None)                     # fe_open_options {threads=1, device=NULL}
     assert lib.fe_open(str(gguf_bundle("phi3", "so400m")).encode(), ctypes.byref(one_thread), ctypes.byref(h)) == 0, \
         lib.fe_last_error()
     try:
         rgb = np.ascontiguousarray(np.asarray(Image.open(png_image).convert("RGB")))
         assert lib.fe_look(h, rgb.ctypes.data, rgb.shape[1], rgb.shape[0], rgb.strides[0]) == 0, lib.fe_last_error()
 
-        def ask(opts: _AskOptions, stop_after: int = 0):
+        def ask(opts: AskOptions, stop_after: int = 0):
             pieces: list[tuple[int, bytes]] = []
 
             def on_token(tok, piece, _user):
                 pieces.append((tok, piece))
                 return int(bool(stop_after) and len(pieces) >= stop_after)
-            cb = _TOKEN_CB(on_token)
+            cb = TokenCallback(on_token)
             assert lib.fe_ask(h, QUESTION.encode(), ctypes.byref(opts), cb, None, None) == 0, lib.fe_last_error()
             n = ctypes.c_int32()
             ids = lib.fe_answer_token_ids(h, ctypes.byref(n))
             return [ids[i] for i in range(n.value)], lib.fe_answer_text(h), pieces
 
-        greedy, text, pieces = ask(_AskOptions(STEPS, 0.0, 1.0, 0, 0, 0))
+        greedy, text, pieces = ask(AskOptions(STEPS, 0.0, 1.0, 0, 0, 0))
         assert [t for t, _ in pieces] == greedy and b"".join(p for _, p in pieces) == text   # streamed = final
-        assert ask(_AskOptions(STEPS, 0.0, 1.0, 0, 0, 0), stop_after=3)[0] == greedy[:3]     # callback stops it
-        assert ask(_AskOptions(STEPS, 1.0, 1.0, 1, 7, 0))[0] == greedy                      # top_k=1 is greedy
-        a = ask(_AskOptions(STEPS, 1.5, 0.95, 0, 11, 0))[0]
-        assert a == ask(_AskOptions(STEPS, 1.5, 0.95, 0, 11, 0))[0]                          # same seed, same ids
-        assert ask(_AskOptions(STEPS, 1.5, 0.95, 0, 12, 0))[0] != a and a != greedy         # the seed matters
+        assert ask(AskOptions(STEPS, 0.0, 1.0, 0, 0, 0), stop_after=3)[0] == greedy[:3]     # callback stops it
+        assert ask(AskOptions(STEPS, 1.0, 1.0, 1, 7, 0))[0] == greedy                      # top_k=1 is greedy
+        a = ask(AskOptions(STEPS, 1.5, 0.95, 0, 11, 0))[0]
+        assert a == ask(AskOptions(STEPS, 1.5, 0.95, 0, 11, 0))[0]                          # same seed, same ids
+        assert ask(AskOptions(STEPS, 1.5, 0.95, 0, 12, 0))[0] != a and a != greedy         # the seed matters
     finally:
         lib.fe_close(h)
 
