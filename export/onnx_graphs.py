@@ -1,4 +1,4 @@
-"""The exported graph families as torch modules over the reference weights (DESIGN.md).
+"""The exported graph families as torch modules over the reference weights (docs/architecture.md).
 
 * VisionGraph: pixels (B,3,S,S), instruct_embeds (B,T,H), instruct_keep (B,T) bool →
   image tokens (B,N,H). T = 0 is the plain mode of the 4 global tiles (no mask, no

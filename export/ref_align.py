@@ -1,4 +1,4 @@
-"""Reference recursive-alignment (interaction) layer, FUSION_SPEC §6.
+"""Reference recursive-alignment (interaction) layer, docs/fusion.md §6.
 
 One layer: (h_inst (H,), latents (q,H), global_ctx ((s*w)^2, H)) → new latents (q,H).
 """

@@ -1,4 +1,4 @@
-"""The PyTorch reference: FUSION inference exactly as FUSION_SPEC states it.
+"""The PyTorch reference: FUSION inference exactly as docs/fusion.md states it.
 
 Every backend is judged against this. Built from a checkpoint's canonical weights
 (export/weight_map.py); preprocessing and prompts come from runtime/ (one implementation).

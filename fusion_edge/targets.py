@@ -1,6 +1,6 @@
 """Export targets: (target, precision) → the exporter that writes the bundle.
 
-This is the one place that composes the packages (DESIGN.md: export, quantize and
+This is the one place that composes the packages (docs/architecture.md: export, quantize and
 calibration depend on the runtime only, never on each other's entry points): a quantized
 ONNX bundle is an fp32 ONNX export (export/) → calibration recording (calibration/) →
 quantized graphs and the gate (quantize/). Every exporter writes through the one export

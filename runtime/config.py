@@ -2,7 +2,7 @@
 
 The LLM architecture registry is runtime/arch.py (re-exported here); the tower types are
 `TOWER_TYPES`; presets by name for the released towers and LLMs. Parsed from a
-checkpoint's `config.json` (FUSION_SPEC §1) and stored verbatim in bundles.
+checkpoint's `config.json` (docs/fusion.md §1) and stored verbatim in bundles.
 Pure Python: the runtime and the export side both use it.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class TowerConfig:
         return self.hidden_size // self.num_heads
 
 
-# The type decides the early/late split and the connector means (FUSION_SPEC §4): means
+# The type decides the early/late split and the connector means (docs/fusion.md §4): means
 # over hs[0:E] and hs[E:2E], last = hs[num_layers]. Released checkpoints never override it;
 # a checkpoint with a shortened tower (bench/real_size.py --vision-layers) may, through the
 # config.json field `mm_vision_early_layers` (1 <= E, 2E <= the layers that run).
@@ -91,7 +91,7 @@ def tower_type_of(name: str) -> str:
 
 
 def resolve_tower(name: str, checkpoint_dir: str | os.PathLike | None) -> TowerConfig:
-    """Tower hyper-parameters from `mm_vision_tower` (FUSION_SPEC §1).
+    """Tower hyper-parameters from `mm_vision_tower` (docs/fusion.md §1).
 
     A local folder (absolute, or relative to the checkpoint folder) with a config.json
     wins; otherwise the preset of the tower type. Only hyper-parameters come from there.

@@ -1,6 +1,6 @@
 """The runtime pipeline: `Pipeline.open(bundle)`, `look(image)`, `ask(scene, question)`.
 
-The prefill chain (FUSION_SPEC §3–§6), one place for every backend:
+The prefill chain (docs/fusion.md §3–§6), one place for every backend:
   question → prompt layout → instruct embeddings → text-guided vision (main tile)
   → prompt embeddings with image rows and latent rows → LLM prefill, where after each
   interaction layer the alignment graph rewrites the latent rows from the cached global
@@ -285,7 +285,7 @@ class Pipeline:
 
 
 class Aligner:
-    """The recursive alignment during one prefill (FUSION_SPEC §6), for LLM engines.
+    """The recursive alignment during one prefill (docs/fusion.md §6), for LLM engines.
 
     `new_latents(k, h_inst, latents)` is the interaction layer k on the latent rows;
     `__call__(k, hidden)` applies it to a full (S, H) hidden state. `latent_rows` and

@@ -1,4 +1,4 @@
-"""Image loading and `static_hd` preprocessing (FUSION_SPEC §2): numpy + Pillow only.
+"""Image loading and `static_hd` preprocessing (docs/fusion.md §2): numpy + Pillow only.
 
 Output of `static_hd_tiles`: main tile (3, S, S) and 4 global tiles (4, 3, S, S), float32,
 scaled by 1/255 and normalised with mean 0.5 / std 0.5, S = tower image size (384).

@@ -1,4 +1,4 @@
-"""Prompt building: the one implementation of FUSION_SPEC §3 (single turn).
+"""Prompt building: the one implementation of docs/fusion.md §3 (single turn).
 
 The rendered text is `system + sep + user_role + <vision_start><latent_image><vision_end>
 + message + sep + assistant_role` (the reference's phi_3 / llama_3 templates), where the
@@ -182,7 +182,7 @@ def _tokenize_with_marks(tokenizer, text: str) -> list[int]:
 
 def build_prompt(tokenizer, template: str | ChatTemplate, question: str, num_image_tokens: int,
                  num_latents: int, max_length: int | None = None) -> PromptLayout:
-    """Render, tokenise and expand one question (FUSION_SPEC §3). Raises PromptError."""
+    """Render, tokenise and expand one question (docs/fusion.md §3). Raises PromptError."""
     tpl = get_template(template)
     _check_question(question, tpl)
     if num_image_tokens < 1 or num_latents < 1:

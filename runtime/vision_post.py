@@ -1,4 +1,4 @@
-"""Question-independent vision post-processing in numpy (FUSION_SPEC §5, §8).
+"""Question-independent vision post-processing in numpy (docs/fusion.md §5, §8).
 
 Global tiles' tokens → (2P,2P,H) grid → adaptive max pool to the latent init (q,H) and
 the global context ((s*w)^2,H) → per-latent windows (q, w*w, H) that the alignment graphs

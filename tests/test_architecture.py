@@ -16,7 +16,7 @@ from fusion_edge.runtime.errors import BundleError, BundleVersionError, Unsuppor
 from fusion_edge.runtime.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-# package folder → the fusion_edge subpackages it may import (DESIGN.md's dependency direction)
+# package folder → the fusion_edge subpackages it may import (docs/architecture.md's dependency direction)
 ALLOWED = {
     "runtime": {"runtime"},
     "export": {"export", "runtime"},

@@ -21,7 +21,7 @@ QUESTION = "What is on the table?"
 def test_low_memory_gives_the_same_answer(bundle, images):
     """Unpacked weights take another GEMM path: rounding only (measured max |Δlogit| 1.3e-5 on
     logits up to ~50, 3-4 float32 ulps); held to the fp32 bundles' own bound against the
-    reference (1e-4, FUSION_SPEC / tests/test_onnx.py)."""
+    reference (1e-4, docs/fusion.md, tests/test_onnx.py)."""
     answers = []
     for low in (False, True):
         pipe = Pipeline.open(bundle, device="cpu", threads=1, low_memory=low)

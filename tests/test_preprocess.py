@@ -1,4 +1,4 @@
-"""static_hd preprocessing (FUSION_SPEC §2): tile geometry, pixel values, modes, bad images."""
+"""static_hd preprocessing (docs/fusion.md §2): tile geometry, pixel values, modes, bad images."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Prompt layout (FUSION_SPEC §3) for both templates, against expectations built by hand:
+"""Prompt layout (docs/fusion.md §3) for both templates, against expectations built by hand:
 the rendered text typed out, and chunk ids from independent encoders (the slow-tokenizer
 restatement for Phi-3, the tokenizer.json file itself for LLaMA-3)."""
 from __future__ import annotations

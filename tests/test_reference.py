@@ -1,4 +1,4 @@
-"""Reference internals (FUSION_SPEC §4–§6, §8): the quirks the released weights depend on."""
+"""Reference internals (docs/fusion.md §4–§6, §8): the quirks the released weights depend on."""
 from __future__ import annotations
 
 import numpy as np

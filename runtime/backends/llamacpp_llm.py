@@ -1,5 +1,5 @@
 """The LLM as one llama.cpp model (a GGUF), with FUSION's recursive alignment run inside
-llama.cpp's eval callback during the prefill (FUSION_SPEC §6, NOTES_LLAMACPP.md).
+llama.cpp's eval callback during the prefill (docs/fusion.md §6, docs/gguf.md).
 
 Prefill of a prompt laid out as [text][image rows][text][latent rows][question + roles]:
   1. the text before the image block goes in as TOKEN ids (the runtime tokenizer's ids:

@@ -93,7 +93,7 @@ class OnnxLLM:
 
     def prefill(self, embeds: np.ndarray, aligner=None, layout=None) -> np.ndarray:
         """embeds (S,H) → last-row logits (V,). `aligner(k, hidden (S,H)) → hidden` runs the
-        interaction k between segments (FUSION_SPEC §6); None disables it. (`layout`, the
+        interaction k between segments (docs/fusion.md §6); None disables it. (`layout`, the
         PromptLayout, is part of the engine interface; this engine needs only the embeddings.)"""
         self.length = 0
         return self._forward(embeds, aligner)
