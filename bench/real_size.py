@@ -1,11 +1,11 @@
-"""The real-size benchmark (issue 13): FUSION-X-Phi3.5-3B dimensions, random weights, this machine.
+"""The real-size benchmark: FUSION-X-Phi3.5-3B dimensions, random weights, this machine.
 
     python -m fusion_edge.bench.real_size --work /data/real [--threads N] [--calib-samples 2]
         [--max-new-tokens 16] [--json OUT] [--keep-fp32]
         [--llm-layers N --vision-layers M] [--bundles B ...] [--vision-precision int8|int8-dynamic|int8-static|fp32]
 
 A script, not a test: about two hours and ~60 GB of disk on a 2-core, 24 GiB machine.
-The quick real-width check (issue 25): `--llm-layers 4 --vision-layers 6` keeps every width
+The quick real-width check: `--llm-layers 4 --vision-layers 6` keeps every width
 (hidden 3072, MLP 8192, vocab 32064; tower 1536 / 6144) and cuts the depth: the LLM to N
 layers with the interaction layers every 3rd layer that has a layer after it (0, 3, ...; at
 most 10; N = 4: layer 0 only), the tower to M running layers with its early/late split in the

@@ -1,7 +1,8 @@
 """Run one step in a child process, so that a native crash there cannot take the caller down.
 
 llama.cpp runs FUSION's alignment inside its own eval callback; on CUDA builds a verification
-has died with SIGSEGV (issue 11), which no Python code can catch in-process. `run_isolated`
+has died with SIGSEGV (F16/Q4_K_M exports, the H200 check of 2026-11-29, docs/gpu.md), which no
+Python code can catch in-process. `run_isolated`
 runs a picklable function in a fresh interpreter (`python -c`, not multiprocessing: fork is
 unsafe once CUDA, OpenMP or onnxruntime threads exist, and spawn would re-import the caller's
 `__main__`, re-running a user's unguarded export script) and hands back what it returned. The

@@ -1,4 +1,4 @@
-"""`vision.gguf`: FUSION's vision side for the native (all-ggml) runtime (native/, issue 16).
+"""`vision.gguf`: FUSION's vision side for the native (all-ggml) runtime (native/).
 
 One GGUF with the SigLIP/SigLIP2 tower, mm_projector, aux_projector and the interaction
 (alignment) layers, under their canonical names (export/weight_map.py), e.g.

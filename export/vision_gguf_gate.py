@@ -1,4 +1,4 @@
-"""The gate of `vision.gguf` (export/vision_gguf.py) at gguf export (issue 24).
+"""The gate of `vision.gguf` (export/vision_gguf.py) at gguf export.
 
 The native runtime (native/, the Android bridge) runs vision.gguf; the Python runtime never
 opens it, so the end-to-end verification does not see it. Here the tensors the file actually

@@ -6,7 +6,7 @@ ONNX bundle is an fp32 ONNX export (export/) → calibration recording (calibrat
 quantized graphs and the gate (quantize/). Every exporter writes through the one export
 sequence, runtime/bundle.py `write_bundle`. A new target is one TARGETS entry plus its module.
 
-Faults during the long work (issue 28): the output is checked before anything runs (exists,
+Faults during the long work: the output is checked before anything runs (exists,
 writable, a disk with at least the weights' bytes free: runtime/outputs.py); a full disk is a
 DiskFullError. The intermediate results of a quantized export (and of `calibrate` from a
 checkpoint) — the fp32 bundle, the calibration recording — live in `.<out>.work/` beside the

@@ -1,4 +1,4 @@
-"""The work of a long export around its output folder (issue 28: faults during long work).
+"""The work of a long export around its output folder (faults during long work).
 
 * Before anything runs: the output does not exist (or --overwrite), can be made (not on a
   read-only disk, not under a file) and its disk has at least a lower bound of the bytes the

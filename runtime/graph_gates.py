@@ -1,4 +1,4 @@
-"""Gates of shipped graphs that the end-to-end verification does not run (issue 24).
+"""Gates of shipped graphs that the end-to-end verification does not run.
 
 * `decode_twin`: `decode_concat.onnx`, the decode graph's Concat-attention twin that decodes on
   CUDA and TensorRT (runtime/decode_graph.py). The CPU decodes through `decode.onnx`, so the

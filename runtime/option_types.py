@@ -1,5 +1,5 @@
 """The checks of numeric and path options, one implementation for every command, the Python
-API and the apps' settings (issue 28): a whole number or a finite number in its range, a port,
+API and the apps' settings: a whole number or a finite number in its range, a port,
 a thread count, an existing file or folder, a file or folder to write — else OptionError naming
 the option, the value and the fix, before any work. Nothing is reinterpreted: a 0 stays a 0
 (refused where it means nothing), NaN and infinities are refused where a number is measured.

@@ -230,7 +230,7 @@ class LlamaCppLLM:
         # On a GPU build with the weights on the host, ggml's scheduler still sends every weight
         # product of ≥ 32 rows (GGML_OP_OFFLOAD_MIN_BATCH) to the GPU ("op_offload", on by
         # default), where F32 products run in TF32: the 1e-2 drift of a cpu placement on a CUDA
-        # build (issue 11). A cpu placement keeps every op on the CPU.
+        # build (the H200 check of 2026-11-29, docs/gpu.md). A cpu placement keeps every op on the CPU.
         self.op_offload = self.device == "cuda"
         gpu = cuda_device() if self.device == "cuda" else None
         self.forced_tf32 = llama_cpp_tf32(self.device, gpu[1] if gpu else None)
