@@ -9,7 +9,7 @@
 saves each vision call's inputs as float32 npz (the 4 global tiles and the text-guided main tile).
 `quantize` runs the exporter's quantizer for the vision graph (quantize/dynamic_int8.py or
 static_int8.py with the recording's vision inputs) and prints its wall time and peak RSS (this
-process's ru_maxrss, as /usr/bin/time reports it). `compare` opens every graph with the runtime's
+process's peak resident memory, bench/worker.py peak_rss_bytes). `compare` opens every graph with the runtime's
 session options (runtime/backends/ort_session.py), runs each input on every graph in turn
 (one warm-up round, then `--rounds` measured ones, graphs interleaved so that the machine's load
 falls on all of them alike), and reports per input and graph the wall and process CPU time and,
@@ -21,28 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
+from .runner import machine_info
+from .worker import peak_rss_bytes
+
 VISION_INPUTS = ["pixels", "instruct_embeds", "instruct_keep"]
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def record(bundle: Path, out: Path, images: int, threads: int) -> None:
@@ -91,7 +77,7 @@ def compare(inputs: Path, graphs: list[Path], rounds: int, threads: int) -> dict
     feeds = [(p.stem, dict(np.load(p))) for p in sorted(inputs.glob("*.npz"))]
     if not feeds:
         raise SystemExit(f"no .npz inputs in {inputs} (`record` writes them)")
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_model(),
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": machine_info()["cpu"],
               "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
               "load_avg_before": os.getloadavg(), "graphs": [str(g) for g in graphs], "rounds": rounds,
               "argv": sys.argv[1:], "sessions": {}, "inputs": {}}
