@@ -245,20 +245,31 @@ def projector_depth(projector_type: str) -> int:
 
 def parse_query_lens(value: Any) -> tuple[int, ...]:
     vals: tuple[int, ...]
-    if isinstance(value, int):
-        vals = (value,)
-    elif isinstance(value, str):
-        vals = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    else:
-        vals = tuple(int(v) for v in value)
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            vals = (value,)
+        elif isinstance(value, str):
+            vals = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+        else:
+            vals = tuple(_whole(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"query_len {value!r} is not a list of whole numbers.",
+                          "fix query_len in config.json, e.g. \"4,16,36,64,144\"") from None
     for q in vals:
-        s = int(round(q ** 0.5))
-        if s * s != q:
-            raise ConfigError(f"query_len entry {q} is not a perfect square (q = s*s).",
+        s = int(round(q ** 0.5)) if q > 0 else 0
+        if q <= 0 or s * s != q:
+            raise ConfigError(f"query_len entry {q} is not a positive perfect square (q = s*s, s >= 1).",
                               "fix query_len in config.json, e.g. \"4,16,36,64,144\"")
     if not vals:
         raise ConfigError("query_len is empty.", "set query_len, e.g. \"4,16,36,64,144\"")
     return vals
+
+
+def _whole(v: Any) -> int:
+    """An int from JSON (1.5, true and "4" are not query lengths)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(v)
+    return v
 
 
 def _need(cfg: dict, key: str, path: str) -> Any:

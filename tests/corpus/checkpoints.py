@@ -64,6 +64,8 @@ CASES = [
     ("config field a list (window_size)", False, lambda d: _config(d, window_size=[3]), "ConfigError"),
     ("config field a bool (num_attention_heads)", False, lambda d: _config(d, num_attention_heads=True),
      "ConfigError"),
+    ("query_len with a zero", False, lambda d: _config(d, query_len="0,4"), "ConfigError"),
+    ("query_len with a fraction", False, lambda d: _config(d, query_len=[4, 16.5]), "ConfigError"),
     ("unsupported rope scaling", False, lambda d: _config(d, rope_scaling={"type": "yarn", "factor": 4.0}),
      "ConfigError"),
     ("unknown model_type", False, lambda d: _config(d, model_type="fusion_mistral"),
