@@ -237,6 +237,9 @@ class Bundle:
     @classmethod
     def open(cls, path: str | os.PathLike, check_hashes: bool = True) -> "Bundle":
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise BundleError(f"{path} is a file, not a bundle folder.",
+                              f"pass the folder that holds {MANIFEST} (the export's -o folder)")
         if not path.is_dir():
             raise BundleError(f"bundle folder {path} does not exist.",
                               "export one first: fusion-export MODEL --target onnx -o " + str(path))

@@ -75,7 +75,7 @@ VERIFY = _cases(["verify", "{bundle}", "--model", "{ckpt}"], [
     ("--fp32-bundle a file", ["--fp32-bundle", "{file}"], "--fp32-bundle {file} is not a folder"),
     ("--fp32-bundle missing", ["--fp32-bundle", "{tmp}/none"], "--fp32-bundle {tmp}/none does not exist"),
 ]) + [
-    ("verify BUNDLE is a file", ["verify", "{file}", "--model", "{ckpt}"], "bundle folder {file}"),
+    ("verify BUNDLE is a file", ["verify", "{file}", "--model", "{ckpt}"], "{file} is a file, not a bundle folder"),
 ]
 
 ASK = _cases(["ask", "--bundle", "{bundle}", "--image", "{file}", "--question", "Hi?"], [
@@ -86,7 +86,7 @@ ASK = _cases(["ask", "--bundle", "{bundle}", "--image", "{file}", "--question", 
     ("--seed 1.5", ["--seed", "1.5"], "invalid int value: '1.5'"),
 ]) + [
     ("ask --bundle is a file", ["ask", "--bundle", "{file}", "--image", "{file}", "--question", "Hi?"],
-     "bundle folder {file}"),
+     "{file} is a file, not a bundle folder"),
 ]
 
 BENCH = _cases(["bench", "--model", "{ckpt}", "--bundles", "{bundle}"], [
