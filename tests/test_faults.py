@@ -85,6 +85,17 @@ def _clean_failure(r: subprocess.CompletedProcess) -> tuple[str, str]:
     return errors[0], fixes[0]
 
 
+# What an export or a calibration prints once it has started work (progress bars, notices).
+WORK_STARTED = ("export onnx/", "exporting a temporary", "calibration set", "calibrate:", "no calibration data given",
+                "recorded", "bundle written")
+
+
+def _assert_no_work_started(r: subprocess.CompletedProcess) -> None:
+    """Refused before any work: none of the progress lines of a started run was printed."""
+    out = r.stdout + r.stderr
+    assert not [m for m in WORK_STARTED if m in out], out[-3000:]
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -256,9 +267,9 @@ def test_export_into_a_full_disk(tiny_checkpoint, tmp_path):
     with Tmpfs(tmp_path / "disk", 4) as fs:
         out = fs.where / "b"
         argv = CLI + ["export", tiny_checkpoint("phi3", "so400m"), "-o", out, "--quiet", "--no-verify"]
-        t0 = time.perf_counter()
-        error, fix = _clean_failure(_run(argv, runner=fs))
-        assert time.perf_counter() - t0 < 60
+        r = _run([a for a in argv if a != "--quiet"], runner=fs)      # with progress output: none may appear
+        error, fix = _clean_failure(r)
+        _assert_no_work_started(r)
         need = re.search(rf"the disk of {re.escape(str(fs.where))} has 4\.0 MB free; the bundle {re.escape(str(out))} "
                          r"needs at least ([\d.]+) MB", error)
         assert need and 4.0 < float(need.group(1)) < 10.0, error        # the weights' bytes: under the bundle's
@@ -321,17 +332,15 @@ def test_quantized_export_into_a_full_disk_keeps_its_work_and_resumes(tiny_check
 def test_read_only_output_is_refused_before_any_work(tiny_checkpoint, fp32, tmp_path):
     with Tmpfs(tmp_path / "ro", 1, ro=True) as fs:
         ckpt = tiny_checkpoint("phi3", "so400m")
-        for argv in ([*CLI, "export", ckpt, "-o", fs.where / "b", "--quiet"],
-                     [*CLI, "export", ckpt, "--precision", "int8", "-o", fs.where / "sub" / "q8", "--quiet"],
-                     [*CLI, "calibrate", ckpt, "-o", fs.where / "calib", "--quiet"],
-                     [*CLI, "calibrate", fp32, "-o", fs.where / "calib", "--quiet"]):
-            t0 = time.perf_counter()
+        for argv in ([*CLI, "export", ckpt, "-o", fs.where / "b"],            # no --quiet: progress would show
+                     [*CLI, "export", ckpt, "--precision", "int8", "-o", fs.where / "sub" / "q8"],
+                     [*CLI, "calibrate", ckpt, "-o", fs.where / "calib"],
+                     [*CLI, "calibrate", fp32, "-o", fs.where / "calib"]):
             r = _run(argv, runner=fs)
             error, fix = _clean_failure(r)
-            assert time.perf_counter() - t0 < 60
-            assert f"{fs.where} is on a read-only file system" in error and str(argv[-2]) in error
+            assert f"{fs.where} is on a read-only file system" in error and str(argv[-1]) in error
             assert "on a writable disk" in fix
-            assert "exporting" not in r.stdout and "calibration set" not in r.stdout      # nothing started
+            _assert_no_work_started(r)
         assert fs.inspect(fs.where / "b")["entries"] == []
 
 
