@@ -1,7 +1,7 @@
 """`fusion-export`: checkpoint → complete, verified bundle (written atomically).
 
 Steps: open and validate the checkpoint → export every graph (progress bar) → the merged
-decode graph, its weights shared with the segments (runtime/decode_graph.py) → tokenizer
+decode graph, its weights shared with the segments (export/decode_graph.py) → tokenizer
 → the decode graph's CUDA twin gated against it (runtime/graph_gates.py) → manifest
 (facts, components, hashes, build info) → verify against the PyTorch reference → gate
 → rename into place. A failure at any step leaves no bundle folder.
@@ -14,7 +14,7 @@ from pathlib import Path
 from fusion_edge import __version__
 from fusion_edge.runtime import versions
 from fusion_edge.runtime.bundle import BundleWriter, write_bundle
-from fusion_edge.runtime.decode_graph import DECODE_CONCAT, build_shared
+from .decode_graph import DECODE_CONCAT, build_shared
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.fidelity import format_reference
 from fusion_edge.runtime.graph_gates import TWIN_KEY, fold_into, gate_decode_twin_fields, recorded_gate

@@ -149,7 +149,7 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
     (profiles, precision plan, engines). Where a TensorRT EP and a GPU are usable the engines
     are built now and the bundle verified on them; elsewhere they stay `pending`."""
     from fusion_edge.quantize.planner import plan
-    from fusion_edge.runtime.trt.manifest import trt_fields
+    from fusion_edge.export.trt_manifest import trt_fields
     the_plan = plan("tensorrt", precision, sm)
     kw.pop("target", None)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fusion_edge import __version__
 from fusion_edge.calibration.reader import GraphFeeds
-from fusion_edge.runtime.decode_graph import DECODE, DECODE_GRAPHS, build_shared
+from fusion_edge.export.decode_graph import DECODE, DECODE_GRAPHS, build_shared
 from fusion_edge.calibration.record import Recordings
 from fusion_edge.runtime.backends.ort_session import EXACT_QDQ_KEY
 from fusion_edge.runtime.bundle import Bundle, BundleWriter

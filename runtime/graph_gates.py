@@ -1,7 +1,7 @@
 """Gates of shipped graphs that the end-to-end verification does not run.
 
 * `decode_twin`: `decode_concat.onnx`, the decode graph's Concat-attention twin that decodes on
-  CUDA and TensorRT (runtime/decode_graph.py). The CPU decodes through `decode.onnx`, so the
+  CUDA and TensorRT (export/decode_graph.py). The CPU decodes through `decode.onnx`, so the
   twin is compared with it here: the same prefill (the segments), then teacher-forced decode
   steps through both graphs on onnxruntime's CPU EP (the twin has no contrib op) → max
   |Δlogit| per step and top-1 agreement.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bundle import Bundle, new_manifest
-from .decode_graph import DECODE, DECODE_CONCAT
+from .layout import DECODE, DECODE_CONCAT
 from .errors import ExportError
 from .fidelity import check, cosine, max_abs
 

@@ -8,7 +8,7 @@ kernel can drop and re-read: slower, but a bundle larger than RAM still opens.
 from __future__ import annotations
 
 
-from .decode_graph import DECODE, SHARED_DATA
+from .layout import DECODE, SHARED_DATA
 
 HEADROOM = 0.8       # of the available memory: activations, KV cache, Python and the page cache
 

@@ -63,7 +63,7 @@ def cos_sin(c: LLMConfig, start: int, length: int) -> tuple[np.ndarray, np.ndarr
 
 def position_tables(c: LLMConfig, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin (rows, head_dim/2) float32: row p is the first half of cos_sin(c, p, 1), the
-    table GroupQueryAttention's own rotary reads at position p (runtime/decode_qkv.py). Row p
+    table GroupQueryAttention's own rotary reads at position p (export/decode_qkv.py). Row p
     uses the frequencies of a sequence of p + 1, as decoding position p does: for longrope
     the rows before `original_max_position_embeddings` take the short factors, the rest
     the long ones (two blocks; one for the other kinds)."""

@@ -21,7 +21,7 @@ ALLOWED = {
     "runtime": {"runtime"},
     "export": {"export", "runtime"},
     "calibration": {"calibration", "runtime"},
-    "quantize": {"quantize", "calibration", "runtime"},
+    "quantize": {"quantize", "calibration", "runtime", "export"},   # export's decode-graph builder
 }
 
 

@@ -1,5 +1,5 @@
 """The decode graph's attention as onnxruntime's GroupQueryAttention over the shared KV cache
-(issue 13, runtime/decode_attention.py): one op per layer and nothing else reading the cache,
+(issue 13, export/decode_attention.py): one op per layer and nothing else reading the cache,
 parity with the PyTorch reference at several cache lengths up to a full cache, the new rows
 written in place into the head-major cache, and bundles whose decode graph still has the
 Concat attention decoding as before."""
@@ -20,8 +20,8 @@ from fusion_edge.runtime import rope
 from fusion_edge.runtime.backends.kv_cache import HeadMajorCache, HostCache
 from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
-from fusion_edge.runtime.decode_attention import OP
-from fusion_edge.runtime.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA, write_decode_graph
+from fusion_edge.export.decode_attention import OP
+from fusion_edge.export.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA, write_decode_graph
 
 CASES = [("phi3", "so400m"), ("llama3", "siglip2")]       # kv heads = heads, and grouped (4 / 2)
 # non-constant nodes per token after onnxruntime's optimizer: 452 on both tiny models and the
@@ -229,7 +229,7 @@ def test_position_tables_are_the_decode_rows_of_cos_sin(onnx_bundle, llm, tower)
 def test_unpacked_form_matches_the_packed_one(onnx_bundle):
     """The fallback (q, k, v after the graph's own rotary, do_rotary = 0, per-token cos/sin)
     and the packed form with the op's rotary give the same layer outputs and cache rows."""
-    from fusion_edge.runtime.decode_attention import attention_to_gqa
+    from fusion_edge.export.decode_attention import attention_to_gqa
     path = onnx_bundle("llama3", "siglip2")
     bundle = Bundle.open(path)
     c = bundle.config.llm
@@ -285,8 +285,8 @@ def test_graph_of_another_form_keeps_the_concat_attention(onnx_bundle):
     keeps every segment's Concat attention rather than mixing forms."""
     from onnx import helper
 
-    from fusion_edge.runtime.decode_attention import NotRewritable, attention_to_gqa
-    from fusion_edge.runtime.decode_graph import _with_gqa
+    from fusion_edge.export.decode_attention import NotRewritable, attention_to_gqa
+    from fusion_edge.export.decode_graph import _with_gqa
     path = onnx_bundle("phi3", "so400m")
     bundle = Bundle.open(path)
     names = bundle.component_names("segment_")

@@ -12,7 +12,7 @@ import torch
 
 from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
-from fusion_edge.runtime.decode_graph import DECODE, INLINE_BYTES, SHARED_DATA
+from fusion_edge.export.decode_graph import DECODE, INLINE_BYTES, SHARED_DATA
 from fusion_edge.runtime.pipeline import Pipeline
 
 STEPS = 16

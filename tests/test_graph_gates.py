@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
-from fusion_edge.runtime.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA
+from fusion_edge.export.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.graph_gates import GRAPH_GATES, TWIN_KEY, VISION_KEY, gate_decode_twin
 

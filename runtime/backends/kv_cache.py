@@ -7,7 +7,7 @@ per token. HostCache keeps numpy arrays (CPU EP); CudaCache keeps OrtValues in d
 memory (CUDA EP) and binds by pointer, so the cache never crosses PCIe.
 
 HeadMajorCache (CPU) is the layout of the GroupQueryAttention decode graph
-(runtime/decode_attention.py): (1, kv, C, hd) per layer, BNSH, bound whole as both past_*
+(export/decode_attention.py): (1, kv, C, hd) per layer, BNSH, bound whole as both past_*
 and present_* (the op appends the new row in place). The segments (prefill) still take
 (1,P,kv,hd) rows: they get a transposed copy of rows [0, P) and write their new rows into a
 scratch array that `flush()` transposes into the cache after the run — once per prompt,

@@ -2,9 +2,9 @@
 (runtime/backends/kv_cache.py: new rows are written in place through IO binding).
 
 Prefill runs the segments (the alignment runs between them). Decoding runs the merged
-`decode` graph, one session run per token, when the bundle has one (runtime/decode_graph.py);
+`decode` graph, one session run per token, when the bundle has one (export/decode_graph.py);
 bundles without it decode through the segments. A decode graph whose attention is
-GroupQueryAttention (runtime/decode_attention.py) takes the head-major cache, bound whole
+GroupQueryAttention (export/decode_attention.py) takes the head-major cache, bound whole
 as its past and present (HeadMajorCache); on CUDA the op has no float32 kernel in
 onnxruntime (float16/bfloat16 only), so there such bundles decode through the graph's Concat
 twin (`decode_concat`), or through the segments when a bundle has none."""
@@ -17,8 +17,7 @@ import numpy as np
 from .. import rope
 from ..bundle import Bundle
 from ..config import FusionConfig
-from ..decode_attention import COS, OP, SEQLENS, SIN, TOTAL, present_name
-from ..decode_graph import DECODE, DECODE_CONCAT
+from ..layout import COS, DECODE, DECODE_CONCAT, OP, SEQLENS, SIN, TOTAL, present_name
 from ..errors import BackendError, PromptError
 from .kv_cache import CudaCache, HeadMajorCache, HostCache
 from .ort_session import component_session, provider_name, providers_for

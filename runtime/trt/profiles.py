@@ -8,7 +8,7 @@ ranges cover every shape the runtime feeds (runtime/pipeline.py, backends/onnx_*
 * align_* h_inst (1,H), latents (q,H), windows (q,w²,H): q = every trained query_len;
 * segment hidden (1,S,H), cos/sin (S,hd), past_k/v (1,P,kv,hd): prefill S ≤ max_context
           with P = 0, decode S = 1 with P < max_context;
-* decode  the same inputs for every layer, S = 1 (one run per token, runtime/decode_graph.py).
+* decode  the same inputs for every layer, S = 1 (one run per token, export/decode_graph.py).
 max_context: the checkpoint's tokenizer_model_max_length (prompt + generated tokens).
 A profile is {input: {"min": [...], "opt": [...], "max": [...]}} over the static inputs too,
 so the ORT option strings name every input.

@@ -21,7 +21,7 @@ treats the cache as shared when the two pointers are equal) and attends over row
 
 q, k, v: the fused projection's output, packed, and the op rotates q and k itself
 (do_rotary, non-interleaved) from position tables whose row p is the runtime's own cos/sin
-row for position p (rope.position_tables): runtime/decode_qkv.py proves, node by node, that
+row for position p (rope.position_tables): export/decode_qkv.py proves, node by node, that
 the graph's slices and rotary are exactly that. Where it cannot (another exporter, fp16
 casts, head size not a multiple of 16), the op takes q, k, v after the graph's own rotary
 (do_rotary = 0, per-token cos/sin inputs as before). The scale is read from the graph's own
@@ -36,21 +36,12 @@ from collections import deque
 
 from .decode_qkv import packed_source
 
-SEQLENS = "seqlens_k"
-TOTAL = "total_sequence_length"
-COS, SIN = "cos_cache", "sin_cache"      # (R, hd/2) rotary tables, row = position (R ≥ C)
-OP = "GroupQueryAttention"
-KV_LAYOUT = "BNSH"
+from fusion_edge.runtime.layout import COS, KV_LAYOUT, OP, SEQLENS, SIN, TOTAL, present_name  # noqa: F401
 
 
 class NotRewritable(Exception):
     """The graph's attention does not have the exported form (internal: the caller keeps
     the Concat attention for that graph)."""
-
-
-def present_name(past: str) -> str:
-    """past_k_3 → present_k_3."""
-    return "present_" + past[len("past_"):]
 
 
 class _Graph:
@@ -165,7 +156,7 @@ def attention_to_gqa(model, packed: bool = True) -> None:
     """Rewrite every layer of a segment `model` (in place) as described above; raises
     NotRewritable (the model then partly rewritten: the caller uses a fresh copy).
     `packed`: feed the fused projection and let the op rotate where the graph proves the
-    exported form (runtime/decode_qkv.py); otherwise q/k/v after the graph's own rotary."""
+    exported form (export/decode_qkv.py); otherwise q/k/v after the graph's own rotary."""
     from onnx import TensorProto, helper
     graph = model.graph
     g = _Graph(graph)
@@ -219,7 +210,7 @@ def attention_to_gqa(model, packed: bool = True) -> None:
 
 def _packed(g: _Graph, types, q: str, kcat, vcat, heads: int, kv: int, hd: int) -> str | None:
     """The fused projection T when q/k/v are its slices and the rotary is the exported one
-    (runtime/decode_qkv.py), T float32 and hd a multiple of 16 (the op's rotary); else None."""
+    (export/decode_qkv.py), T float32 and hd a multiple of 16 (the op's rotary); else None."""
     from onnx import TensorProto
     if hd % 16:
         return None

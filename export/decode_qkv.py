@@ -1,5 +1,5 @@
 """Where a segment layer's q, k, v come from, for GroupQueryAttention's packed input and its
-own rotary (runtime/decode_attention.py).
+own rotary (export/decode_attention.py).
 
 The exporter (export/ref_llm.py) writes, per layer, from the fused projection T (1,S,(h+2kv)·hd):
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..config import FusionConfig
-from . import stamp
-from .profiles import bundle_profiles, max_context
+from fusion_edge.runtime.config import FusionConfig
+from fusion_edge.runtime.trt import stamp
+from fusion_edge.runtime.trt.profiles import bundle_profiles, max_context
 
 INT4_MIN_TRT = "10.0"       # INT4 block DequantizeLinear (opset 21) is a TensorRT 10 feature
 

@@ -9,7 +9,7 @@ graph (segment n's `hidden_out` feeds segment n+1's `hidden`), one session run p
       → logits (1,V), token (1,) int64 (argmax of the logits, in the graph),
         present_k_i/present_v_i (1,kv,C,hd): the same buffers, the new row written in place
 
-Its attention is onnxruntime's GroupQueryAttention (runtime/decode_attention.py; record key
+Its attention is onnxruntime's GroupQueryAttention (export/decode_attention.py; record key
 `attention`, cache layout `kv_layout` = BNSH). Bundles written before it (and TensorRT
 bundles, whose engines cannot hold the contrib op) have the Concat form instead:
 past_k_i/past_v_i (1,P,kv,hd) → new_k_i/new_v_i (1,1,kv,hd), no `attention` key.
@@ -28,9 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .decode_attention import COS, KV_LAYOUT, OP, SEQLENS, SIN, TOTAL, NotRewritable, attention_to_gqa
-from .errors import MissingExtraError
-from .layout import DECODE, DECODE_CONCAT, EXACT_QDQ_KEY, SHARED_DATA
-from .layout import DECODE_GRAPHS as DECODE_GRAPHS  # re-exported with the names above (runtime/layout.py)
+from fusion_edge.runtime.errors import MissingExtraError
+from fusion_edge.runtime.layout import DECODE, DECODE_CONCAT, EXACT_QDQ_KEY, SHARED_DATA
+from fusion_edge.runtime.layout import DECODE_GRAPHS as DECODE_GRAPHS  # re-exported with the names above
 
 ALIGN = 4096                 # page-aligned offsets, as onnx's own writer does (mmap-friendly)
 INLINE_BYTES = 1024          # smaller initializers (shapes, scalars) stay inside each graph
