@@ -6,31 +6,66 @@ FusionEdgeError is printed as "error: problem / fix" with exit code 2, no traceb
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 from fusion_edge.runtime import option_types as ot
 from fusion_edge.runtime.arch import tiny_names
 from fusion_edge.runtime.errors import FusionEdgeError, OptionError, missing_module_error
 
-# Commands whose code lives in their own package: (name, module with add_args(parser),
-# "module:function" that runs it, help, the extra its imports need). calibrate runs from
+# Commands whose code lives in their own package: (name, help, the extra its imports need,
+# loader → (add_args(parser), run(args)), imported on first use). calibrate runs from
 # targets.py, which composes calibration with the fp32 export. A command whose module cannot
 # be imported (its extra is not installed) stays listed and fails alone, with an error naming
 # the extra; the other commands are unaffected.
+class Command(NamedTuple):
+    name: str
+    help: str
+    extra: str
+    load: Callable[[], tuple[Callable, Callable]]
+
+
+def _bench():
+    from fusion_edge.bench.cli import add_args, run
+    return add_args, run
+
+
+def _calibrate():
+    from fusion_edge.calibration.cli import add_args
+    from fusion_edge.targets import run_calibrate
+    return add_args, run_calibrate
+
+
+def _build_engines():
+    from fusion_edge.export.trt_engines import add_args, run_build_engines
+    return add_args, run_build_engines
+
+
+def _camera():
+    from fusion_edge.apps.camera_qa.cli import add_args, run
+    return add_args, run
+
+
+def _ros2():
+    from fusion_edge.apps.ros2.cli import add_args, run
+    return add_args, run
+
+
+def _serve():
+    from fusion_edge.apps.serve.cli import add_args, run
+    return add_args, run
+
+
 PLUGIN_COMMANDS = [
-    ("bench", "fusion_edge.bench.cli", "fusion_edge.bench.cli:run",
-     "benchmark every backend against the PyTorch reference", "bench"),
-    ("calibrate", "fusion_edge.calibration.cli", "fusion_edge.targets:run_calibrate",
-     "record graph inputs over a calibration set", "export"),
-    ("build-engines", "fusion_edge.export.trt_engines", "fusion_edge.export.trt_engines:run_build_engines",
-     "build a trt bundle's TensorRT engines on this GPU (resumable; --rebuild)", "trt"),
-    ("camera", "fusion_edge.apps.camera_qa.cli", "fusion_edge.apps.camera_qa.cli:run",
-     "live camera question answering in the browser", "camera"),
-    ("ros2", "fusion_edge.apps.ros2.cli", "fusion_edge.apps.ros2.cli:run",
-     "run the fusion_edge ROS 2 node (answers on ROS 2 topics)", "ros2"),
-    ("serve", "fusion_edge.apps.serve.cli", "fusion_edge.apps.serve.cli:run",
-     "OpenAI-compatible chat-completions API for a bundle (--ray: Ray Serve replicas)", "serve"),
+    Command("bench", "benchmark every backend against the PyTorch reference", "bench", _bench),
+    Command("calibrate", "record graph inputs over a calibration set", "export", _calibrate),
+    Command("build-engines", "build a trt bundle's TensorRT engines on this GPU (resumable; --rebuild)", "trt",
+            _build_engines),
+    Command("camera", "live camera question answering in the browser", "camera", _camera),
+    Command("ros2", "run the fusion_edge ROS 2 node (answers on ROS 2 topics)", "ros2", _ros2),
+    Command("serve", "OpenAI-compatible chat-completions API for a bundle (--ray: Ray Serve replicas)", "serve",
+            _serve),
 ]
 
 EPILOGS = {
@@ -106,13 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     from fusion_edge.export.cli_export import add_export_args, add_verify_args
     add_export_args(cmd("export", "export a checkpoint to a deployable, verified bundle"))
     add_verify_args(cmd("verify", "re-run a bundle's verification against the PyTorch reference"))
-    for name, module, _, help_, extra in PLUGIN_COMMANDS:
+    for c in PLUGIN_COMMANDS:
         try:
-            importlib.import_module(module).add_args(cmd(name, help_))
+            add_args, run = c.load()
         except ModuleNotFoundError as e:
             # its arguments are unknown: main() lets them through for this command only
-            cmd(name, f"{help_} (unavailable here: {_missing(e, name, extra).problem})").set_defaults(
-                unavailable=_missing(e, name, extra))
+            cmd(c.name, f"{c.help} (unavailable here: {_missing(e, c.name, c.extra).problem})").set_defaults(
+                unavailable=_missing(e, c.name, c.extra))
+        else:
+            parser = cmd(c.name, c.help)
+            add_args(parser)
+            parser.set_defaults(run_command=run)
     return p
 
 
@@ -157,11 +196,7 @@ def _dispatch(args) -> int:
     if args.command == "verify":
         from fusion_edge.export.cli_export import run_verify
         return run_verify(args)
-    for name, _, runner, _, _ in PLUGIN_COMMANDS:
-        if args.command == name:
-            module, func = runner.split(":")
-            return getattr(importlib.import_module(module), func)(args)
-    raise AssertionError(args.command)
+    return args.run_command(args)
 
 
 if __name__ == "__main__":

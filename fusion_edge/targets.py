@@ -16,7 +16,6 @@ recording (same inputs); other inputs start them anew.
 """
 from __future__ import annotations
 
-import importlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -31,16 +30,19 @@ from .workspace import (check_calibration_output, check_export_output, kept_note
                         work_area)
 
 
-def _load(module: str, name: str, what: str) -> Callable:
-    """A lazily imported step; a missing package is a typed error naming the extra that installs it."""
+@contextmanager
+def _importing(what: str):
+    """Around a step's lazy import: a missing package is a typed error naming the extra that installs it."""
     try:
-        return getattr(importlib.import_module(module), name)
+        yield
     except ModuleNotFoundError as e:
         raise missing_module_error(e, f"the {what} exporter", "export") from None
 
 
 def export_onnx(model, out, **kw) -> Path:
-    return _load("fusion_edge.export.bundle_export", "export_bundle", "onnx")(model, out, **kw)
+    with _importing("onnx"):
+        from fusion_edge.export.bundle_export import export_bundle
+    return export_bundle(model, out, **kw)
 
 
 GGUF_FIX = ("try a wider type (Q4_K_M → Q8_0 → F16), or re-export the fp32 bundle it is compared with; "
@@ -52,7 +54,8 @@ def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool
     """A gguf bundle; a quantized one (F16, Q8_0, Q4_*) is gated against a verified fp32 ONNX
     pipeline (`fp32_from`, or a temporary verified export of the checkpoint, whose vision
     graphs it then reuses) and the PyTorch reference, on `eval_cases` built-in held-out cases."""
-    exporter = _load("fusion_edge.export.gguf_bundle", "export_gguf_bundle", "gguf")
+    with _importing("gguf"):
+        from fusion_edge.export.gguf_bundle import export_gguf_bundle as exporter
     from fusion_edge.export.gguf_writer import PRECISION_QUANT
     quant = kw.get("quant") or PRECISION_QUANT.get(kw.get("precision", "fp32"))
     opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress, log=log)
@@ -89,7 +92,8 @@ class GgufGate:
     log: Callable = print
 
     def __call__(self, folder: Path, kind: str, log: Callable | None = None) -> dict:
-        gate_folder = _load("fusion_edge.quantize.agreement", "gate_folder", "gguf quality gate")
+        with _importing("gguf quality gate"):
+            from fusion_edge.quantize.agreement import gate_folder
         from fusion_edge.calibration.builtin import builtin_pairs
         cases = [(img, q) for _, img, q in builtin_pairs("eval", self.eval_cases)]
         return gate_folder(folder, self.fp32, kind, cases, self.steps, None, self.force, self.threads, self.progress,
@@ -106,7 +110,8 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
     (--no-verify) there is no gate: the source need not be verified, and the bundle is marked
     `skipped` (warned about at open, refused by --strict) — for models whose fp32 reference
     does not fit this machine (bench/real_size.py)."""
-    quantized = _load("fusion_edge.quantize.onnx_quant", "export_quantized_bundle", "onnx int8/int4")
+    with _importing("onnx int8/int4"):
+        from fusion_edge.quantize.onnx_quant import export_quantized_bundle as quantized
     verify = kw.get("verify", True)     # --no-verify: no gate, so no verified source needed; marked skipped
     with work_area(out, log) as work, fp32_source(model, query_len, image_tokens, progress, log, verified=verify,
                                                   steps=kw.get("steps", 16), work=work) as src:
@@ -202,7 +207,7 @@ def check_checkpoint_extra(model, purpose: str) -> None:
     if is_bundle(model):
         return
     try:
-        importlib.import_module("torch")
+        import torch  # noqa: F401
     except ModuleNotFoundError as e:
         raise missing_module_error(e, purpose, "export") from None
 

@@ -79,12 +79,14 @@ def test_a_plugin_whose_import_fails_hides_only_itself(tmp_path, monkeypatch, ca
     other commands still parse and run."""
     import sys
 
+    import importlib
+
     import fusion_edge.cli as cli
     (tmp_path / "fe_broken_plugin.py").write_text("import fe_no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(cli, "PLUGIN_COMMANDS", [
-        ("broken", "fe_broken_plugin", "fe_broken_plugin:run", "broken", "camera"),
-        ("absent", "fusion_edge.fe_not_in_this_build", "fusion_edge.fe_not_in_this_build:run", "absent", "bench")])
+        cli.Command("broken", "broken", "camera", lambda: importlib.import_module("fe_broken_plugin")),
+        cli.Command("absent", "absent", "bench", lambda: importlib.import_module("fusion_edge.fe_not_in_this_build"))])
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out

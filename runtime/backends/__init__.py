@@ -7,7 +7,7 @@ on onnxruntime, or a GGUF model in llama.cpp. A new backend is one entry here pl
 """
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BundleError
@@ -20,16 +20,31 @@ __all__ = ["BACKENDS", "Backend", "GraphAccess", "GreedyDecode", "LLMEngine", "O
 
 @dataclass(frozen=True)
 class Backend:
-    llm: str | None                     # "module:Class" of the LLM engine, relative to this package
-    vision: str | None                  # "module:Class" of the vision engine (None: vision runs elsewhere)
+    llm: Callable[[], type] | None      # → the LLM engine class (imported on first use)
+    vision: Callable[[], type] | None   # → the vision engine class (None: vision runs elsewhere)
     align_threads: int | None = None    # intra-op threads of the alignment graphs; 1 where they run
     #                                     inside the LLM engine's own threads (llama.cpp's eval callback)
 
 
+def _onnx_llm() -> type:
+    from .onnx_llm import OnnxLLM
+    return OnnxLLM
+
+
+def _onnx_vision() -> type:
+    from .onnx_vision import OnnxVision
+    return OnnxVision
+
+
+def _llamacpp_llm() -> type:
+    from .llamacpp_llm import LlamaCppLLM
+    return LlamaCppLLM
+
+
 # name → engines; engine constructors take (bundle, device, threads, *, providers, low_memory[, align_threads])
 BACKENDS: dict[str, Backend] = {
-    "onnxruntime": Backend(llm="onnx_llm:OnnxLLM", vision="onnx_vision:OnnxVision"),
-    "llama.cpp": Backend(llm="llamacpp_llm:LlamaCppLLM", vision=None, align_threads=1),
+    "onnxruntime": Backend(llm=_onnx_llm, vision=_onnx_vision),
+    "llama.cpp": Backend(llm=_llamacpp_llm, vision=None, align_threads=1),
 }
 
 
@@ -39,11 +54,6 @@ def backend(name: str) -> Backend:
     except KeyError:
         raise BundleError(f"bundle backend '{name}' is not supported by this fusion-edge.",
                           f"supported: {', '.join(BACKENDS)}; re-export the bundle") from None
-
-
-def _engine_class(ref: str):
-    module, cls = ref.split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def open_backends(bundle, device: str = "auto", threads: int | None = None, *, vision_device: str | None = None,
@@ -68,11 +78,10 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
     trt_provider = caps.trt.provider if caps.trt is not None else None
     chains = {c: provider_chain(devices[c], tf32, trt_provider) for c in names if names[c] == "onnxruntime"}
     notice = _prepare_trt(bundle, devices, caps, chains, no_build, log)
-    vision = _engine_class(vision_backend.vision)(bundle, devices["vision"], threads, providers=chains["vision"],
-                                                  align_threads=llm_backend.align_threads,
-                                                  align_providers=chains["align"], low_memory=low_memory)
-    llm = _engine_class(llm_backend.llm)(bundle, devices["llm"], threads, providers=chains.get("llm"),
-                                         low_memory=low_memory)
+    vision = vision_backend.vision()(bundle, devices["vision"], threads, providers=chains["vision"],
+                                     align_threads=llm_backend.align_threads, align_providers=chains["align"],
+                                     low_memory=low_memory)
+    llm = llm_backend.llm()(bundle, devices["llm"], threads, providers=chains.get("llm"), low_memory=low_memory)
     forced = {}
     if isinstance(llm, OwnPlacement):             # llama.cpp says what it offloaded
         devices["llm"] = llm.device
