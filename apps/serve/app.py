@@ -2,7 +2,7 @@
 
   POST /v1/chat/completions   JSON, or server-sent `chat.completion.chunk` events with stream: true
   GET  /v1/models[/{id}]      the bundle: target, precision, devices, verification
-  GET  /health                {"status": "ok" | "draining", ...}; needs no key
+  GET  /health                {"status": "ok" | "draining", ...}; needs no key; on Ray also "fleet"
   GET  /metrics               Prometheus text (metrics.py)
 Every refusal is an OpenAI-shaped error (errors.py); the `x-fusion-replica` header names the
 process (or Ray replica) that answered. A client that disconnects cancels its generation.
@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Callable
 
 from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError
 
@@ -44,13 +45,14 @@ class Service:
     scheduler: Scheduler
     metrics: Metrics
     max_body_bytes: int
+    fleet: Callable[[], dict] | None = None      # Ray: the deployment's replicas (blocking; ray_app.FleetStatus)
 
     @classmethod
     def start(cls, pipeline, settings: ServeSettings, max_queue: int, max_body_bytes: int,
-              replica: str | None = None) -> "Service":
+              replica: str | None = None, fleet: Callable[[], dict] | None = None) -> "Service":
         handler = ChatHandler(pipeline, settings, replica or f"{socket.gethostname()}:{os.getpid()}")
         scheduler = Scheduler(handler, max_queue).start()
-        return cls(handler, scheduler, Metrics(scheduler), max_body_bytes)
+        return cls(handler, scheduler, Metrics(scheduler), max_body_bytes, fleet)
 
 
 def create_app(service: Service, api_key: str | None = None, loopback_only: bool = True, cors: tuple = ()):
@@ -102,9 +104,13 @@ def _routes(app, service: Service) -> None:
 
     @app.get("/health")
     async def health():
-        return {"status": "draining" if scheduler.closing else "ok", "replica": handler.replica,
+        body = {"status": "draining" if scheduler.closing else "ok", "replica": handler.replica,
                 "queue_depth": scheduler.depth, "running": scheduler.running, "looks": handler.looks,
                 "generations": dict(scheduler.outcomes)}
+        if service.fleet is not None:
+            from starlette.concurrency import run_in_threadpool
+            body["fleet"] = await run_in_threadpool(service.fleet)
+        return body
 
     @app.get("/v1/models")
     async def models():

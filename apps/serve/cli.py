@@ -77,6 +77,12 @@ def add_args(p) -> None:
     r.add_argument("--ray-object-store-mb", type=ot.int_arg("--ray-object-store-mb", RAY_MIN_OBJECT_STORE_MB),
                    default=128,
                    help="object store of a local cluster started by this command (default 128)")
+    r.add_argument("--ray-max-queued", type=ot.int_arg("--ray-max-queued", -1), default=None, metavar="N",
+                   help="requests each Ray HTTP proxy holds while every replica is full; more get 429 with "
+                        "Retry-After (default: what the replicas hold, replicas x (--max-queue + 1), with "
+                        "--autoscaling its max_replicas; -1 = no bound)")
+    r.add_argument("--ray-retry-after", type=ot.float_arg("--ray-retry-after", 0), default=None, metavar="S",
+                   help="the Retry-After seconds of those 429s (default 5)")
 
 
 def check_args(args) -> None:
@@ -98,8 +104,13 @@ def check_args(args) -> None:
                              name="--max-tokens", option="--max-tokens")
     if args.autoscaling is not None:
         autoscaling_config(args)
-    if (args.replicas != 1 or args.autoscaling or args.address) and not args.ray:
-        raise OptionError("--replicas, --autoscaling and --address deploy on Ray Serve.", "add --ray")
+    ray_only = args.ray_max_queued is not None or args.ray_retry_after is not None
+    if (args.replicas != 1 or args.autoscaling or args.address or ray_only) and not args.ray:
+        raise OptionError("--replicas, --autoscaling, --address, --ray-max-queued and --ray-retry-after deploy on "
+                          "Ray Serve.", "add --ray")
+    if args.ray_max_queued == 0:
+        raise OptionError("--ray-max-queued 0: Ray Serve takes -1 (no bound) or a positive number.",
+                          "pass --ray-max-queued 1 or more, or leave it out (the replicas' capacity)")
 
 
 def run(args) -> int:

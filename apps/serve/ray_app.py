@@ -8,6 +8,12 @@ passed to Ray Serve as is), puts each replica on its own GPU where the cluster h
 HTTP proxy. SIGTERM deletes the application, whose replicas finish their running requests
 (graceful_shutdown_timeout_s = --drain-timeout), then stops a cluster started here.
 Every node needs fusion-edge with the `ray` extra and the bundle at the same path.
+
+Overload: Ray sends a replica at most what its queue holds (max_ongoing_requests = --max-queue + 1);
+with every replica full a request waits in the queue of Ray's HTTP proxy, which is bounded
+(max_queued_requests = --ray-max-queued): beyond it Ray's proxy answers 429 with Retry-After
+(backpressure_config, ray >= 2.58; its body is Ray's plain text, not OpenAI's JSON).
+/health adds the fleet's replica counts from `serve.status()`.
 """
 from __future__ import annotations
 
@@ -20,14 +26,28 @@ from fusion_edge.runtime.errors import MissingExtraError
 from .settings import MB
 
 APP_NAME = "fusion-edge"
+RAY_MIN_VERSION = (2, 58)           # backpressure_config: a 429 with Retry-After from Ray's proxy queue
+RAY_RETRY_AFTER_S = 5.0             # --ray-retry-after's default
+FLEET_STATUS_TTL_S = 2.0            # /health asks Ray's controller at most this often per replica
 
 
 def import_ray():
     try:
-        import ray  # noqa: F401
+        import ray
         from ray import serve  # noqa: F401
     except ImportError as e:
         raise MissingExtraError(e.name or "ray", "ray", "`fusion-edge serve --ray`") from None
+    if _version(ray.__version__) < RAY_MIN_VERSION:
+        from fusion_edge.runtime.errors import FusionEdgeError
+        need = ".".join(map(str, RAY_MIN_VERSION))
+        raise FusionEdgeError(f"`fusion-edge serve --ray` needs ray {need} or newer (a 429 when Ray's queue is "
+                              f"full); this is ray {ray.__version__}.",
+                              f"pip install 'fusion-edge[ray]' (ray[serve]>={need}) on every node of the cluster")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    import re
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
 
 
 def replica_config(args) -> dict:
@@ -56,7 +76,8 @@ def deployment(options: dict):
             replica = f"{ctx.replica_id.deployment_id.name}#{ctx.replica_id.unique_id}"
             pipe = open_pipeline(cfg["bundle"], cfg["threads"], cfg["strict"], cfg["devices"])
             self.cfg = cfg
-            self.service = Service.start(pipe, cfg["settings"], cfg["max_queue"], cfg["max_body_bytes"], replica)
+            self.service = Service.start(pipe, cfg["settings"], cfg["max_queue"], cfg["max_body_bytes"], replica,
+                                         fleet=FleetStatus(ctx.app_name, ctx.deployment))
 
         def __serve_build_asgi_app__(self):
             from .app import create_app
@@ -66,19 +87,55 @@ def deployment(options: dict):
     return FusionReplica
 
 
+class FleetStatus:
+    """The deployment's replicas by state, from Ray's controller (`serve.status()`), for /health;
+    asked at most every FLEET_STATUS_TTL_S seconds. Blocking: call it from a thread."""
+
+    def __init__(self, app: str, deployment: str):
+        self.app, self.deployment = app, deployment
+        self._at, self._value = -1e9, {}
+
+    def __call__(self) -> dict:
+        import time
+        if time.monotonic() - self._at > FLEET_STATUS_TTL_S:
+            self._value, self._at = self._ask(), time.monotonic()
+        return self._value
+
+    def _ask(self) -> dict:
+        from ray import serve
+        try:
+            d = serve.status().applications[self.app].deployments[self.deployment]
+        except Exception as e:  # noqa: BLE001 — the controller unreachable or the app being deleted
+            return {"error": f"Ray Serve's status is not available ({type(e).__name__}: {str(e)[:200]})"}
+        states = {str(getattr(k, "value", k)): n for k, n in d.replica_states.items() if n}
+        return {"status": str(getattr(d.status, "value", d.status)), "replicas_running": states.get("RUNNING", 0),
+                "replica_states": states}
+
+
 def deployment_options(args, cluster_gpus: float) -> dict:
     from .settings import autoscaling_config
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if cluster_gpus > 0 else 0.0)
+    # what a replica holds (1 running + --max-queue waiting): Ray sends a replica no more than that,
+    # so a request never meets a full replica while another has room (Ray's queue-length probes
+    # time out on busy CPUs, and a request would then go to a full replica and get its 429)
+    per_replica = args.max_queue + 1
     opts = {"name": "fusion", "ray_actor_options": {"num_cpus": args.cpus_per_replica, "num_gpus": gpus},
-            # a little above what one replica's queue holds, so the replica's own 429 answers an overflow
-            "max_ongoing_requests": args.max_queue + 2,
+            "max_ongoing_requests": per_replica,
             "graceful_shutdown_timeout_s": args.drain_timeout, "graceful_shutdown_wait_loop_s": 0.5,
             "health_check_period_s": 5.0}
     autoscaling = autoscaling_config(args)
     if autoscaling is not None:
         opts["autoscaling_config"] = autoscaling
+        replicas = autoscaling.get("max_replicas", 1)
+        replicas = replicas if isinstance(replicas, (int, float)) and replicas >= 1 else 1   # else Ray says why
     else:
-        opts["num_replicas"] = args.replicas
+        opts["num_replicas"] = replicas = args.replicas
+    # every replica full: each HTTP proxy holds this many more (counted while they are being routed,
+    # so a burst below the replicas' capacity must fit too), then answers 429 with Retry-After
+    queued = args.ray_max_queued if args.ray_max_queued is not None else int(replicas) * per_replica
+    opts["max_queued_requests"] = queued
+    opts["backpressure_config"] = {"status_code": 429, "retry_after_s": (
+        args.ray_retry_after if args.ray_retry_after is not None else RAY_RETRY_AFTER_S)}
     return opts
 
 
@@ -115,7 +172,8 @@ def run_ray(args) -> int:
             args.port = free_port(args.host)
         serve.start(http_options={"host": args.host, "port": args.port})
         say(f"deploying {args.bundle} on Ray Serve: {opts.get('autoscaling_config') or opts['num_replicas']} "
-            f"replica(s), {opts['ray_actor_options']} each …")
+            f"replica(s), {opts['ray_actor_options']} each, {opts['max_ongoing_requests']} requests at a time "
+            f"each, {opts['max_queued_requests']} more waiting at each HTTP proxy …")
         try:
             serve.run(deployment(opts).bind(replica_config(args)), name=APP_NAME, route_prefix="/")
         except Exception as e:  # noqa: BLE001 — a replica that fails to start: its message, not Ray's trace
