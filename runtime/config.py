@@ -256,9 +256,12 @@ def parse_query_lens(value: Any) -> tuple[int, ...]:
         raise ConfigError(f"query_len {value!r} is not a list of whole numbers.",
                           "fix query_len in config.json, e.g. \"4,16,36,64,144\"") from None
     for q in vals:
-        s = int(round(q ** 0.5)) if q > 0 else 0
-        if q <= 0 or s * s != q:
-            raise ConfigError(f"query_len entry {q} is not a positive perfect square (q = s*s, s >= 1).",
+        if q <= 0:
+            raise ConfigError(f"query_len entry {q} is not a latent count (they are 1 or more).",
+                              "fix query_len in config.json, e.g. \"4,16,36,64,144\"")
+        s = int(round(q ** 0.5))
+        if s * s != q:
+            raise ConfigError(f"query_len entry {q} is not a perfect square (q = s*s).",
                               "fix query_len in config.json, e.g. \"4,16,36,64,144\"")
     if not vals:
         raise ConfigError("query_len is empty.", "set query_len, e.g. \"4,16,36,64,144\"")
