@@ -6,12 +6,13 @@ import json
 import sys
 
 from fusion_edge.runtime import option_types as ot
+from fusion_edge.runtime.precisions import precision_names
 
 
 def add_export_args(p) -> None:
     p.add_argument("model", help="checkpoint folder or hub id (e.g. starriver030515/FUSION-X-Phi3.5-3B)")
     p.add_argument("--target", default="onnx", choices=["onnx", "gguf", "trt"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"])
+    p.add_argument("--precision", default="fp32", choices=precision_names())
     p.add_argument("-o", "--out", required=True, type=ot.output_dir_arg("-o"),
                    help="bundle folder to create (with its parents)")
     p.add_argument("--query-len", type=int, default=None, help="default latent count of the bundle")

@@ -29,13 +29,14 @@ import numpy as np
 
 from fusion_edge.runtime import rope
 from fusion_edge.runtime.errors import ExportError, MissingExtraError
+from fusion_edge.runtime.precisions import PRECISIONS
 
 from .checkpoint import Checkpoint
 
 # quant type name → its `gguf.LlamaFileType` member (llama_ftype); fp32 is written, not quantized
 QUANT_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q4_0": "MOSTLY_Q4_0", "Q8_0": "MOSTLY_Q8_0",
                "Q4_K_M": "MOSTLY_Q4_K_M"}
-PRECISION_QUANT = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q4_K_M"}
+PRECISION_QUANT = {name: p.gguf_llm for name, p in PRECISIONS.items()}
 
 
 def import_gguf():

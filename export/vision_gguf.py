@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from fusion_edge.runtime.errors import ExportError
+from fusion_edge.runtime.precisions import PRECISIONS
 
 from .checkpoint import Checkpoint
 from .gguf_writer import import_gguf
@@ -24,9 +25,9 @@ from .weight_map import projector_entries, sampler_entries, tower_entries
 VISION_GGUF = "vision.gguf"
 ARCH = "fusion-vision"
 VISION_QUANTS = ("F32", "F16", "Q8_0")
-PRECISION_OF = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}      # the manifest's precision name
+PRECISION_OF = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}      # the manifest's precision name of each type
 ALIGN_LN_EPS = 1e-5      # nn.LayerNorm's default, used by the alignment layers
-PRECISION_VISION_QUANT = {"fp32": "F32", "fp16": "F16", "int8": "Q8_0", "int4": "Q8_0"}
+PRECISION_VISION_QUANT = {name: p.gguf_vision for name, p in PRECISIONS.items()}
 
 
 

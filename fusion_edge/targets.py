@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError, missing_module_error
 from fusion_edge.runtime.outputs import output_faults
+from fusion_edge.runtime.precisions import PRECISIONS, precision_names
 
 from .workspace import (check_calibration_output, check_export_output, kept_note, record_in, reusable_fp32,
                         work_area)
@@ -183,9 +184,9 @@ QUANT_ONLY = ("calib", "calib_samples", "calib_questions", "flavour", "block_siz
 # target → precision → exporter(model, out, target=, precision=, query_len=, image_tokens=, overwrite=,
 #                                verify=, force=, steps=, progress=, log=, **target options)
 TARGETS: dict[str, dict[str, Callable]] = {
-    "onnx": {"fp32": export_onnx, "fp16": export_onnx, "int8": export_onnx_quantized, "int4": export_onnx_quantized},
-    "gguf": {p: export_gguf for p in ("fp32", "fp16", "int8", "int4")},
-    "trt": {p: export_trt for p in ("fp16", "int8", "int4")},
+    "onnx": {p: export_onnx_quantized if PRECISIONS[p].quantized else export_onnx for p in precision_names("onnx")},
+    "gguf": {p: export_gguf for p in precision_names("gguf")},
+    "trt": {p: export_trt for p in precision_names("trt")},
 }
 
 

@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fusion_edge.runtime.errors import BundleError, FusionEdgeError
+from fusion_edge.runtime.precisions import PRECISIONS
 from fusion_edge.runtime.outputs import check_output, hold_folder, is_disk_full, size_text, tree_bytes
 
 
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5,
+BYTES_PER_WEIGHT = {**{name: p.bytes_per_weight for name, p in PRECISIONS.items()},
                     "F32": 4.0, "F16": 2.0, "Q8_0": 1.0, "Q4_0": 0.5, "Q4_K_M": 0.5}    # + --gguf-quant
 LOWER_BOUND = 0.9       # of params × bytes per weight: graphs, scales and tokenizer only add to it
 
@@ -76,7 +77,7 @@ def needed_bytes(model, target: str, precision: str, verify: bool = True, quant:
         from fusion_edge.export.checkpoint import open_checkpoint
         ckpt = open_checkpoint(model)
         params = float(sum(int(np.prod(e.shape)) for e in ckpt.entries))
-        quantized = (precision in ("int8", "int4") if target != "gguf"
+        quantized = (PRECISIONS[precision].quantized if target != "gguf"
                      else (quant or precision) not in ("fp32", "F32") and verify)     # targets.export_gguf
         fp32_work = params * BYTES_PER_WEIGHT["fp32"] if quantized and fp32_from is None else 0.0
     width = BYTES_PER_WEIGHT.get(quant or precision, BYTES_PER_WEIGHT["int4"])

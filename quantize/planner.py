@@ -6,12 +6,13 @@ align, embed, llm) saying the precision, the quantization scheme and why, or a t
 
 Hardware facts used (vendor documentation):
 * TensorRT 10.x is built for SM 7.0 and newer. INT8 runs on all of those, with INT8 tensor
-  cores from SM 7.2 (Xavier) / 7.5 (Turing) on. BF16 needs SM 8.0 (Ampere).
+  cores from SM 7.2 (Xavier) / 7.5 (Turing) on. The SM floor of each precision is its
+  `min_sm` in runtime/precisions.py PRECISIONS.
 * INT4 weight-only GEMM (W4A16): Ampere (SM 8.0) and newer — TensorRT-RTX support
   matrix (INT4 WoQ GEMM: 8.6/8.9/12.0 yes, 7.5 no) and NVIDIA ModelOpt (W4A16: Ampere
   and later). TensorRT's dequantize layer accepts symmetric INT4 only (zero-points 0).
-* FP8: Ada (SM 8.9) and newer; FP4 (NVFP4): Blackwell (SM 10.0) and newer. Orin (SM 8.7)
-  and Ampere laptops (SM 8.6) therefore have no FP8/FP4.
+* FP8 (Ada, SM 8.9) and FP4 (Blackwell, SM 10.0) are not built (Orin, SM 8.7, and Ampere
+  laptops, SM 8.6, have neither), nor BF16: the precisions are PRECISIONS' four.
 * onnxruntime CPU: Q/DQ int8 with uint8 asymmetric activations and int8 symmetric
   per-channel weights (U8S8): the VNNI/AMX kernels on x86 and the sdot/i8mm ones on ARM.
   x86 without VNNI saturates pairs of U8S8 products (vpmaddubsw; onnxruntime's quantization
@@ -19,7 +20,7 @@ Hardware facts used (vendor documentation):
   runtime/cpu_features.py;
   int4 weight-only is the `MatMulNBits` contrib op (`accuracy_level` 4 = int8 compute).
   The vision tower is int8 *dynamic* there (DynamicQuantizeMatMul, the same U8S8 kernels,
-  activation ranges per call, no calibration: quantize/dynamic_int8.py). No FP8/FP4 kernels.
+  activation ranges per call, no calibration: quantize/dynamic_int8.py).
 * onnxruntime CUDA: `MatMulNBits` has a CUDA kernel (int4 weight-only); Q/DQ int8 runs,
   but this provider is not an int8 GEMM engine — int8 there saves memory, not time;
   TensorRT is the int8 speed path on NVIDIA GPUs.
@@ -31,18 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion_edge.runtime.precisions import VISION_PRECISIONS
+from fusion_edge.runtime.precisions import PRECISIONS, VISION_PRECISIONS
 from fusion_edge.runtime.errors import DeviceError
 
 TARGETS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8", "fp4")
 COMPONENTS = ("vision", "align", "embed", "llm")
 GPU_TARGETS = ("onnxruntime-cuda", "tensorrt")
 DEFAULT_SM = (8, 7)          # Jetson Orin: the primary deployment target
-
-# minimum compute capability per precision on NVIDIA GPUs
-MIN_SM = {"fp32": (7, 0), "fp16": (7, 0), "bf16": (8, 0), "int8": (7, 0), "int4": (8, 0),
-          "fp8": (8, 9), "fp4": (10, 0)}
+MIN_SM = (7, 0)               # what TensorRT 10 / current CUDA builds support
 ARCH = [((10, 0), "Blackwell"), ((9, 0), "Hopper"), ((8, 9), "Ada"), ((8, 7), "Orin (Ampere)"),
         ((8, 0), "Ampere"), ((7, 5), "Turing"), ((7, 2), "Xavier (Volta)"), ((7, 0), "Volta"), ((0, 0), "pre-Volta")]
 
@@ -141,7 +138,8 @@ def plan(target: str, precision: str, sm=None) -> Plan:
     if target not in TARGETS:
         raise PrecisionNotSupportedError(f"unknown target '{target}'.", f"choose one of: {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
-        raise PrecisionNotSupportedError(f"unknown precision '{precision}'.", f"choose one of: {', '.join(PRECISIONS)}")
+        raise PrecisionNotSupportedError(f"precision '{precision}' is not one fusion-edge builds.",
+                                         f"choose one of: {', '.join(PRECISIONS)}")
     sm = parse_sm(sm)
     notes = []
     if target in GPU_TARGETS:
@@ -153,40 +151,25 @@ def plan(target: str, precision: str, sm=None) -> Plan:
     elif sm is not None:
         raise PrecisionNotSupportedError(f"a compute capability (SM {sm[0]}.{sm[1]}) was given for the CPU target.",
                                          "drop --sm, or choose a GPU target (--for cuda|trt)")
-    if target == "onnxruntime-cpu":
-        _check_cpu(precision)
     components = _choose(target, precision, sm, notes)
     return Plan(target, precision, sm, components, notes)
 
 
 def _check_gpu(target: str, precision: str, sm: tuple[int, int]) -> None:
-    need = MIN_SM[precision]
-    if sm < MIN_SM["fp32"]:
+    need = PRECISIONS[precision].min_sm
+    if sm < MIN_SM:
         raise PrecisionNotSupportedError(
             f"SM {sm[0]}.{sm[1]} ({arch_name(sm)}) is below what TensorRT 10 / current CUDA builds support (SM 7.0).",
             "run on the CPU target (--for cpu)")
     if sm < need:
-        fix = {"fp8": "use int8 (W8A8) or int4 weight-only; FP8 needs Ada (SM 8.9) or newer",
-               "fp4": "use int4 weight-only (or fp8 on Ada/Hopper); FP4 needs Blackwell (SM 10.0) or newer",
-               "int4": "use int8 or fp16; INT4 weight-only GEMM needs Ampere (SM 8.0) or newer",
-               "bf16": "use fp16; BF16 needs Ampere (SM 8.0) or newer"}[precision]
+        ok = [n for n, p in PRECISIONS.items() if sm >= p.min_sm]
         raise PrecisionNotSupportedError(
-            f"{precision.upper()} does not run on SM {sm[0]}.{sm[1]} ({arch_name(sm)}): it needs SM "
-            f"{need[0]}.{need[1]} or newer.", fix)
-    if target == "onnxruntime-cuda" and precision in ("fp8", "fp4"):
-        raise PrecisionNotSupportedError(f"fusion-edge builds {precision.upper()} only as TensorRT engines.",
-                                         "use --target trt, or int4/int8 with onnxruntime")
-
-
-def _check_cpu(precision: str) -> None:
-    if precision in ("fp8", "fp4", "bf16"):
-        raise PrecisionNotSupportedError(
-            f"onnxruntime has no {precision.upper()} CPU kernels: the CPU cannot run a {precision} bundle.",
-            "use int8 (W8A8) or int4 (weight-only LLM) for CPUs, or fp32")
+            f"{precision.upper()} does not run on SM {sm[0]}.{sm[1]} ({arch_name(sm)}): its kernels need SM "
+            f"{need[0]}.{need[1]} ({arch_name(need)}) or newer.", f"use {' or '.join(ok)} on this GPU")
 
 
 def _choose(target: str, precision: str, sm, notes: list[str]) -> dict[str, Choice]:
-    if precision in ("fp32", "fp16", "bf16", "fp8", "fp4"):
+    if not PRECISIONS[precision].quantized:
         c = Choice(precision, "every graph at that precision", "asked for")
         if precision == "fp16" and target == "onnxruntime-cpu":
             notes.append("fp16 on CPU: onnxruntime computes most fp16 ops through casts; expect fp32 speed or "

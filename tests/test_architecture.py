@@ -118,3 +118,21 @@ def test_gate_prefill_is_the_pipeline_prefill(onnx_bundle, images):
     assert np.array_equal(first, pipe.last_result.first_logits)
     pipe.interactions_enabled = False
     assert not np.allclose(agreement._prefill(pipe, scene, layout, 4), first)
+
+
+def test_one_precision_table_feeds_the_cli_the_targets_and_the_gguf_writers(capsys, tmp_path):
+    """runtime/precisions.py PRECISIONS is the precision axis: the export targets offer exactly
+    its (target, precision) pairs, the GGUF writers' types come from it, the CLI offers its names."""
+    from fusion_edge.cli import main
+    from fusion_edge.export.gguf_writer import PRECISION_QUANT, QUANT_TYPES
+    from fusion_edge.export.vision_gguf import PRECISION_VISION_QUANT, VISION_QUANTS
+    from fusion_edge.runtime.precisions import PRECISIONS
+    from fusion_edge.targets import TARGETS
+    assert {(t, p) for t, ps in TARGETS.items() for p in ps} == {(t, n) for n, p in PRECISIONS.items()
+                                                                  for t in p.targets}
+    for name, p in PRECISIONS.items():
+        assert PRECISION_QUANT[name] == p.gguf_llm in QUANT_TYPES
+        assert PRECISION_VISION_QUANT[name] == p.gguf_vision in VISION_QUANTS
+    assert main(["export", str(tmp_path), "--precision", "fp8", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'fp8'" in err and ", ".join(repr(n) for n in PRECISIONS) in err

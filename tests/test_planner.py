@@ -5,6 +5,7 @@ import pytest
 
 from fusion_edge.quantize.planner import COMPONENTS, PrecisionNotSupportedError, parse_sm, plan
 from fusion_edge.runtime.errors import DeviceError
+from fusion_edge.runtime.precisions import PRECISIONS
 
 
 def precisions(p) -> dict[str, str]:
@@ -39,26 +40,33 @@ def test_cuda_int4_uses_matmulnbits_and_notes_int8_on_cuda_ep():
     assert any("CUDA EP" in n for n in p.notes)
 
 
-def test_fp8_only_from_ada_and_fp4_only_from_blackwell():
-    assert precisions(plan("tensorrt", "fp8", "8.9")) == {c: "fp8" for c in COMPONENTS}
-    for sm in ("8.6", "8.7"):
-        with pytest.raises(PrecisionNotSupportedError) as e:
-            plan("tensorrt", "fp8", sm)
-        assert "SM 8.9" in e.value.problem and e.value.fix
+@pytest.mark.parametrize("target,sm", [("onnxruntime-cpu", None), ("onnxruntime-cuda", "9.0"), ("tensorrt", "10.0")])
+@pytest.mark.parametrize("precision", ["bf16", "fp8", "fp4"])
+def test_precisions_fusion_edge_does_not_build_are_refused_with_the_list(target, sm, precision):
+    """bf16/fp8/fp4 are not built by any exporter: refused on every target and GPU, even one
+    whose hardware has the kernels, naming the precisions that are built (runtime/precisions.py)."""
     with pytest.raises(PrecisionNotSupportedError) as e:
-        plan("tensorrt", "fp4", "8.9")
-    assert "SM 10.0" in e.value.problem and "Ada" in e.value.problem
-    assert plan("tensorrt", "fp4", "10.0").components["llm"].precision == "fp4"
-    assert plan("tensorrt", "fp4", "12.0").components["llm"].precision == "fp4"
+        plan(target, precision, sm)
+    assert "not one fusion-edge builds" in e.value.problem
+    assert e.value.fix == f"choose one of: {', '.join(PRECISIONS)}"
+
+
+def test_the_planner_knows_every_precision_of_the_table():
+    """Every precision of the one table plans on a GPU at its SM floor, and is refused (naming the
+    floor and what does run there) just below it."""
+    for name, p in PRECISIONS.items():
+        floor = f"{p.min_sm[0]}.{p.min_sm[1]}"
+        assert plan("onnxruntime-cuda", name, floor).precision == name
+        below = [n for n, q in PRECISIONS.items() if q.min_sm < p.min_sm]
+        if p.min_sm > (7, 0):
+            with pytest.raises(PrecisionNotSupportedError) as e:
+                plan("tensorrt", name, "7.5")
+            assert f"SM {floor}" in e.value.problem and e.value.fix == f"use {' or '.join(below)} on this GPU"
 
 
 def test_refusals_are_typed_with_problem_and_fix():
     cases = [("tensorrt", "int4", "7.5", "SM 8.0"),        # no INT4 weight-only GEMM on Turing
-             ("tensorrt", "bf16", "7.5", "SM 8.0"),
-             ("tensorrt", "int8", "6.1", "SM 7.0"),        # below what TensorRT 10 is built for
-             ("onnxruntime-cpu", "fp8", None, "CPU"),
-             ("onnxruntime-cpu", "fp4", None, "CPU"),
-             ("onnxruntime-cuda", "fp8", "9.0", "TensorRT")]
+             ("tensorrt", "int8", "6.1", "SM 7.0")]        # below what TensorRT 10 is built for
     for target, precision, sm, word in cases:
         with pytest.raises(PrecisionNotSupportedError) as e:
             plan(target, precision, sm)
