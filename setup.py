@@ -3,6 +3,9 @@
 The repository keeps fusion-edge's subpackages as top-level folders (export/, runtime/, …),
 mapped to `fusion_edge.*` here; a hand-kept list once missed `fusion_edge.runtime.trt` and
 broke every non-editable install. Everything else is declared in pyproject.toml.
+fusion_edge/ also holds a symlink to each folder (fusion_edge/runtime -> ../runtime, …) so that
+static tools and a plain checkout see the package tree; the wheel is built from the mapping
+below, not through those links (rglob does not follow them).
 """
 from pathlib import Path
 
@@ -25,7 +28,7 @@ def packages(here: Path) -> list[str]:
     for name, folder in ROOTS.items():
         for init in sorted((here / folder).rglob("__init__.py")):
             found.append(".".join([name, *init.parent.relative_to(here / folder).parts]))
-    return found
+    return sorted(set(found))
 
 
 if __name__ == "__main__":          # setuptools' build backend runs this file as __main__

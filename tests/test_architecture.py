@@ -136,3 +136,26 @@ def test_one_precision_table_feeds_the_cli_the_targets_and_the_gguf_writers(caps
     assert main(["export", str(tmp_path), "--precision", "fp8", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'fp8'" in err and ", ".join(repr(n) for n in PRECISIONS) in err
+
+
+def test_a_plain_checkout_is_the_package_tree():
+    """fusion_edge/<name> links to each top-level package folder of setup.py's ROOTS, so static
+    tools resolve fusion_edge.* without an install: Python without site-packages (no editable
+    finder) imports a runtime module from the checkout through the link."""
+    import subprocess
+    import sys
+    roots = {name: folder for name, folder in _setup_roots().items() if name != "fusion_edge"}
+    for name, folder in roots.items():
+        link = ROOT / "fusion_edge" / name.split(".")[-1]
+        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve(), name
+    r = subprocess.run([sys.executable, "-S", "-c", "import fusion_edge.runtime.layout as m; print(m.__file__)"],
+                       cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == (ROOT / "runtime" / "layout.py").resolve()
+
+
+def _setup_roots() -> dict[str, str]:
+    for node in ast.parse((ROOT / "setup.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROOTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py defines no ROOTS")
