@@ -69,7 +69,7 @@ class Pipeline:
     def open(cls, path, device: str = "auto", threads: int | None = None, check_hashes: bool = True, *,
              vision_device: str | None = None, align_device: str | None = None, llm_device: str | None = None,
              tf32: bool = False, strict: bool = False, no_build: bool = False, capabilities=None,
-             log=None, low_memory: bool = False) -> "Pipeline":
+             low_memory: bool = False) -> "Pipeline":
         """device: auto | cpu | cuda for every part; vision_device / align_device / llm_device
         override it per part. tf32: let the CUDA EP run fp32 MatMuls in TF32 (faster, ~1e-2 off).
         strict: refuse a bundle whose verification was skipped, forced or failed (else
@@ -77,7 +77,7 @@ class Pipeline:
         auto on a trt bundle where TensorRT is usable) checks or builds the bundle's engines
         first; no_build refuses to build them. Without TensorRT a trt bundle runs on CUDA or
         the CPU and `placement.notice` says so. capabilities: what is installed (default:
-        probed; runtime/devices.py). log: engine-building progress (default stderr).
+        probed; runtime/devices.py); engine building logs its progress (fusion_edge/logs.py).
         low_memory: onnxruntime keeps the weights memory-mapped from the bundle instead of a
         prepacked copy per session: a bundle larger than RAM opens; decoding is slower."""
         from .backends import open_backends
@@ -87,7 +87,7 @@ class Pipeline:
             check_verified(bundle)
         vision, llm, placement = open_backends(bundle, device, threads, vision_device=vision_device,
                                                align_device=align_device, llm_device=llm_device, tf32=tf32,
-                                               no_build=no_build, capabilities=capabilities, log=log,
+                                               no_build=no_build, capabilities=capabilities,
                                                low_memory=low_memory)
         return cls(bundle, vision, llm, Tokenizer.from_dir(bundle.file("tokenizer")), placement)
 
@@ -306,6 +306,15 @@ class Aligner:
         hidden = hidden.copy()
         hidden[self.latent_rows] = self.new_latents(k, hidden[self.instruct_pos], hidden[self.latent_rows])
         return hidden
+
+
+def scene_bytes(cfg) -> int:
+    """An upper bound of one Scene's memory: the five float32 tiles (3,S,S), the global grid
+    (2P,2P,H) and the pooled context of every trained latent count q (latents (q,H) and windows
+    (q,w*w,H)). 66 MiB at FUSION-X-3B size (H 3072, S 384, P 24); a cache of scenes is bounded by it."""
+    S, P, H, w = cfg.tower.image_size, cfg.tower.patches_per_side, cfg.llm.hidden_size, cfg.window_size
+    floats = 5 * 3 * S * S + (2 * P) ** 2 * H + sum(q * (1 + w * w) * H for q in cfg.query_lens)
+    return 4 * floats
 
 
 def bundle_context(bundle: Bundle) -> tuple[int, str]:

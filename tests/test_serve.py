@@ -116,6 +116,20 @@ def test_follow_up_on_the_same_image_reuses_its_scene(client, server, images):
     assert httpx.get(f"{server.root}/health").json()["looks"] == looks
 
 
+def test_scene_bytes_bounds_a_scene_with_every_latent_count(pipe, images):
+    """runtime/pipeline.py scene_bytes, which bounds --scene-cache against memory, is an upper
+    bound of a real Scene's arrays with every trained q pooled, and a tight one."""
+    from PIL import Image
+
+    from fusion_edge.runtime.pipeline import scene_bytes
+    scene = pipe.look(Image.open(images["wide"]))
+    for q in pipe.cfg.query_lens:
+        pipe.pooled(scene, q)
+    held = scene.tiles.main.nbytes + scene.tiles.global_tiles.nbytes + scene.grid.nbytes + sum(
+        a.nbytes for pair in scene.pooled.values() for a in pair)
+    assert 0.9 * scene_bytes(pipe.cfg) <= held <= scene_bytes(pipe.cfg)
+
+
 def test_same_pixels_in_another_encoding_share_the_scene(client, images):
     """The scene cache is keyed by decoded pixels: other PNG bytes of the same picture hit it."""
     import base64

@@ -85,6 +85,23 @@ def add_args(p) -> None:
                    help="the Retry-After seconds of those 429s (default 5)")
 
 
+SCENE_MEMORY = 0.5      # of the memory available at start: what the scene cache may fill at most
+
+
+def check_scene_cache(n: int, cfg) -> None:
+    """--scene-cache N: N scenes of this model must fit in SCENE_MEMORY of the available memory
+    (each new image fills one more until N are kept, so N is a memory promise)."""
+    from fusion_edge.runtime.errors import OptionError
+    from fusion_edge.runtime.memory import available_bytes
+    from fusion_edge.runtime.pipeline import scene_bytes
+    each, avail = scene_bytes(cfg), available_bytes()
+    if avail is not None and n * each > SCENE_MEMORY * avail:
+        fits = max(1, int(SCENE_MEMORY * avail // each))
+        raise OptionError(f"--scene-cache {n} would keep up to {n * each / 2**30:.1f} GiB of scenes "
+                          f"({each / 2**20:.1f} MiB each for this model); this machine has {avail / 2**30:.1f} GiB "
+                          "available.", f"pass --scene-cache {fits} or less")
+
+
 def check_args(args) -> None:
     from fusion_edge.apps.camera_qa.security import is_loopback
     from fusion_edge.runtime.errors import OptionError
@@ -100,8 +117,9 @@ def check_args(args) -> None:
         from fusion_edge.runtime.bundle import Bundle
         from fusion_edge.runtime.pipeline import bundle_context
         from fusion_edge.runtime.prompt import check_max_new_tokens
-        check_max_new_tokens(args.max_tokens, *bundle_context(Bundle.open(args.bundle, check_hashes=False)),
-                             name="--max-tokens", option="--max-tokens")
+        bundle = Bundle.open(args.bundle, check_hashes=False)
+        check_max_new_tokens(args.max_tokens, *bundle_context(bundle), name="--max-tokens", option="--max-tokens")
+        check_scene_cache(args.scene_cache, bundle.config)
     if args.autoscaling is not None:
         autoscaling_config(args)
     ray_only = args.ray_max_queued is not None or args.ray_retry_after is not None

@@ -189,6 +189,7 @@ SERVE = _cases(["serve", "{bundle}", "--port", "0"], [
     ("--default-max-tokens over --max-tokens", ["--default-max-tokens", "2000"], "is more than --max-tokens 1024"),
     ("--max-prompt-chars 0", ["--max-prompt-chars", "0"], "--max-prompt-chars 0 is out of range"),
     ("--scene-cache 0", ["--scene-cache", "0"], "--scene-cache 0 is out of range"),
+    ("--scene-cache beyond memory", ["--scene-cache", "1000000000"], "GiB of scenes"),
     ("--drain-timeout -1", ["--drain-timeout", "-1"], "--drain-timeout -1 is out of range"),
     ("--drain-timeout nan", ["--drain-timeout", "nan"], "--drain-timeout nan is not a finite number"),
     ("--drain-timeout inf", ["--drain-timeout", "inf"], "--drain-timeout inf is not a finite number"),
