@@ -1,15 +1,16 @@
 """The device flags every command that opens a bundle shares: --device, per-part overrides, --tf32."""
 from __future__ import annotations
 
-PARTS = ("vision", "align", "llm")
+from .devices import COMPONENTS as PARTS
+from .devices import DEVICES
 
 
 def add_device_args(p, default: str = "auto") -> None:
-    p.add_argument("--device", default=default, help=f"bundle device for every part: auto | cpu | cuda | tensorrt "
+    p.add_argument("--device", default=default, help=f"bundle device for every part: {' | '.join(DEVICES)} "
                                                      f"(default {default}; auto = fastest installed per part, "
                                                      "TensorRT for trt bundles)")
     for part in PARTS:
-        p.add_argument(f"--{part}-device", default=None, choices=["auto", "cpu", "cuda", "tensorrt"],
+        p.add_argument(f"--{part}-device", default=None, choices=DEVICES,
                        help=f"device of the {part} part only (overrides --device)")
     p.add_argument("--tf32", action="store_true",
                    help="let onnxruntime's CUDA EP run fp32 MatMuls in TF32 (faster; logits move ~1e-2)")
