@@ -2,7 +2,8 @@
 # Set up (scripts/setup.sh, browser included), lint (ruff, pyproject.toml [tool.ruff]), build
 # the native runtime, run CTest and the whole test suite; a lint, build or CTest failure fails
 # the run.
-# A run that executes no test is a failure.
+# A run that executes no test is a failure. pytest lists its slowest tests (--durations), the
+# place to start when the suite grows slower.
 #
 # --quick: the inner-loop tier. The same lint, type check, native build and CTest, no
 # AddressSanitizer build, and pytest -m "not slow": every test module runs, minus the tests
@@ -22,13 +23,13 @@ bash scripts/build_native.sh -DFUSION_EDGE_JNI=ON || { echo "native build failed
 ctest --test-dir build --output-on-failure
 ctest_rc=$?
 if [ $quick -eq 1 ]; then
-  FUSION_NATIVE_BUILD="$PWD/build" python3 -m pytest -q -p no:cacheprovider -m "not slow" "$@"
+  FUSION_NATIVE_BUILD="$PWD/build" python3 -m pytest -q -p no:cacheprovider --durations=15 -m "not slow" "$@"
   rc=$?
 else
   # The C ABI checks also run on an AddressSanitizer build (library + the check program only).
   BUILD_DIR=build-asan bash scripts/build_native.sh -DFUSION_ASAN=ON --target c_abi_bad_inputs \
     || { echo "native AddressSanitizer build failed"; exit 1; }
-  FUSION_NATIVE_BUILD="$PWD/build" FUSION_NATIVE_ASAN_BUILD="$PWD/build-asan" python3 -m pytest -q -p no:cacheprovider "$@"
+  FUSION_NATIVE_BUILD="$PWD/build" FUSION_NATIVE_ASAN_BUILD="$PWD/build-asan" python3 -m pytest -q -p no:cacheprovider --durations=30 "$@"
   rc=$?
 fi
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
