@@ -192,7 +192,7 @@ def test_bundle_from_another_checkpoint_is_refused(tiny_checkpoint, onnx_bundle)
     from fusion_edge.bench.runner import run_bench
     other = tiny_checkpoint("phi3", "so400m", query_len="4,16,36")   # another config → fingerprint
     with pytest.raises(BundleError, match="different checkpoint"):
-        run_bench(Settings(str(other), [str(onnx_bundle("phi3", "so400m"))]), log=lambda *_: None)
+        run_bench(Settings(str(other), [str(onnx_bundle("phi3", "so400m"))]))
 
 
 def test_bandwidth_probe_is_best_of_its_samples():
@@ -201,6 +201,14 @@ def test_bandwidth_probe_is_best_of_its_samples():
     assert r["bytes_per_s"] == max(r["samples_bytes_per_s"]) and r["array_bytes"] == 8 << 20
     with pytest.raises(ValueError):
         measure_bandwidth(1024)
+
+
+def test_read_only_bandwidth_probe_reads_the_whole_array_once():
+    r = measure_bandwidth(8 << 20, repeats=3, threads=2, mode="read")
+    assert r["mode"] == "read" and r["array_bytes"] == 8 << 20 and len(r["samples_bytes_per_s"]) == 3
+    assert r["bytes_per_s"] == max(r["samples_bytes_per_s"]) and all(_positive(v) for v in r["samples_bytes_per_s"])
+    with pytest.raises(ValueError, match="copy, read"):
+        measure_bandwidth(8 << 20, mode="write")
 
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch):
