@@ -324,7 +324,25 @@ def parse_llm(cfg: dict, path: str = "config.json") -> LLMConfig:
         raise ConfigError(f"{path}: hidden_size, attention heads, layers and vocab_size must be positive.",
                           "use the checkpoint's original config.json (a FUSION checkpoint)")
     rope_scaling_kind(llm.rope_scaling, path)    # a rope scaling the runtime cannot compute fails here
+    _check_decoder_form(cfg, path)
     return llm
+
+
+# The decoder every graph, the GGUF writer and the native runtime compute: SiLU-gated MLP and
+# projections without bias (Phi-3.5 and LLaMA-3.1 alike). A config that says otherwise would
+# be exported and run as if it did not, so it is refused here, naming the field.
+DECODER_FORM = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+
+
+def _check_decoder_form(cfg: dict, path: str) -> None:
+    for key, supported in DECODER_FORM.items():
+        value = cfg.get(key, supported)
+        if value != supported:
+            raise UnsupportedArchitectureError(
+                f"{path}: {key} = {value!r}; fusion-edge computes the decoder with {key} = {supported!r} "
+                "(the FUSION checkpoints' form).",
+                "use a released FUSION / FUSION-X checkpoint's config.json; another decoder form needs its "
+                "support in the reference, the exporters and the native runtime")
 
 
 def parse_fusion_config(cfg: dict, checkpoint_dir=None, path: str = "config.json") -> FusionConfig:
