@@ -1,7 +1,8 @@
 """Command line: `fusion-edge <command>` and `fusion-export` (= `fusion-edge export`).
 
 Each command's work lives in its own module; this file only parses arguments. Every
-FusionEdgeError is printed as "error: problem / fix" with exit code 2, no traceback.
+FusionEdgeError is printed as "error: problem / fix" with exit code 2, no traceback. While a
+command runs, the library's log lines (progress, notices) are printed (fusion_edge/logs.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from fusion_edge.logs import RUNTIME, printed
 from fusion_edge.runtime import option_types as ot
 from fusion_edge.runtime.arch import tiny_names
 from fusion_edge.runtime.errors import FusionEdgeError, OptionError, missing_module_error
@@ -67,6 +69,11 @@ PLUGIN_COMMANDS = [
     Command("serve", "OpenAI-compatible chat-completions API for a bundle (--ray: Ray Serve replicas)", "serve",
             _serve),
 ]
+
+# commands whose output is progress throughout: every log line on stdout, the runtime's too (a
+# trt export builds its engines); the other commands print the runtime's lines (engines built
+# while a bundle opens) on stderr, beside an answer on stdout
+PROGRESS_COMMANDS = ("export", "calibrate")
 
 EPILOGS = {
     "make-tiny": "example:\n  fusion-edge make-tiny tiny-phi3 --llm phi3 --tower so400m",
@@ -165,7 +172,8 @@ def main(argv=None) -> int:
         args, unknown = parser.parse_known_args(argv)
         if unknown and getattr(args, "unavailable", None) is None:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        return _dispatch(args)
+        with printed(to_stderr=() if args.command in PROGRESS_COMMANDS else (RUNTIME,)):
+            return _dispatch(args)
     except FusionEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
