@@ -17,9 +17,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import sys
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 QUESTION = "What is on the table?"
 
@@ -30,7 +33,7 @@ def variants(cpu_only: bool) -> list[dict]:
             for (p, o), kv, a in itertools.product(places, ("f32", "f16"), (True, False))]
 
 
-def first_logits(bundle: str, v: dict, log=print) -> list[float]:
+def first_logits(bundle: str, v: dict) -> list[float]:
     """One greedy step of the built-in question under variant `v` → the first logits (V,)."""
     from fusion_edge.export.verify import builtin_images
     from fusion_edge.runtime.pipeline import Pipeline
@@ -39,7 +42,7 @@ def first_logits(bundle: str, v: dict, log=print) -> list[float]:
     pipe.llm.parity = v["kv"] == "f32"
     pipe.interactions_enabled = v["align"]
     pipe.ask(pipe.look(builtin_images()[0]), QUESTION, max_new_tokens=1)    # raises if the alignment did not run
-    log(f"{label(v)}: llm on {pipe.devices['llm']}, {pipe.llm.n_gpu_layers} layers offloaded")
+    log.info(f"{label(v)}: llm on {pipe.devices['llm']}, {pipe.llm.n_gpu_layers} layers offloaded")
     return pipe.last_result.first_logits.astype(float).tolist()
 
 
@@ -48,14 +51,14 @@ def label(v: dict) -> str:
             f"align {'on' if v['align'] else 'off'}")
 
 
-def probe(bundle: str, cpu_only: bool = False, log=print, only: list[dict] | None = None) -> list[dict]:
+def probe(bundle: str, cpu_only: bool = False, only: list[dict] | None = None) -> list[dict]:
     """[{variant, ok, max_dlogit | error}] for every variant (or `only` these), each in a child process."""
     from fusion_edge.export.isolated import run_isolated
     from fusion_edge.runtime.errors import FusionEdgeError
     rows, base = [], {}
     for v in only or variants(cpu_only):
         try:
-            logits = np.asarray(run_isolated(first_logits, bundle, v, log=log, what=label(v)))
+            logits = np.asarray(run_isolated(first_logits, bundle, v, what=label(v)))
         except FusionEdgeError as e:
             rows.append({"variant": v, "ok": False, "error": e.problem})
             continue
@@ -78,7 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-only", action="store_true", help="only the cpu placements (no GPU needed)")
     p.add_argument("--json", default=None, help="also write the rows here (bench/gpu_check.py reads them)")
     args = p.parse_args(argv)
-    rows = probe(args.bundle, args.cpu_only, log=lambda m: print(m, file=sys.stderr))
+    from fusion_edge.logs import PACKAGE, printed
+    with printed(to_stderr=(PACKAGE,)):          # the variants' lines on stderr, the table on stdout
+        rows = probe(args.bundle, args.cpu_only)
     print(format_rows(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -191,12 +191,15 @@ def main(argv=None) -> int:
 
 
 def bench(work: Path, args, bundles=BUNDLES) -> dict:
+    from fusion_edge.logs import printed
+
     from .report import format_report
     from .runner import Settings, run_bench
     s = Settings(model=str(work / "ckpt"), bundles=[str(work / b) for b in bundles], cases=1,
                  questions_per_image=args.questions_per_image, max_new_tokens=args.max_new_tokens, repeats=1,
                  warmup=args.warmup, threads=args.threads, reference_dtype="bf16", timeout_s=3 * 3600)
-    result = run_bench(s, workdir=work / "bench-run")
+    with printed():                     # the passes' progress lines, as `fusion-edge bench` shows them
+        result = run_bench(s, workdir=work / "bench-run")
     print(format_report(result), flush=True)
     for b in result["backends"]:
         b.pop("first_logits", None)

@@ -84,8 +84,10 @@ def measure_ros(node: str, n: int) -> dict:
 
 
 def measure_direct(bundle: str, device: str, n: int, max_new: int) -> dict:
+    from fusion_edge.logs import printed
     from fusion_edge.runtime.pipeline import Pipeline
-    pipe = Pipeline.open(bundle, device=device)
+    with printed():                     # engine building while a trt bundle opens: on stderr
+        pipe = Pipeline.open(bundle, device=device)
     pipe.ask(pipe.look(frame(10_000)), "Ready?", max_new_tokens=max_new)
     full = []
     for i in range(n):

@@ -6,6 +6,7 @@ fidelity against the reference).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -25,6 +26,8 @@ from .bandwidth import measure_bandwidth
 from .cases import MAX_CASES, write_images
 from .stats import summarize
 from .worker import IMAGE_FIGURES, QUESTION_FIGURES
+
+log = logging.getLogger(__name__)
 
 FIGURES = IMAGE_FIGURES + QUESTION_FIGURES
 SCALARS = ("load_s", "peak_rss_bytes", "disk_bytes", "llm_bytes_per_token")
@@ -74,7 +77,7 @@ class Settings:
             raise BenchError(e.problem, e.fix) from None
 
 
-def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) -> dict:
+def run_bench(s: Settings, workdir: str | os.PathLike | None = None) -> dict:
     """→ the full result (the `--json` document)."""
     s.check()
     fingerprint = _check_inputs(s)
@@ -82,7 +85,7 @@ def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) 
     with tempfile.TemporaryDirectory(prefix="fusion-bench-") as tmp:
         work = Path(workdir or tmp)
         images = [str(p) for p in write_images(work / "images", s.cases)]
-        log(f"memory bandwidth probe ({s.bandwidth_bytes >> 20} MiB copy, {s.threads} threads) ...")
+        log.info(f"memory bandwidth probe ({s.bandwidth_bytes >> 20} MiB copy, {s.threads} threads) ...")
         bw = measure_bandwidth(s.bandwidth_bytes, repeats=5, threads=s.threads)
         specs = [("--reference", s.model)] + [("--bundle", b) for b in s.bundles] + [("--native", b) for b in s.native]
         runs: list[list[dict]] = [[] for _ in specs]
@@ -90,7 +93,7 @@ def run_bench(s: Settings, workdir: str | os.PathLike | None = None, log=print) 
             for i, spec in enumerate(specs):
                 if runs[i] and not runs[i][-1].get("ok"):
                     continue            # failed once: reported, not retried
-                log(f"pass {rep + 1}/{s.repeats}, backend {i + 1}/{len(specs)}: {spec[1]} ...")
+                log.info(f"pass {rep + 1}/{s.repeats}, backend {i + 1}/{len(specs)}: {spec[1]} ...")
                 runs[i].append(run_worker(spec, images, s, work / f"backend_{i:02d}_pass_{rep}"))
     backends = [derive(merge_passes(r), bw["bytes_per_s"]) for r in runs]
     _name_uniquely(backends)

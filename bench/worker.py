@@ -186,9 +186,11 @@ def main(argv=None) -> int:
             from .native_runner import NativeRunner
             runner = NativeRunner(args.native, args.threads, args.device, args.query_len)
         else:
-            runner = (ReferenceRunner(args.reference, args.threads, args.query_len, args.reference_dtype)
-                      if args.reference
-                      else BundleRunner(args.bundle, args.threads, device_kwargs(args), args.query_len))
+            from fusion_edge.logs import printed
+            with printed():     # engines built while a trt bundle opens: on stderr (the parent keeps its tail)
+                runner = (ReferenceRunner(args.reference, args.threads, args.query_len, args.reference_dtype)
+                          if args.reference
+                          else BundleRunner(args.bundle, args.threads, device_kwargs(args), args.query_len))
         result.update({"load_s": time.perf_counter() - t0, "rss_after_load_bytes": peak_rss_bytes(),
                        "backend": runner.info})
         m = measure(runner, args.images, args.questions_per_image, args.max_new_tokens, args.repeats, args.warmup)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from fusion_edge.runtime.outputs import (LOCKS, disk_full, existing_ancestor, ho
                                          size_text, write_error)
 
 from .dataset import CalibItem, CalibrationDataError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fusion-edge-calibration"
 FORMAT_VERSION = 1
@@ -75,7 +78,7 @@ def partial_folder(out: Path) -> Path:
 def record_calibration(pipe, items: list[CalibItem], out: str | Path, *, samples: int = 32,
                        max_mb: float = 2048.0, dtype: str = "float16", source: dict | None = None,
                        dataset: dict | None = None, held_out: list[CalibItem] | None = None,
-                       overwrite: bool = False, progress: bool = True, log=print, reuse: bool = False) -> "Recordings":
+                       overwrite: bool = False, progress: bool = True, reuse: bool = False) -> "Recordings":
     """Run `pipe` (an fp32 Pipeline) over up to `samples` items and write their graph inputs
     to `out` (atomically: `partial_folder(out)` renamed when complete; an interrupted recording of
     the same inputs resumes from its last sample). Stops early, with a notice, when the next
@@ -91,7 +94,7 @@ def record_calibration(pipe, items: list[CalibItem], out: str | Path, *, samples
     key = recording_key(source, pipe, dtype, max_mb, chosen)
     if out.exists():
         if reuse and _recorded_key(out) == key:
-            log(f"calibration: reusing the recording in {out} (same checkpoint, options and pairs)")
+            log.info(f"calibration: reusing the recording in {out} (same checkpoint, options and pairs)")
             return Recordings.open(out)
         if not (overwrite or reuse):
             raise CalibrationDataError(f"{out} already exists.", "choose another -o folder, or pass --overwrite")
@@ -108,14 +111,14 @@ def record_calibration(pipe, items: list[CalibItem], out: str | Path, *, samples
                                    "wait for it to finish, or stop it; or record to another -o folder")
     state = _Progress()
     try:
-        state = _resume(tmp, key, len(chosen), log)
+        state = _resume(tmp, key, len(chosen))
         stop = _record_items(pipe, chosen, tmp, max_mb, dtype, progress, state)
         n = state.counts.get("vision_main", 0)
         if n == 0:
             raise CalibrationDataError("no calibration pair could be recorded: " +
                                        "; ".join(f"{w}: {r}" for w, r in state.skipped[:3]), "check the questions")
         if stop:
-            log(f"notice: recording stopped after {n} samples: the next one would pass --max-mb {max_mb:g}")
+            log.warning(f"notice: recording stopped after {n} samples: the next one would pass --max-mb {max_mb:g}")
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": source or {},
                     "options": {"query_len": pipe.default_query_len, "image_tokens": pipe.image_tokens},
                     "dtype": dtype, "samples": n, "images": state.counts.get("vision_global", 0),
@@ -140,7 +143,8 @@ def record_calibration(pipe, items: list[CalibItem], out: str | Path, *, samples
             raise disk_full(tmp.parent, "calibration recording", out, kept=kept, elsewhere=ELSEWHERE,
                             more=min(more, int(max_mb * (1 << 20))) if more else None) from None
         if resumable:
-            log(f"notice: the {n} samples recorded so far are kept in {tmp}; the same command resumes from them")
+            log.warning(f"notice: the {n} samples recorded so far are kept in {tmp}; the same command resumes "
+                        "from them")
         raise
     finally:
         if lock is not None:
@@ -193,7 +197,7 @@ class _Progress:
         os.replace(tmp, folder / PROGRESS)
 
 
-def _resume(folder: Path, key: str, total: int, log) -> _Progress:
+def _resume(folder: Path, key: str, total: int) -> _Progress:
     """The progress of an interrupted recording of the same inputs in `folder` (its files past
     the last complete sample removed), or a fresh start (anything else there removed)."""
     try:
@@ -205,7 +209,7 @@ def _resume(folder: Path, key: str, total: int, log) -> _Progress:
     if not ok:
         leftovers = [p for p in folder.iterdir()]
         if leftovers:
-            log(f"notice: removed an interrupted calibration recording of other inputs from {folder}")
+            log.warning(f"notice: removed an interrupted calibration recording of other inputs from {folder}")
         for p in leftovers:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         state = _Progress(key=key)
@@ -218,8 +222,8 @@ def _resume(folder: Path, key: str, total: int, log) -> _Progress:
             for f in sub.glob("*.npz"):
                 if not f.stem.isdigit() or int(f.stem) >= state.counts.get(sub.name, 0):
                     f.unlink()
-    log(f"calibration: resuming the interrupted recording in {folder}: {state.done} of {total} pairs done, "
-        f"{state.counts.get('vision_main', 0)} samples ({size_text(state.nbytes)}) kept")
+    log.info(f"calibration: resuming the interrupted recording in {folder}: {state.done} of {total} pairs done, "
+             f"{state.counts.get('vision_main', 0)} samples ({size_text(state.nbytes)}) kept")
     return state
 
 

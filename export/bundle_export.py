@@ -8,6 +8,7 @@ decode graph, its weights shared with the segments (export/decode_graph.py) → 
 """
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from fusion_edge.runtime.prompt import stop_token_ids
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .onnx_export import OPSET, export_graph, graph_specs
+
+log = logging.getLogger(__name__)
+
 
 def _progress(iterable, desc: str, enabled: bool):
     if not enabled:
@@ -56,7 +60,7 @@ def manifest_for(ckpt: Checkpoint, model: str, target: str, precision: str, quer
 def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
                   query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                   verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                  log=print, manifest_extend=None, **extra) -> Path:
+                  manifest_extend=None, **extra) -> Path:
     """Checkpoint → verified fp32 / fp16 ONNX bundle, or the trt fp16 bundle of the same graphs
     (other targets: fusion_edge/targets.py). manifest_extend(fields) → fields: the target's
     own manifest sections (trt: profiles, engines)."""
@@ -78,11 +82,11 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
         tokenizer.save(writer.path("tokenizer"))
         fields = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer)
         if verify:      # the CUDA twin of decode.onnx, compared with it (runtime/graph_gates.py)
-            gate_decode_twin_fields(writer.tmp, fields, force, log)
+            gate_decode_twin_fields(writer.tmp, fields, force)
         return manifest_extend(fields) if manifest_extend else fields
 
     def check(folder: Path) -> dict:       # a forced twin gate makes the bundle "forced"
-        figures = verify_folder(folder, ckpt, steps, precision, force, log, target)
+        figures = verify_folder(folder, ckpt, steps, precision, force, target)
         return fold_into(figures, recorded_gate(folder, DECODE_CONCAT, TWIN_KEY), DECODE_CONCAT)
     return write_bundle(out, fill, check if verify else None, overwrite)
 
@@ -97,7 +101,7 @@ def export_options(ckpt: Checkpoint, query_len: int | None, image_tokens: int | 
     return q, image_tokens or cfg.tower.num_patches
 
 
-def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool, log,
+def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, force: bool,
                   target: str = "onnx") -> dict:
     """Figures vs the PyTorch reference (export/verify.py), gated by target and precision
     (runtime/fidelity.py); below the gate an ExportError unless `force`."""
@@ -109,7 +113,7 @@ def verify_folder(folder: Path, ckpt: Checkpoint, steps: int, precision: str, fo
     finally:
         pipe.llm.close()
     passed, reasons = figures["passed"], figures["gate"]
-    log(format_reference(figures))
+    log.info(format_reference(figures))
     if not passed and not force:
         raise ExportError(f"the exported {target} bundle does not match the reference closely enough: "
                           + "; ".join(reasons),

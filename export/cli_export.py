@@ -150,7 +150,7 @@ def run_verify(args) -> int:
                args.eval_cases, args.fp32_bundle)
     if bundle.manifest.llm_backend == "llama.cpp":      # a native crash in llama.cpp becomes an error here
         from .isolated import run_isolated
-        stored = run_isolated(verify_measure, *measure, log=print, what="verifying the bundle with llama.cpp",
+        stored = run_isolated(verify_measure, *measure, what="verifying the bundle with llama.cpp",
                               fix=VERIFY_CRASH_FIX)
     else:
         stored = verify_measure(*measure)
@@ -184,7 +184,7 @@ def format_stored(stored: dict) -> str:
 
 
 def verify_measure(bundle: str, model: str, precision: str, target: str, device: dict, steps: int,
-                   eval_cases: int = 4, fp32_bundle: str | None = None, log=print) -> dict:
+                   eval_cases: int = 4, fp32_bundle: str | None = None) -> dict:
     """`verify`'s figures and gate for a bundle opened with the device keywords `device` →
     {manifest key: figures}: `verification` holds the gate's verdict (`passed`, `gate`). fp32
     and onnx / trt fp16 bundles: the reference comparison (export/verify.py `verify_gated`).

@@ -16,6 +16,7 @@ per-type bounds (runtime/fidelity.py GATES["fp32_pipeline"], docs/gguf.md).
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from .onnx_export import export_graph, graph_specs
 from .vision_gguf import PRECISION_VISION_QUANT, VISION_GGUF, write_vision_gguf
 from .vision_gguf_gate import gate_vision_gguf
 
+log = logging.getLogger(__name__)
+
 LLM_FILE = "llm.gguf"
 CRASH_FIX = ("nothing was kept. Export with --no-verify to keep the bundle marked unverified and check it with "
              "`fusion-edge verify BUNDLE --model CKPT --device cpu`; on a CUDA build of llama-cpp-python, a CPU "
@@ -41,7 +44,7 @@ CRASH_FIX = ("nothing was kept. Export with --no-verify to keep the bundle marke
 def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precision: str = "fp32",
                        query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                        verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                       log=print, gate=None, **extra) -> Path:
+                       gate=None, **extra) -> Path:
     """Write a verified gguf bundle. gate: (folder, quant type) → figures, raising below the
     quality gate; needed to verify a quantized bundle (fusion_edge/targets.py builds it).
     Extra options: quant ("F16", "Q8_0", "Q4_0", "Q4_K_M";
@@ -82,29 +85,28 @@ def export_gguf_bundle(model: str, out: str | Path, target: str = "gguf", precis
         components["native_vision"] = write_vision_gguf(ckpt, writer.path(VISION_GGUF), vision_quant)
         if verify:      # ... which nothing else here runs: gated against the checkpoint's vision side
             components["native_vision"][VISION_KEY] = gate_vision_gguf(ckpt, writer.path(VISION_GGUF),
-                                                                       vision_quant, tokenizer, force, log)
+                                                                       vision_quant, tokenizer, force)
         tokenizer.save(writer.path("tokenizer"))
         manifest = manifest_for(ckpt, model, target, precision, q, n_img, components, tokenizer,
                                 llm_backend="llama.cpp")
-        log(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
-            f"{components['llm']['type_counts']}")
+        log.info(f"llm.gguf: {quant}, {components['llm']['bytes'] / 2**20:.2f} MiB, tensor types "
+                 f"{components['llm']['type_counts']}")
         return manifest
 
     def check(folder: Path) -> dict:        # llama.cpp runs in a child: a native crash there is an error here
-        figures = run_isolated(verify_llm, folder, model, quant, gate, steps, precision, force, log=log,
+        figures = run_isolated(verify_llm, folder, model, quant, gate, steps, precision, force,
                                what=f"verifying the bundle ({LLM_FILE}, {quant}) with llama.cpp", fix=CRASH_FIX)
         # a vision.gguf kept below its gate with --force makes the bundle "forced"
         return fold_into(figures, recorded_gate(folder, "native_vision", VISION_KEY), VISION_GGUF)
     return write_bundle(out, fill, check if verify else None, overwrite)
 
 
-def verify_llm(folder: Path, model: str, quant: str, gate, steps: int, precision: str, force: bool,
-               log=print) -> dict:
+def verify_llm(folder: Path, model: str, quant: str, gate, steps: int, precision: str, force: bool) -> dict:
     """The verification step of a gguf export: the quality gate of a quantized llm.gguf, or
     the fp32 comparison with the PyTorch reference. Runs in export/isolated.py's child."""
     if quant != "F32":
-        return gate(folder, quant, log=log)
-    return verify_folder(folder, open_checkpoint(model), steps, precision, force, log, target="gguf")
+        return gate(folder, quant)
+    return verify_folder(folder, open_checkpoint(model), steps, precision, force, target="gguf")
 
 
 def copy_onnx_parts(source: str | Path, ckpt: Checkpoint, writer: BundleWriter, precision: str) -> dict:

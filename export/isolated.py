@@ -9,7 +9,8 @@ unsafe once CUDA, OpenMP or onnxruntime threads exist, and spawn would re-import
 request goes in on the child's stdin (the caller's sys.path, then the function and its
 arguments); messages come back on a pipe of their own, so the child's stdout and stderr stay
 the caller's. Inside the child:
-* `log` lines travel back and go to the caller's `log`;
+* the records of its `fusion_edge` loggers travel back and are logged again here, on the
+  loggers of the same names (the caller's logging configuration shows them or not);
 * a FusionEdgeError comes back as the same type with its problem and fix;
 * any other exception comes back as the child's traceback inside an IsolatedStepError;
 * a death by a signal becomes an IsolatedStepError naming the signal and the Python frames
@@ -18,6 +19,7 @@ the caller's. Inside the child:
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import pickle
 import signal
@@ -32,6 +34,7 @@ from fusion_edge.runtime import errors
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError
 
 CRASH_FRAMES = 6        # innermost Python frames of a crash quoted in the error
+PACKAGE = "fusion_edge"    # the loggers whose records travel back
 CHILD = "from fusion_edge.export.isolated import child_main; child_main({fd}, {trace!r})"
 
 
@@ -39,10 +42,10 @@ class IsolatedStepError(ExportError):
     """A step run in a child process crashed or raised an untyped exception."""
 
 
-def run_isolated(fn, *args, log=print, what: str = "this step", fix: str = "", **kwargs):
-    """fn(*args, log=<child log>, **kwargs) in a child process → its (picklable) result."""
+def run_isolated(fn, *args, what: str = "this step", fix: str = "", **kwargs):
+    """fn(*args, **kwargs) in a child process → its (picklable) result."""
     if os.name == "nt":     # no pass_fds on Windows: in-process there (a native crash ends the process, as before)
-        return fn(*args, log=log, **kwargs)
+        return fn(*args, **kwargs)
     request = pickle.dumps((list(sys.path), pickle.dumps((fn, args, kwargs))))
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryDirectory(prefix="fusion-isolated-") as tmp:
@@ -56,7 +59,7 @@ def run_isolated(fn, *args, log=print, what: str = "this step", fix: str = "", *
                 child.stdin.close()
             except BrokenPipeError:             # it died before reading: its exit code says how
                 pass
-            reply = _relay(conn, log)
+            reply = _relay(conn)
         child.wait()
         frames = Path(trace).read_text(errors="replace") if Path(trace).exists() else ""
     if reply is None:
@@ -74,15 +77,16 @@ def run_isolated(fn, *args, log=print, what: str = "this step", fix: str = "", *
     raise IsolatedStepError(f"{what} failed with an unexpected error: {payload[0]}", fix or None)
 
 
-def _relay(recv, log):
-    """Pass the child's log lines on until its final message (None: it died before sending one)."""
+def _relay(recv):
+    """Log the child's records again here until its final message (None: it died before sending one)."""
     while True:
         try:
             msg = recv.recv()
         except EOFError:
             return None
         if msg[0] == "log":
-            log(msg[1])
+            _, name, level, text = msg
+            logging.getLogger(name).log(level, text)
         else:
             return msg
 
@@ -90,20 +94,44 @@ def _relay(recv, log):
 def child_main(fd: int, trace: str) -> None:
     """The child's side: read the request from stdin, run it, send the outcome on `fd`."""
     send = Connection(fd, readable=False)
+    relay = _PipeHandler(send)
+    package = logging.getLogger(PACKAGE)
+    package.addHandler(relay)
+    package.setLevel(logging.DEBUG)     # every record goes back: the caller's loggers decide what shows
+    package.propagate = False           # ... and nothing of it is printed here
     with open(trace, "w") as fh:
         faulthandler.enable(file=fh, all_threads=False)
         try:
             path, payload = pickle.loads(sys.stdin.buffer.read())
             sys.path[:] = path
             fn, args, kwargs = pickle.loads(payload)
-            result = ("ok", fn(*args, log=lambda m: send.send(("log", str(m))), **kwargs))
+            result = ("ok", fn(*args, **kwargs))
         except FusionEdgeError as e:
             result = ("typed", type(e).__name__, e.problem, e.fix)
         except BaseException as e:  # noqa: BLE001 — everything else goes back as text
             result = ("untyped", "".join(traceback.format_exception_only(type(e), e)).strip()
                       + "\n" + "".join(traceback.format_tb(e.__traceback__)[-CRASH_FRAMES:]))
-        send.send(result)
-        send.close()
+        relay.acquire()                 # not in the middle of a record another thread is sending
+        try:
+            package.removeHandler(relay)
+            send.send(result)
+            send.close()
+        finally:
+            relay.release()
+
+
+class _PipeHandler(logging.Handler):
+    """The child's side of the log records: (name, level, message) on the result pipe."""
+
+    def __init__(self, send: Connection):
+        super().__init__(logging.DEBUG)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.send.send(("log", record.name, record.levelno, record.getMessage()))
+        except Exception:           # noqa: BLE001 — logging's rule: a failing handler reports, never raises
+            self.handleError(record)
 
 
 def _death(exitcode: int | None) -> str:

@@ -10,7 +10,7 @@ and a typed error says so, unless --force (then "forced").
 """
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 from fusion_edge.runtime.backends.ort_session import import_ort, provider_chain
@@ -22,6 +22,8 @@ from fusion_edge.runtime.trt import stamp
 from fusion_edge.runtime.trt.build import build_engines, require_trt_bundle
 from fusion_edge.runtime.trt.ep import probe_platform
 from fusion_edge.runtime.trt.stamp import ENGINES_DIR
+
+log = logging.getLogger(__name__)
 
 ENGINES_WHAT = "TensorRT engines"
 ENGINES_ELSEWHERE = "copy the bundle to a folder"
@@ -55,21 +57,21 @@ def record_engine_figures(bundle: Bundle, figures: dict, force: bool = False) ->
     return bundle.verification_status
 
 
-def build_after_export(path: Path, model: str | None, progress: bool = True, log=print, probe=probe_platform,
+def build_after_export(path: Path, model: str | None, progress: bool = True, probe=probe_platform,
                        force: bool = False) -> None:
     """Build the engines now where TensorRT runs (then verify on them against `model`, unless
     None); else say that they are pending and how to build them on the target."""
     platform = current_platform(probe)
     if platform is None:
-        log(f"engines: pending — no TensorRT execution provider here. Copy {path} to the target "
-            f"(Jetson / RTX machine) and run: fusion-edge build-engines {path}  (see docs/tensorrt.md)")
+        log.info(f"engines: pending — no TensorRT execution provider here. Copy {path} to the target "
+                 f"(Jetson / RTX machine) and run: fusion-edge build-engines {path}  (see docs/tensorrt.md)")
         return
-    log(f"building TensorRT engines for {platform.gpu_name} (SM {platform.sm_text}, TensorRT "
-        f"{platform.tensorrt_version}); the timing cache is kept in {path}/engines/timing")
+    log.info(f"building TensorRT engines for {platform.gpu_name} (SM {platform.sm_text}, TensorRT "
+             f"{platform.tensorrt_version}); the timing cache is kept in {path}/engines/timing")
     build_engines_checked(path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
-                          progress=progress, log=log)
+                          progress=progress)
     if model is not None:
-        verify_on_engines(path, model, log, force=force)
+        verify_on_engines(path, model, force=force)
 
 
 def build_engines_checked(path, platform, chain: list, **kw) -> dict:
@@ -96,7 +98,7 @@ def engines_kept(folder: Path) -> str:
             f"`fusion-edge build-engines {folder}` resumes with the next graph.")
 
 
-def verify_on_engines(path: Path, model: str, log=print, steps: int = 16, force: bool = False) -> dict:
+def verify_on_engines(path: Path, model: str, steps: int = 16, force: bool = False) -> dict:
     """Figures of the bundle on its engines against the PyTorch reference, gated as on the CPU
     (quantized bundles: finite logits; their agreement gate ran at export) and recorded
     (record_engine_figures: below the gate the bundle is "failed" and refused unless `force`)."""
@@ -109,7 +111,7 @@ def verify_on_engines(path: Path, model: str, log=print, steps: int = 16, force:
     bundle = Bundle.open(path)
     pipe = Pipeline.open(path, device="tensorrt", no_build=True)
     figures = verify_gated(pipe, FusionReference(open_checkpoint(model)), bundle.precision, bundle.target, steps)
-    log(format_reference(figures))
+    log.info(format_reference(figures))
     record_engine_figures(bundle, figures, force)
     return figures
 
@@ -125,8 +127,7 @@ def run_build_engines(args) -> int:
                             f"{', '.join(ort.get_available_providers())}); engines are built on the target.",
                             TRT_FIX)
     engines = build_engines_checked(bundle.path, platform, provider_chain("tensorrt", trt_provider=platform.provider),
-                                    rebuild=args.rebuild, progress=not args.quiet,
-                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                                    rebuild=args.rebuild, progress=not args.quiet)
     print(f"engines {engines['state']}: {len(stamp.built_graphs(engines))} graphs for {platform.gpu_name} "
           f"(SM {platform.sm_text}, TensorRT {platform.tensorrt_version}) in {bundle.path}")
     if args.model:

@@ -14,6 +14,7 @@ reference by tests/test_native_parity.py where the native build exists.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from .ref_model import _module_name
 from .ref_vision import MLPProjector, VisionTower, global_grid, pool_global
 from .vision_gguf import metadata
 from .weight_map import projector_entries, sampler_entries, tower_entries
+
+log = logging.getLogger(__name__)
 
 FIX = ("report this with the figures above: vision.gguf is what the native runtime and the Android bridge run; "
        "--force keeps the bundle anyway")
@@ -154,7 +157,7 @@ def vision_gguf_figures(ckpt: Checkpoint, path: Path, tokenizer, cases: int = CA
             "metadata_mismatches": metadata_mismatches(path, cfg)}
 
 
-def gate_vision_gguf(ckpt: Checkpoint, path: Path, quant: str, tokenizer, force: bool = False, log=print) -> dict:
+def gate_vision_gguf(ckpt: Checkpoint, path: Path, quant: str, tokenizer, force: bool = False) -> dict:
     """The vision.gguf gate → gated figures (stored in its component record); an ExportError
     below the bounds of its type, or with hyperparameters that differ, unless `force`."""
     figures = vision_gguf_figures(ckpt, path, tokenizer)
@@ -162,7 +165,7 @@ def gate_vision_gguf(ckpt: Checkpoint, path: Path, quant: str, tokenizer, force:
     if figures["metadata_mismatches"]:
         gated.update(passed=False, gate=gated["gate"] + ["hyperparameters differ: "
                                                          + "; ".join(figures["metadata_mismatches"][:3])])
-    log(format_vision_gguf(gated, quant))
+    log.info(format_vision_gguf(gated, quant))
     if not gated["passed"] and not force:
         raise ExportError(f"vision.gguf ({quant}) does not match the checkpoint's vision side: "
                           + "; ".join(gated["gate"]), FIX)

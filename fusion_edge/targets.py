@@ -16,6 +16,7 @@ recording (same inputs); other inputs start them anew.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from fusion_edge.runtime.precisions import PRECISIONS, precision_names
 
 from .workspace import (check_calibration_output, check_export_output, kept_note, record_in, reusable_fp32,
                         work_area)
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -50,8 +53,8 @@ GGUF_FIX = ("try a wider type (Q4_K_M → Q8_0 → F16), or re-export the fp32 b
             "--force keeps the bundle anyway")
 
 
-def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
-                fp32_from=None, eval_cases: int = 4, **kw) -> Path:
+def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool = True, fp32_from=None,
+                eval_cases: int = 4, **kw) -> Path:
     """A gguf bundle; a quantized one (F16, Q8_0, Q4_*) is gated against a verified fp32 ONNX
     pipeline (`fp32_from`, or a temporary verified export of the checkpoint, whose vision
     graphs it then reuses) and the PyTorch reference, on `eval_cases` built-in held-out cases."""
@@ -59,30 +62,30 @@ def export_gguf(model, out, *, query_len=None, image_tokens=None, progress: bool
         from fusion_edge.export.gguf_bundle import export_gguf_bundle as exporter
     from fusion_edge.export.gguf_writer import PRECISION_QUANT
     quant = kw.get("quant") or PRECISION_QUANT.get(kw.get("precision", "fp32"))
-    opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress, log=log)
+    opts = dict(query_len=query_len, image_tokens=image_tokens, progress=progress)
     if quant == "F32" or not kw.get("verify", True):
         return exporter(model, out, **opts, **kw)
-    with work_area(out, log) as work, fp32_source(fp32_from or model, query_len, image_tokens, progress, log,
-                                                  verified=True, steps=kw.get("steps", 16), work=work) as src:
+    with work_area(out) as work, fp32_source(fp32_from or model, query_len, image_tokens, progress,
+                                             verified=True, steps=kw.get("steps", 16), work=work) as src:
         if kw.get("vision_precision", "fp32") == "fp32":
             kw.setdefault("onnx_from", src)          # the same fp32 vision graphs: exported once
         gate = gguf_gate(model, src, eval_cases, kw.get("steps", 16), kw.get("force", False),
-                         kw.get("threads") or None, progress, log)
+                         kw.get("threads") or None, progress)
         return exporter(model, out, gate=gate, **opts, **kw)
 
 
 def gguf_gate(model, fp32: Path, eval_cases: int = 4, steps: int = 16, force: bool = False,
-              threads: int | None = None, progress: bool = True, log=print) -> GgufGate:
+              threads: int | None = None, progress: bool = True) -> GgufGate:
     """The quality gate of a quantized gguf bundle: (folder, quant type) → figures, raising
     ExportError below GATES["fp32_pipeline"][quant type] against the verified fp32 ONNX
     bundle `fp32` or the PyTorch reference of checkpoint `model`, unless forced."""
-    return GgufGate(str(model), Path(fp32), eval_cases, steps, force, threads, progress, log)
+    return GgufGate(str(model), Path(fp32), eval_cases, steps, force, threads, progress)
 
 
 @dataclass
 class GgufGate:
     """gguf_gate's gate as data, so the export can run it in a child process (export/isolated.py):
-    the PyTorch reference is loaded where the gate runs; `log` stays with the caller."""
+    the PyTorch reference is loaded where the gate runs (its log records come back to the caller)."""
     model: str
     fp32: Path
     eval_cases: int
@@ -90,22 +93,17 @@ class GgufGate:
     force: bool
     threads: int | None
     progress: bool
-    log: Callable = print
 
-    def __call__(self, folder: Path, kind: str, log: Callable | None = None) -> dict:
+    def __call__(self, folder: Path, kind: str) -> dict:
         with _importing("gguf quality gate"):
             from fusion_edge.quantize.agreement import gate_folder
         from fusion_edge.calibration.builtin import builtin_pairs
         cases = [(img, q) for _, img, q in builtin_pairs("eval", self.eval_cases)]
         return gate_folder(folder, self.fp32, kind, cases, self.steps, None, self.force, self.threads, self.progress,
-                           log or self.log, reference_answer(self.model), GGUF_FIX)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "log": print}      # the caller's log does not travel
+                           reference_answer(self.model), GGUF_FIX)
 
 
-def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, progress: bool = True, log=print,
-                          **kw) -> Path:
+def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, progress: bool = True, **kw) -> Path:
     """fp32 source (the bundle given, or a temporary export of the checkpoint) → quantized bundle,
     gated against it and against the PyTorch reference of its checkpoint. With verify=False
     (--no-verify) there is no gate: the source need not be verified, and the bundle is marked
@@ -114,11 +112,11 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
     with _importing("onnx int8/int4"):
         from fusion_edge.quantize.onnx_quant import export_quantized_bundle as quantized
     verify = kw.get("verify", True)     # --no-verify: no gate, so no verified source needed; marked skipped
-    with work_area(out, log) as work, fp32_source(model, query_len, image_tokens, progress, log, verified=verify,
-                                                  steps=kw.get("steps", 16), work=work) as src:
-        kw["calib"] = record_in(work, src, kw, progress, log)
+    with work_area(out) as work, fp32_source(model, query_len, image_tokens, progress, verified=verify,
+                                             steps=kw.get("steps", 16), work=work) as src:
+        kw["calib"] = record_in(work, src, kw, progress)
         reference = reference_answer(src) if verify else None
-        return quantized(src, out, progress=progress, log=log, reference=reference, **kw)
+        return quantized(src, out, progress=progress, reference=reference, **kw)
 
 
 def reference_answer(model: str | Path) -> Callable:
@@ -148,8 +146,7 @@ def reference_answer(model: str | Path) -> Callable:
     return answer
 
 
-def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, progress: bool = True, log=print,
-               **kw) -> Path:
+def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, progress: bool = True, **kw) -> Path:
     """TensorRT bundle: the TensorRT-ready ONNX graphs (fp16 weights, or --for trt Q/DQ int8 /
     int4 blocks) through the onnx exporters, gated the same way, plus the trt manifest sections
     (profiles, precision plan, engines). Where a TensorRT EP and a GPU are usable the engines
@@ -161,10 +158,9 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
 
     def extend(fields: dict) -> dict:
         return trt_fields(fields, the_plan.to_dict())
-    common = dict(target="trt", precision=precision, verify=verify, progress=progress, log=log,
-                  manifest_extend=extend)
+    common = dict(target="trt", precision=precision, verify=verify, progress=progress, manifest_extend=extend)
     if precision == "fp16":
-        log(the_plan.explain())
+        log.info(the_plan.explain())
         kw = {k: v for k, v in kw.items() if k not in QUANT_ONLY}
         path = export_onnx(model, out, **common, **kw)
     else:
@@ -172,7 +168,7 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
     from fusion_edge.calibration.source import is_bundle
     from fusion_edge.export.trt_engines import build_after_export
     checkpoint = None if (not verify or is_bundle(model)) else model     # the reference needs a checkpoint
-    build_after_export(path, checkpoint, progress=progress, log=log, force=kw.get("force", False))
+    build_after_export(path, checkpoint, progress=progress, force=kw.get("force", False))
     return path
 
 
@@ -182,7 +178,7 @@ QUANT_ONLY = ("calib", "calib_samples", "calib_questions", "flavour", "block_siz
 
 
 # target → precision → exporter(model, out, target=, precision=, query_len=, image_tokens=, overwrite=,
-#                                verify=, force=, steps=, progress=, log=, **target options)
+#                                verify=, force=, steps=, progress=, **target options)
 TARGETS: dict[str, dict[str, Callable]] = {
     "onnx": {p: export_onnx_quantized if PRECISIONS[p].quantized else export_onnx for p in precision_names("onnx")},
     "gguf": {p: export_gguf for p in precision_names("gguf")},
@@ -216,7 +212,7 @@ def check_checkpoint_extra(model, purpose: str) -> None:
 def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: str = "fp32",
                   query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                   verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                  log=print, **extra) -> Path:
+                  **extra) -> Path:
     """Checkpoint (or, for quantized ONNX, an fp32 bundle) → verified bundle of (target, precision)."""
     exporter = check_target(target, precision)
     check_checkpoint_extra(model, "exporting a checkpoint")
@@ -228,12 +224,12 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
                        kept=lambda: kept_note(out) or "Nothing half-written was kept."):
         return exporter(model, out, target=target, precision=precision, query_len=query_len,
                         image_tokens=image_tokens, overwrite=overwrite, verify=verify, force=force,
-                        steps=steps, progress=progress, log=log, **extra)
+                        steps=steps, progress=progress, **extra)
 
 
 @contextmanager
 def fp32_source(model: str, query_len: int | None = None, image_tokens: int | None = None,
-                progress: bool = True, log=print, verified: bool = False, steps: int = 16,
+                progress: bool = True, verified: bool = False, steps: int = 16,
                 work: Path | None = None):
     """Yield the path of an fp32 ONNX bundle of `model`: the bundle itself (checked), or an
     export of the checkpoint into `work`/fp32 (reused there when an interrupted run left one of
@@ -253,17 +249,17 @@ def fp32_source(model: str, query_len: int | None = None, image_tokens: int | No
         return
     if work is not None:
         dest = Path(work) / "fp32"
-        if not reusable_fp32(dest, model, query_len, image_tokens, verified, log):
+        if not reusable_fp32(dest, model, query_len, image_tokens, verified):
             shutil.rmtree(dest, ignore_errors=True)
-            log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
+            log.info(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
             export_onnx(model, dest, target="onnx", precision="fp32", query_len=query_len, image_tokens=image_tokens,
-                        verify=verified, steps=steps, progress=progress, log=log)
+                        verify=verified, steps=steps, progress=progress)
         yield dest
         return
     with tempfile.TemporaryDirectory(prefix="fusion-edge-fp32-") as tmp:
-        log(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
+        log.info(f"exporting {'and verifying ' if verified else ''}a temporary fp32 ONNX bundle of {model} …")
         yield export_onnx(model, Path(tmp) / "fp32", target="onnx", precision="fp32", query_len=query_len,
-                          image_tokens=image_tokens, verify=verified, steps=steps, progress=progress, log=log)
+                          image_tokens=image_tokens, verify=verified, steps=steps, progress=progress)
 
 
 def run_export(args) -> int:

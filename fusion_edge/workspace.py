@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from fusion_edge.runtime.errors import BundleError, FusionEdgeError
 from fusion_edge.runtime.precisions import PRECISIONS
 from fusion_edge.runtime.outputs import check_output, hold_folder, is_disk_full, size_text, tree_bytes
 
+log = logging.getLogger(__name__)
 
 BYTES_PER_WEIGHT = {**{name: p.bytes_per_weight for name, p in PRECISIONS.items()},
                     "F32": 4.0, "F16": 2.0, "Q8_0": 1.0, "Q4_0": 0.5, "Q4_K_M": 0.5}    # + --gguf-quant
@@ -91,7 +93,7 @@ def work_folder(out) -> Path:
 
 
 @contextmanager
-def work_area(out, log=print):
+def work_area(out):
     """Hold the work folder of `out` (flock: one export of `out` at a time) → its path. Removed
     when the work succeeds or fails in a way that re-running would repeat; kept when the run is
     interrupted (Ctrl-C; a SIGKILL leaves it anyway) or the disk fills, for the same command to
@@ -107,7 +109,7 @@ def work_area(out, log=print):
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) or is_disk_full(e):
             if kept_note(out):
-                log(f"notice: {kept_note(out)}")
+                log.warning(f"notice: {kept_note(out)}")
         else:
             shutil.rmtree(work, ignore_errors=True)
         raise
@@ -128,8 +130,7 @@ def kept_note(out) -> str:
             "so far) is kept: the same command resumes from it (delete it to free the space and start over).")
 
 
-def reusable_fp32(dest: Path, model: str, query_len: int | None, image_tokens: int | None, verified: bool,
-                  log=print) -> bool:
+def reusable_fp32(dest: Path, model: str, query_len: int | None, image_tokens: int | None, verified: bool) -> bool:
     """Whether `dest` holds an fp32 ONNX bundle that an export of `model` with these options would
     write now: intact, from the same checkpoint (fingerprint), options and fusion-edge version,
     verified when that is asked for."""
@@ -151,13 +152,15 @@ def reusable_fp32(dest: Path, model: str, query_len: int | None, image_tokens: i
                 and (bundle.verification_status == "passed" or not verified))
     except (FusionEdgeError, KeyError, TypeError, ValueError):
         same = False
-    log(f"reusing the fp32 ONNX bundle an interrupted run left in {dest}" if same else
-        f"notice: the fp32 bundle in {dest} is not one this export would write (other checkpoint, options or "
-        "version); exporting it again")
+    if same:
+        log.info(f"reusing the fp32 ONNX bundle an interrupted run left in {dest}")
+    else:
+        log.warning(f"notice: the fp32 bundle in {dest} is not one this export would write (other checkpoint, "
+                    "options or version); exporting it again")
     return same
 
 
-def record_in(work: Path, src: Path, kw: dict, progress: bool, log) -> str:
+def record_in(work: Path, src: Path, kw: dict, progress: bool) -> str:
     """The calibration of a quantized export: a recording folder given with --calib as it is;
     else recorded (from --calib DATA or the built-in set) into the work folder, where an
     interrupted recording of the same inputs resumes and a complete one is reused."""
@@ -170,5 +173,5 @@ def record_in(work: Path, src: Path, kw: dict, progress: bool, log) -> str:
     rec = calibrate_bundle(src, work / "calib", calib, kw.get("calib_questions"),
                            samples=kw.get("calib_samples", DEFAULT_CALIB_SAMPLES),
                            holdout=kw.get("eval_cases", DEFAULT_EVAL_CASES), threads=kw.get("threads"),
-                           progress=progress, log=log, reuse=True)
+                           progress=progress, reuse=True)
     return str(rec.path)

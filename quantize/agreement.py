@@ -11,6 +11,7 @@ see docs/quantization.md.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fusion_edge.runtime import versions
@@ -23,6 +24,8 @@ from fusion_edge.runtime.fidelity import gate_fp32_pipeline as gate
 from fusion_edge.runtime.fidelity import prefill_logits as _prefill
 from fusion_edge.runtime.pipeline import Pipeline
 
+log = logging.getLogger(__name__)
+
 # the gate of this comparison (runtime/fidelity.py), by precision
 GATES = ALL_GATES["fp32_pipeline"]
 __all__ = ["FP32_PIPELINE", "GATES", "PYTORCH", "compare", "cosine", "embed_figures", "format_figures",
@@ -30,7 +33,7 @@ __all__ = ["FP32_PIPELINE", "GATES", "PYTORCH", "compare", "cosine", "embed_figu
 
 
 def gate_folder(folder: Path, fp32_path: Path, kind: str, cases: list[tuple], steps: int, thresholds: dict | None,
-                force: bool, threads: int | None, progress: bool, log, reference=None, fix: str = "") -> dict:
+                force: bool, threads: int | None, progress: bool, reference=None, fix: str = "") -> dict:
     """Measure the quantized folder against the fp32 bundle and (`reference`: (pipe, image,
     question, steps) → (layout, tokens, logits)) the PyTorch reference, both gated by
     GATES[kind] (+ thresholds); raise ExportError below either unless forced. → the figures
@@ -45,13 +48,13 @@ def gate_folder(folder: Path, fp32_path: Path, kind: str, cases: list[tuple], st
         q.llm.close()
     passed, reasons = figures["passed"], figures["gate"]
     figures.update({"device": "cpu", "forced": False, "versions": versions.installed()})
-    log(format_figures(figures))
+    log.info(format_figures(figures))
     if "pytorch_reference" in figures:
-        log(format_figures(figures["pytorch_reference"]))
+        log.info(format_figures(figures["pytorch_reference"]))
     if not passed:
         if not force:
             raise ExportError(f"the {kind} bundle does not agree with the fp32 pipeline and the PyTorch reference "
                               "closely enough: " + "; ".join(reasons), fix)
         figures["forced"] = True
-        log("warning: --force: keeping a bundle below the quality gate")
+        log.warning("warning: --force: keeping a bundle below the quality gate")
     return figures

@@ -9,6 +9,7 @@ per-component reports and weight bytes.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from .static_int8 import Int8Scheme, keep_float_nodes, quantize_int8
 from .weight_int4 import quantize_int4
 from .weight_int8 import lm_head_nodes, weight_only_int8
 
+log = logging.getLogger(__name__)
+
 LM_HEAD_REASON = ("lm_head: kept out of the main scheme and stored int8 weight-only (its input does not fit a "
                   "per-tensor int8 scale; 4-bit error lands on the logits)")
 DROPPED_FIELDS = ("format", "format_version", "created", "files", "verification")
@@ -49,7 +52,7 @@ def component_kind(name: str) -> str:
 
 
 def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Recordings, opts: QuantOptions,
-                    progress: bool = True, log=print, force: bool = False, gate_twin: bool = True) -> dict:
+                    progress: bool = True, force: bool = False, gate_twin: bool = True) -> dict:
     """Quantize every component of `src` into the writer's folder → the manifest (no files list).
     A bundle that ships decode_concat.onnx (cpu flavour) has it gated against the quantized
     decode graph (runtime/graph_gates.py; gate_twin False: --no-verify): an ExportError when it
@@ -78,9 +81,9 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
                                             "keep_float": list(opts.keep_float)},
                                 "calibration": _calib_summary(rec), "weight_bytes": sizes,
                                 "weight_bytes_total": totals(sizes)}
-    log(size_report(sizes))
+    log.info(size_report(sizes))
     if gate_twin:
-        gate_decode_twin_fields(writer.tmp, manifest, force, log)     # figures into the twin's record
+        gate_decode_twin_fields(writer.tmp, manifest, force)     # figures into the twin's record
     return manifest
 
 

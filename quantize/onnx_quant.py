@@ -10,6 +10,7 @@ A failed gate (without --force) or any error leaves no bundle.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from . import agreement
 from .bundle_quant import QuantOptions, write_quantized
 from .planner import Plan, plan
 
+log = logging.getLogger(__name__)
+
 FLAVOURS = {"cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda", "trt": "tensorrt"}
 DEFAULT_CALIB_SAMPLES = 32
 DEFAULT_EVAL_CASES = 4
@@ -32,7 +35,7 @@ DEFAULT_EVAL_CASES = 4
 def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precision: str = "int8",
                             query_len: int | None = None, image_tokens: int | None = None, overwrite: bool = False,
                             verify: bool = True, force: bool = False, steps: int = 16, progress: bool = True,
-                            log=print, *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
+                            *, calib=None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
                             calib_questions=None, flavour: str = "cpu", sm=None, block_size: int = 32,
                             accuracy_level: int | None = 4, keep_float=(), eval_cases: int = DEFAULT_EVAL_CASES,
                             thresholds: dict | None = None, threads: int | None = None, reference=None,
@@ -58,39 +61,39 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
     if flavour not in FLAVOURS:
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
     the_plan = plan(FLAVOURS[flavour], precision, sm).with_vision(vision_precision)
-    log(the_plan.explain())
+    log.info(the_plan.explain())
     src = check_fp32_bundle(fp32, query_len, image_tokens)
     with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
         rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
-                                         eval_cases, threads, progress, log)
+                                         eval_cases, threads, progress)
         opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
         return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
                                thresholds=thresholds, overwrite=overwrite, threads=threads,
-                               progress=progress, log=log, reference=reference, target=target,
+                               progress=progress, reference=reference, target=target,
                                manifest_extend=manifest_extend)
 
 
 # ---- calibration ---------------------------------------------------------------------------
 def prepare_calibration(src: Path, calib, tmp: Path, samples: int, questions, eval_cases: int,
-                        threads: int | None, progress: bool, log) -> tuple[Recordings, list[tuple]]:
+                        threads: int | None, progress: bool) -> tuple[Recordings, list[tuple]]:
     """(recordings, held-out (image, question) cases) from a recording folder, or recorded now
     (calibration's one entry point) from a data set or (None) the built-in set."""
     if calib is not None and Recordings.is_recording(calib):
         rec = Recordings.open(calib)
-        log(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
+        log.info(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
     else:
         rec = calibrate_bundle(src, tmp, calib, questions, samples=samples, holdout=eval_cases, threads=threads,
-                               progress=progress, log=log)
-    return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases, log)
+                               progress=progress)
+    return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases)
 
 
-def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
+def _held_out_cases(entries: list[dict], n: int) -> list[tuple]:
     cases, gone = held_out_cases(entries)
     if gone:
-        log(f"notice: {gone} held-out images of the recording are gone")
+        log.warning(f"notice: {gone} held-out images of the recording are gone")
     if not cases:
         cases = [(img, q) for _, img, q in builtin_pairs("eval", n)]
-        log(f"notice: no held-out pairs of the calibration data; the gate uses {len(cases)} built-in cases")
+        log.warning(f"notice: no held-out pairs of the calibration data; the gate uses {len(cases)} built-in cases")
     return cases[:n]
 
 
@@ -98,7 +101,7 @@ def _held_out_cases(entries: list[dict], n: int, log) -> list[tuple]:
 def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[tuple],
                     opts: QuantOptions = QuantOptions(), *, verify: bool = True, force: bool = False,
                     steps: int = 16, thresholds: dict | None = None, overwrite: bool = False,
-                    threads: int | None = None, progress: bool = True, log=print, reference=None,
+                    threads: int | None = None, progress: bool = True, reference=None,
                     target: str = "onnx", manifest_extend=None) -> Path:
     """fp32 bundle + plan + recordings → quantized bundle at `out` (gated unless verify=False)."""
     src = Bundle.open(src_path)
@@ -106,10 +109,10 @@ def quantize_bundle(src_path, out, the_plan: Plan, rec: Recordings, cases: list[
 
     def gate(folder: Path) -> dict:
         return gate_folder(folder, src.path, the_plan.precision, cases, steps, thresholds, force, threads,
-                           progress, log, reference)
+                           progress, reference)
 
     def fill(writer) -> dict:
-        fields = {**write_quantized(src, writer, the_plan, rec, opts, progress, log, force=force, gate_twin=verify),
+        fields = {**write_quantized(src, writer, the_plan, rec, opts, progress, force=force, gate_twin=verify),
                   "target": target}
         return manifest_extend(fields) if manifest_extend else fields
     return write_bundle(out, fill, gate if verify else None, overwrite)
@@ -121,9 +124,9 @@ FIX = ("calibrate on images and questions like yours (--calib DATA), try int8 in
 
 
 def gate_folder(folder: Path, fp32_path: Path, precision: str, cases: list[tuple], steps: int,
-                thresholds: dict | None, force: bool, threads: int | None, progress: bool, log,
+                thresholds: dict | None, force: bool, threads: int | None, progress: bool,
                 reference=None) -> dict:
     """Measure the quantized folder against the fp32 bundle (and the PyTorch reference, when
     given); raise below the gate unless forced (quantize/agreement.py gate_folder)."""
     return agreement.gate_folder(folder, fp32_path, precision, cases, steps, thresholds, force, threads, progress,
-                                 log, reference, FIX)
+                                 reference, FIX)

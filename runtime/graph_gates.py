@@ -14,12 +14,16 @@ and onnxruntime: export and quantize both call it.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .bundle import Bundle, new_manifest
 from .layout import DECODE, DECODE_CONCAT
 from .errors import ExportError
 from .fidelity import check, cosine, max_abs
+
+log = logging.getLogger(__name__)
 
 GRAPH_GATES = {
     # twin vs decode graph, same weights; 2 cases × 8 teacher-forced steps, tiny phi3/so400m and
@@ -109,25 +113,25 @@ def gate_figures(figures: dict, bounds: dict) -> dict:
     return {**figures, "bounds": bounds, "passed": not reasons, "gate": reasons}
 
 
-def gate_decode_twin(bundle: Bundle, force: bool = False, log=print) -> dict:
+def gate_decode_twin(bundle: Bundle, force: bool = False) -> dict:
     """The twin gate of a bundle that ships decode_concat.onnx → its gated figures; an
     ExportError when they miss the bounds of the bundle's precision, unless `force`."""
     figures = gate_figures(decode_twin_figures(bundle), GRAPH_GATES["decode_twin"][bundle.precision])
-    log(format_decode_twin(figures))
+    log.info(format_decode_twin(figures))
     if not figures["passed"] and not force:
         raise ExportError(f"{DECODE_CONCAT}.onnx (the CUDA / TensorRT decode graph) does not decode like "
                           f"{DECODE}.onnx: " + "; ".join(figures["gate"]), TWIN_FIX)
     return figures
 
 
-def gate_decode_twin_fields(folder, fields: dict, force: bool = False, log=print) -> dict | None:
+def gate_decode_twin_fields(folder, fields: dict, force: bool = False) -> dict | None:
     """The twin gate during an export's `fill`, before the manifest is written: `fields` (the
     manifest fields, components included) describe the files in `folder` → gated figures, also
     stored in the twin's component record (`decode_twin`), or None when it ships no twin."""
     comps = fields["components"]
     if DECODE_CONCAT not in comps:
         return None
-    figures = gate_decode_twin(Bundle(folder, new_manifest(fields, {})), force, log)
+    figures = gate_decode_twin(Bundle(folder, new_manifest(fields, {})), force)
     comps[DECODE_CONCAT][TWIN_KEY] = figures
     return figures
 

@@ -6,7 +6,9 @@ Nothing here downloads: checkpoints are made with the project's tiny-checkpoint 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +21,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")      # tests never reach a hub
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 CASES = [("phi3", "so400m"), ("llama3", "siglip2")]
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collected():
+    logger = logging.getLogger("fusion_edge")
+    handler, level = _Messages(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def log_lines():
+    """`with log_lines() as lines:` → the messages of the `fusion_edge` log records (INFO and
+    above) emitted in the block: what caplog.messages gives a test, for fixtures wider than one
+    test (caplog is function-scoped)."""
+    return _collected
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +99,7 @@ def onnx_bundle(tiny_checkpoint, work_dir):
         if key not in cache:
             out = work_dir / "bundles" / "-".join(map(str, key))
             cache[key] = export_bundle(str(tiny_checkpoint(llm, tower)), out, "onnx", precision, query_len,
-                                       image_tokens, verify=False, progress=False, log=lambda *_: None)
+                                       image_tokens, verify=False, progress=False)
         return cache[key]
     return make
 
@@ -103,7 +135,7 @@ def recording(verified_fp32, tmp_path_factory):
     pipe = Pipeline.open(verified_fp32, device="cpu")
     return record_calibration(pipe, items, tmp_path_factory.mktemp("q8") / "calib", samples=2, held_out=held,
                               source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
-                              progress=False, log=lambda *_: None)
+                              progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +171,7 @@ def gguf_bundle(tiny_checkpoint, work_dir):
         if key not in cache:
             out = work_dir / "gguf" / "-".join([llm, tower, precision, *(tag(k, v) for k, v in sorted(extra.items()))])
             cache[key] = export_gguf_bundle(str(tiny_checkpoint(llm, tower)), out, "gguf", precision,
-                                            verify=False, progress=False, log=lambda *_: None, **extra)
+                                            verify=False, progress=False, **extra)
         return cache[key]
     return make
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -114,8 +115,7 @@ def recording(pipe, bundle, tmp_path_factory):
              CalibItem("one", img, "Is the door open?")]
     direct = []
     out = tmp_path_factory.mktemp("rec") / "calib"
-    rec = record_calibration(pipe, items, out, samples=3, source={"fingerprint": "abc"}, progress=False,
-                             log=lambda *_: None)
+    rec = record_calibration(pipe, items, out, samples=3, source={"fingerprint": "abc"}, progress=False)
     pipe.recorder = lambda name, inputs: direct.append((name, inputs))
     pipe.ask(pipe.look(img), "Is the door open?", max_new_tokens=1)
     pipe.recorder = None
@@ -166,14 +166,14 @@ def test_graph_feeds_drive_the_real_graph(recording, pipe, bundle):
         rec.check_source("another-fingerprint")
 
 
-def test_max_mb_stops_early_with_a_notice(pipe, tmp_path):
+def test_max_mb_stops_early_with_a_notice(pipe, tmp_path, caplog):
     items = [CalibItem(k, img, q) for k, img, q in builtin_pairs("calib", 3)]
-    notices = []
-    rec = record_calibration(pipe, items, tmp_path / "small", samples=3, max_mb=0.5, progress=False,
-                             log=notices.append)
+    caplog.set_level(logging.INFO, logger="fusion_edge")
+    rec = record_calibration(pipe, items, tmp_path / "small", samples=3, max_mb=0.5, progress=False)
+    notices = caplog.messages
     assert rec.manifest["samples"] == 1 and any("--max-mb" in n for n in notices)
     with pytest.raises(CalibrationDataError):             # exists, no --overwrite
-        record_calibration(pipe, items, tmp_path / "small", samples=1, progress=False, log=lambda *_: None)
+        record_calibration(pipe, items, tmp_path / "small", samples=1, progress=False)
     assert not list(tmp_path.glob(".small.partial-*"))
 
 

@@ -7,6 +7,7 @@ The files come from a real export; the break is applied between writing the file
 verification, inside the one export sequence (runtime/bundle.py write_bundle)."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -73,7 +74,7 @@ def source(onnx_bundle, request):
     return get
 
 
-def broken_export(src, breaker, out, ckpt, target, precision, force, logs):
+def broken_export(src, breaker, out, ckpt, target, precision, force):
     """The export sequence with `src`'s files, broken by `breaker` before the real verification."""
     def fill(writer):
         shutil.copytree(src, writer.tmp, dirs_exist_ok=True)
@@ -81,18 +82,20 @@ def broken_export(src, breaker, out, ckpt, target, precision, force, logs):
         return {k: v for k, v in Bundle.open(src, check_hashes=False).manifest.items() if k not in MANIFEST_DROPPED}
 
     def check(folder):
-        return verify_folder(folder, ckpt, STEPS, precision, force, logs.append, target=target)
+        return verify_folder(folder, ckpt, STEPS, precision, force, target=target)
     return write_bundle(out, fill, check)
 
 
 @pytest.mark.parametrize("name,target,precision,breaker", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.slow
-def test_a_broken_export_is_refused_and_leaves_no_bundle(name, target, precision, breaker, source, ckpt, tmp_path):
-    out, logs = tmp_path / "broken", []
+def test_a_broken_export_is_refused_and_leaves_no_bundle(name, target, precision, breaker, source, ckpt, tmp_path,
+                                                         caplog):
+    out = tmp_path / "broken"
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     with pytest.raises(ExportError, match="does not match the reference closely enough") as e:
-        broken_export(source(target, precision), breaker, out, ckpt, target, precision, False, logs)
+        broken_export(source(target, precision), breaker, out, ckpt, target, precision, False)
     assert "--force" in e.value.fix
-    assert any("gate: FAILED" in line for line in logs)
+    assert any("gate: FAILED" in line for line in caplog.messages)
     assert not out.exists() and not list(tmp_path.glob(".broken.partial-*"))
 
 
@@ -100,7 +103,7 @@ def test_a_broken_export_is_refused_and_leaves_no_bundle(name, target, precision
 def test_forced_and_skipped_bundles_are_marked_warned_about_and_refused_by_strict(source, ckpt, tmp_path, images,
                                                                                   capsys):
     from fusion_edge.cli import main
-    kept = broken_export(source("onnx", "fp32"), negate_lm_head, tmp_path / "forced", ckpt, "onnx", "fp32", True, [])
+    kept = broken_export(source("onnx", "fp32"), negate_lm_head, tmp_path / "forced", ckpt, "onnx", "fp32", True)
     bundle = Bundle.open(kept)
     assert bundle.verification_status == "forced" and not bundle.manifest["verification"]["passed"]
     pipe = Pipeline.open(kept, device="cpu")
@@ -124,7 +127,6 @@ def test_forced_and_skipped_bundles_are_marked_warned_about_and_refused_by_stric
 @pytest.mark.slow
 def test_a_verified_bundle_opens_without_a_warning(tiny_checkpoint, tmp_path):
     from fusion_edge.export.bundle_export import export_bundle
-    out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "ok", steps=STEPS, progress=False,
-                        log=lambda *_: None)
+    out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "ok", steps=STEPS, progress=False)
     assert Bundle.open(out).verification_status == "passed"
     assert Pipeline.open(out, device="cpu", strict=True).verification_warning is None

@@ -349,13 +349,14 @@ BUILD = textwrap.dedent('''
     """build-engines of bundle argv[1] with a session standing in for onnxruntime's TensorRT EP
     (absent here): it serializes an engine file of argv[4] KB into the graph's cache folder; at
     graph argv[2] it stops half-way (marker file argv[3]) until it is killed."""
-    import sys, time
+    import logging, sys, time
     from pathlib import Path
     from fusion_edge.export.trt_engines import build_engines_checked
     from fusion_edge.runtime.backends.ort_session import provider_chain
     from fusion_edge.runtime.errors import FusionEdgeError
     from fusion_edge.runtime.trt.stamp import Platform
     bundle, block_at, marker, kb = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)      # the build's lines
 
     def session(path, providers, config):
         name, opts = providers[0]
@@ -372,7 +373,7 @@ BUILD = textwrap.dedent('''
     try:
         engines = build_engines_checked(bundle, Platform("10.3.0", "Orin", (8, 7)),
                                         provider_chain("tensorrt", trt_provider="TensorrtExecutionProvider"),
-                                        session=session, progress=False, log=lambda m: print(m, flush=True))
+                                        session=session, progress=False)
     except FusionEdgeError as e:            # as fusion_edge/cli.py main does
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -384,7 +385,7 @@ BUILD = textwrap.dedent('''
 def trt16(tiny_checkpoint, tmp_path_factory):
     from fusion_edge.targets import export_bundle
     return export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path_factory.mktemp("trt") / "t16", "trt",
-                         "fp16", verify=False, progress=False, log=lambda *_: None)
+                         "fp16", verify=False, progress=False)
 
 
 def _built(stdout: str) -> list[str]:

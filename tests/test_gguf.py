@@ -7,6 +7,7 @@ in a subprocess.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -265,14 +266,14 @@ GATE_STEPS = 6
                                              ("int4", "Q4_K_M")])
 @pytest.mark.slow
 def test_quantized_gguf_export_passes_its_gate_and_records_both_comparisons(precision, quant, verified_fp32,
-                                                                            tiny_checkpoint, tmp_path):
+                                                                            tiny_checkpoint, tmp_path, caplog):
     from fusion_edge.runtime.bundle import Bundle
     from fusion_edge.runtime.fidelity import GATES, figures_key
     from fusion_edge.targets import export_bundle
-    logs: list[str] = []
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / quant, "gguf", precision, quant=quant,
-                        fp32_from=str(verified_fp32), steps=GATE_STEPS, eval_cases=2, progress=False,
-                        log=logs.append)
+                        fp32_from=str(verified_fp32), steps=GATE_STEPS, eval_cases=2, progress=False)
+    logs = caplog.messages
     bundle = Bundle.open(out)
     v, bounds = bundle.manifest["verification"], GATES["fp32_pipeline"][quant]
     assert bundle.verification_status == "passed" and not v["forced"]
@@ -309,7 +310,7 @@ def flip_q8_0_output_scales(folder) -> None:
 
 @pytest.mark.slow
 def test_a_broken_quantized_gguf_is_refused_by_the_gate_and_leaves_no_bundle(gguf_bundle, verified_fp32,
-                                                                               tiny_checkpoint, tmp_path):
+                                                                               tiny_checkpoint, tmp_path, caplog):
     """The export sequence (runtime/bundle.py write_bundle) with a real Q8_0 export's files,
     broken before the gate fusion-export uses (fusion_edge/targets.py gguf_gate)."""
     import shutil
@@ -321,24 +322,25 @@ def test_a_broken_quantized_gguf_is_refused_by_the_gate_and_leaves_no_bundle(ggu
     src = gguf_bundle("phi3", "so400m", "int8", onnx_from=str(gguf_bundle("phi3", "so400m", "fp32")))
     dropped = ("format", "format_version", "created", "files", "verification", "verification_status")
 
-    def export(out, force, logs):
+    def export(out, force):
         def fill(writer):
             shutil.copytree(src, writer.tmp, dirs_exist_ok=True)
             flip_q8_0_output_scales(writer.tmp)
             return {k: v for k, v in Bundle.open(src, check_hashes=False).manifest.items() if k not in dropped}
         gate = gguf_gate(str(tiny_checkpoint("phi3", "so400m")), verified_fp32, eval_cases=1, steps=GATE_STEPS,
-                         force=force, progress=False, log=logs.append)
+                         force=force, progress=False)
         return write_bundle(out, fill, lambda folder: gate(folder, "Q8_0"))
 
-    logs: list[str] = []
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     with pytest.raises(ExportError, match="does not agree with the fp32 pipeline") as e:
-        export(tmp_path / "broken", False, logs)
+        export(tmp_path / "broken", False)
+    logs = caplog.messages
     assert "top1_agreement" in e.value.problem and "vs the PyTorch reference: top1_agreement" in e.value.problem
     assert "--force" in e.value.fix
     assert sum("gate: FAILED" in line for line in logs) == 2
     assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken.partial-*"))
 
-    kept = Bundle.open(export(tmp_path / "forced", True, []))
+    kept = Bundle.open(export(tmp_path / "forced", True))
     v = kept.manifest["verification"]
     assert kept.verification_status == "forced" and v["forced"] and not v["passed"]
     for figures in (v, v["pytorch_reference"]):
@@ -470,7 +472,7 @@ def test_gguf_on_the_cpu_reports_no_forced_tf32(gguf_bundle, images, capsys):
 
 @pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks that op_offload is inert without a GPU")
 @pytest.mark.slow
-def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, tmp_path):
+def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, tmp_path, caplog):
     """bench/llama_probe.py (issue 11's diagnostic, run by scripts/gpu_check.sh): on a CPU-only
     build op_offload has nowhere to send ops (identical logits); an f16 KV cache moves them a
     little; a variant that cannot run is a FAIL row of the GPU check's table, not the end of the run."""
@@ -479,9 +481,10 @@ def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, t
     from fusion_edge.bench.gpu_check import probe_rows
     from fusion_edge.bench.llama_probe import format_rows, probe
     v = {"place": "cpu", "offload": False, "kv": "f32", "align": True}
-    logs: list[str] = []
     bundle = str(gguf_bundle("phi3", "so400m"))
-    rows = probe(bundle, log=logs.append, only=[v, {**v, "offload": True}, {**v, "kv": "f16"}, {**v, "place": "cuda"}])
+    caplog.set_level(logging.INFO, logger="fusion_edge")
+    rows = probe(bundle, only=[v, {**v, "offload": True}, {**v, "kv": "f16"}, {**v, "place": "cuda"}])
+    logs = caplog.messages
     assert [r["ok"] for r in rows] == [True, True, True, False], rows
     assert rows[0]["max_dlogit"] == 0.0 and rows[1]["max_dlogit"] == 0.0
     assert 0.0 < rows[2]["max_dlogit"] < 1e-2          # measured 1.1e-3 (tiny phi3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -16,8 +17,6 @@ from fusion_edge.runtime.bundle import MANIFEST, Bundle, sha256_file
 from fusion_edge.export.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.graph_gates import GRAPH_GATES, TWIN_KEY, VISION_KEY, gate_decode_twin
-
-QUIET = dict(log=lambda *_: None)
 
 
 # ---- the decode graph's twin --------------------------------------------------------------------
@@ -43,7 +42,7 @@ def _break_twin(src, dst, scale: float = 1.5):
 @pytest.mark.parametrize("llm,tower", [("phi3", "so400m"), ("llama3", "siglip2")])
 def test_twin_decodes_like_the_decode_graph(onnx_bundle, llm, tower):
     bundle = Bundle.open(onnx_bundle(llm, tower))
-    f = gate_decode_twin(bundle, **QUIET)
+    f = gate_decode_twin(bundle)
     print(f"{llm}/{tower} fp32 twin vs decode graph: max |Δlogit| {f['max_dlogit']:.2e} per step "
           f"{['%.1e' % d for d in f['per_step_max_dlogit']]}, top-1 {f['top1_agreement']:.0%}")
     assert f["passed"] and f["steps"] == 8 and f["cases"] == 2
@@ -53,8 +52,8 @@ def test_twin_decodes_like_the_decode_graph(onnx_bundle, llm, tower):
 def test_a_broken_twin_is_refused_and_forced_figures_say_so(onnx_bundle, tmp_path):
     broken = _break_twin(onnx_bundle("phi3", "so400m"), tmp_path / "broken")
     with pytest.raises(ExportError, match="decode_concat.onnx .* does not decode like decode.onnx: max_dlogit"):
-        gate_decode_twin(broken, **QUIET)
-    f = gate_decode_twin(broken, force=True, **QUIET)
+        gate_decode_twin(broken)
+    f = gate_decode_twin(broken, force=True)
     print(f"twin with one weight × 1.5: max |Δlogit| {f['max_dlogit']:.3g}, top-1 {f['top1_agreement']:.0%}")
     assert not f["passed"] and f["max_dlogit"] > 1e3 * GRAPH_GATES["decode_twin"]["fp32"]["max_dlogit"]
     assert f["gate"][0].startswith("max_dlogit")
@@ -67,12 +66,12 @@ def test_export_records_the_twin_figures_and_folds_a_forced_twin(onnx_bundle, tm
     src = onnx_bundle("phi3", "so400m")
     fields = {k: v for k, v in json.loads((src / MANIFEST).read_text()).items()
               if k not in ("format", "format_version", "created", "files")}
-    figures = gate_decode_twin_fields(src, fields, **QUIET)
+    figures = gate_decode_twin_fields(src, fields)
     assert fields["components"][DECODE_CONCAT][TWIN_KEY] is figures and figures["passed"]
     no_twin = {**fields, "components": {n: c for n, c in fields["components"].items() if n != DECODE_CONCAT}}
-    assert gate_decode_twin_fields(src, no_twin, **QUIET) is None
+    assert gate_decode_twin_fields(src, no_twin) is None
     broken = _break_twin(src, tmp_path / "broken")
-    forced = gate_decode_twin(broken, force=True, **QUIET)
+    forced = gate_decode_twin(broken, force=True)
     broken.update_manifest(components={**{n: c.to_dict() for n, c in broken.components.items()},
                                        DECODE_CONCAT: {**broken.component(DECODE_CONCAT).to_dict(), TWIN_KEY: forced}})
     verification = {"passed": True, "gate": []}
@@ -82,11 +81,12 @@ def test_export_records_the_twin_figures_and_folds_a_forced_twin(onnx_bundle, tm
 
 
 @pytest.mark.slow
-def test_fp32_export_with_verification_gates_the_twin(tiny_checkpoint, tmp_path):
+def test_fp32_export_with_verification_gates_the_twin(tiny_checkpoint, tmp_path, caplog):
     from fusion_edge.export.bundle_export import export_bundle
-    lines = []
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "b", "onnx", "fp32", steps=4,
-                        progress=False, log=lines.append)
+                        progress=False)
+    lines = caplog.messages
     bundle = Bundle.open(out)
     twin = bundle.component(DECODE_CONCAT)[TWIN_KEY]
     assert twin["passed"] and twin["against"] == DECODE and twin["bounds"] == GRAPH_GATES["decode_twin"]["fp32"]
@@ -99,7 +99,7 @@ def _vision_gate(tiny_checkpoint, path, quant, force=False, llm="phi3", tower="s
     from fusion_edge.export.checkpoint import open_checkpoint
     from fusion_edge.export.vision_gguf_gate import gate_vision_gguf
     ckpt = open_checkpoint(tiny_checkpoint(llm, tower))
-    return gate_vision_gguf(ckpt, path, quant, ckpt.tokenizer(), force, **QUIET)
+    return gate_vision_gguf(ckpt, path, quant, ckpt.tokenizer(), force)
 
 
 @pytest.mark.parametrize("quant,llm,tower", [("F32", "phi3", "so400m"), ("F32", "llama3", "siglip2"),
@@ -168,7 +168,7 @@ def test_gguf_export_with_verification_records_the_vision_gguf_figures(tiny_chec
     pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is not installed")
     from fusion_edge.export.gguf_bundle import export_gguf_bundle
     out = export_gguf_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "g", "gguf", "fp32", steps=4,
-                             progress=False, **QUIET)
+                             progress=False)
     bundle = Bundle.open(out)
     f = bundle.component("native_vision")[VISION_KEY]
     assert f["passed"] and f["bounds"] == GRAPH_GATES["vision_gguf"]["F32"] and f["max_rel_error"] == 0.0

@@ -1,9 +1,10 @@
-"""A step run in a child process (export/isolated.py): results, log lines and typed errors come
-back; an untyped error or a native crash becomes an error here, and this process goes on. The
+"""A step run in a child process (export/isolated.py): results, log records and typed errors come
+back (the records on the loggers of the same names here); an untyped error or a native crash becomes an error here, and this process goes on. The
 end-to-end case crashes llama.cpp's prefill for real inside a gguf export's verification."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import subprocess
 import sys
@@ -15,62 +16,71 @@ from fusion_edge.cli import main
 from fusion_edge.export.isolated import IsolatedStepError, run_isolated
 from fusion_edge.runtime.errors import PromptError
 
+# a logger of the package: its records in the child travel back (export/isolated.py)
+log = logging.getLogger("fusion_edge.tests.isolated")
 
-def square(x, log):
-    log(f"squaring {x}")
+
+def square(x):
+    log.info(f"squaring {x}")
     return {"x": x, "square": x * x}
 
 
-def refuse(log):
+def refuse():
     raise PromptError("the question is empty.", "ask something")
 
 
-def untyped(log):
+def untyped():
     return {}["missing"]
 
 
-def segfault(log):
-    log("about to read address 0")
+def segfault():
+    log.info("about to read address 0")
     ctypes.string_at(0)
 
 
-def test_the_result_and_the_log_lines_come_back():
-    logs: list[str] = []
-    assert run_isolated(square, 7, log=logs.append) == {"x": 7, "square": 49}
-    assert logs == ["squaring 7"]
+def test_the_result_and_the_log_lines_come_back(caplog):
+    caplog.set_level(logging.INFO, logger="fusion_edge")
+    assert run_isolated(square, 7) == {"x": 7, "square": 49}
+    assert caplog.messages == ["squaring 7"]
+    assert [(r.name, r.levelno) for r in caplog.records] == [(log.name, logging.INFO)]     # same logger and level
 
 
 def test_a_typed_error_comes_back_with_its_type_problem_and_fix():
     with pytest.raises(PromptError) as e:
-        run_isolated(refuse, log=lambda _: None)
+        run_isolated(refuse)
     assert (e.value.problem, e.value.fix) == ("the question is empty.", "ask something")
 
 
 def test_an_untyped_error_comes_back_with_its_traceback():
     with pytest.raises(IsolatedStepError, match="KeyError: 'missing'") as e:
-        run_isolated(untyped, log=lambda _: None, what="the lookup", fix="look elsewhere")
+        run_isolated(untyped, what="the lookup", fix="look elsewhere")
     assert "in untyped" in e.value.problem and e.value.fix == "look elsewhere"
 
 
-def test_a_native_crash_is_an_error_naming_the_signal_and_the_frames():
-    logs: list[str] = []
+def test_a_native_crash_is_an_error_naming_the_signal_and_the_frames(caplog):
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     with pytest.raises(IsolatedStepError) as e:
-        run_isolated(segfault, log=logs.append, what="reading address 0", fix="do not")
+        run_isolated(segfault, what="reading address 0", fix="do not")
     assert e.value.problem.startswith("reading address 0 crashed: the process died with SIGSEGV, in ")
     assert "segfault (test_isolated.py:" in e.value.problem and e.value.fix == "do not"
-    assert logs == ["about to read address 0"]
-    assert run_isolated(square, 3, log=logs.append)["square"] == 9       # and the next step still runs
+    assert caplog.messages == ["about to read address 0"]
+    assert run_isolated(square, 3)["square"] == 9       # and the next step still runs
 
 
 def test_a_script_without_a_main_guard_is_not_run_again_in_the_child(tmp_path):
     """multiprocessing's spawn would re-import the caller's __main__: an unguarded user script
     (exporting at top level) would run again inside the child. The child must not import it."""
-    (tmp_path / "helper.py").write_text("def square(x, log):\n    log('in the child')\n    return x * x\n")
+    (tmp_path / "helper.py").write_text("import logging\n\n"
+                                        "def square(x):\n"
+                                        "    logging.getLogger('fusion_edge.helper').info('in the child')\n"
+                                        "    return x * x\n")
     (tmp_path / "script.py").write_text(textwrap.dedent('''
+        import logging
         import sys
         sys.path.insert(0, sys.argv[1])
         from helper import square
         from fusion_edge.export.isolated import run_isolated
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)   # the user's choice
         print("script body ran")
         print("result", run_isolated(square, 4))
     '''))

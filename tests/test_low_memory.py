@@ -4,6 +4,7 @@ anonymous memory, and calibration picks the mode itself when the weights do not 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -69,7 +70,7 @@ def test_packed_bytes_count_the_shared_llm_weights_twice(bundle):
     assert not memory.needs_low_memory(m, available=int(need / memory.HEADROOM) + 1)
 
 
-def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(bundle, tmp_path, monkeypatch):
+def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(bundle, tmp_path, monkeypatch, caplog):
     from fusion_edge.calibration.calibrate import calibrate_bundle
     opened = []
     real_open = Pipeline.open.__func__
@@ -79,10 +80,10 @@ def test_calibration_switches_to_low_memory_when_the_weights_do_not_fit(bundle, 
         return real_open(cls, *a, **kw)
     monkeypatch.setattr(Pipeline, "open", classmethod(spy))
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)       # a 1 MiB machine
-    logs = []
-    rec = calibrate_bundle(bundle, tmp_path / "rec", samples=1, holdout=0, progress=False, log=logs.append)
+    caplog.set_level(logging.INFO, logger="fusion_edge")
+    rec = calibrate_bundle(bundle, tmp_path / "rec", samples=1, holdout=0, progress=False)
     assert opened == [True] and rec.manifest["samples"] == 1
-    assert any("memory-mapped" in line for line in logs)
+    assert any("memory-mapped" in line for line in caplog.messages)
 
 
 @pytest.mark.slow

@@ -89,4 +89,4 @@ def test_vision_gguf_unknown_type_is_refused(tiny_checkpoint, tmp_path):
     from fusion_edge.export.gguf_bundle import export_gguf_bundle
     with pytest.raises(ExportError, match="vision.gguf type 'Q4_0'"):
         export_gguf_bundle(str(tiny_checkpoint("phi3", "so400m")), tmp_path / "b", "gguf", "fp32", verify=False,
-                           progress=False, log=lambda *_: None, vision_quant="Q4_0")
+                           progress=False, vision_quant="Q4_0")

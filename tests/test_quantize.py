@@ -7,6 +7,7 @@ and runs the real gate on it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -160,28 +161,27 @@ def _broken_copy(good, w) -> dict:
 
 
 @pytest.mark.slow
-def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path):
+def test_gate_rejects_broken_scales_and_leaves_no_bundle(q8, fp32, tmp_path, caplog):
     from fusion_edge.quantize.onnx_quant import gate_folder
     from fusion_edge.targets import reference_answer
     good, _ = q8
     cases = [(img, q) for _, img, q in builtin_pairs("eval", 1)]
-    logs = []
+    caplog.set_level(logging.INFO, logger="fusion_edge")
     out = tmp_path / "broken"
     with pytest.raises(ExportError) as e:
         with BundleWriter(out) as w:                     # as quantize_bundle does
             _broken_copy(good, w)
-            gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, False, None, False, logs.append,
-                        reference_answer(fp32))
+            gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, False, None, False, reference_answer(fp32))
             w.commit()
     assert "top1_agreement" in e.value.problem or "logit_cosine_mean" in e.value.problem
     assert "vs the PyTorch reference: " in e.value.problem       # both comparisons refuse it
     assert "--force" in e.value.fix
-    assert sum("gate: FAILED" in line for line in logs) == 2
+    assert sum("gate: FAILED" in line for line in caplog.messages) == 2
     assert not out.exists() and not list(tmp_path.glob(".broken.partial-*"))
     # --force keeps it, marked as below the gate
     with BundleWriter(tmp_path / "forced") as w:
         manifest = _broken_copy(good, w)
-        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False, logs.append)
+        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False)
         Bundle(w.tmp, manifest).update_manifest(verification=figures)
         kept = w.commit()
     v = Bundle.open(kept).manifest["verification"]
@@ -239,7 +239,7 @@ def test_gate_rejects_a_broken_int8_tower(q8, fp32, tmp_path):
                     if k not in ("format", "format_version", "created", "files", "verification")}
         assert _break_vision_scales(w.tmp) > 0
         w.write_manifest(manifest)
-        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False, lambda *_: None)
+        figures = gate_folder(w.tmp, fp32, "int8", cases, STEPS, None, True, None, False)
     assert not figures["passed"] and figures["forced"] and figures["gate"]
     assert figures["per_graph"]["vision_main"]["rel_error_max"] > 0.2
     assert figures["per_graph"]["segment_00"]["rel_error_max"] < 0.1      # the rest is the good bundle's

@@ -22,7 +22,7 @@ def fp32(verified_fp32):
 
 
 @pytest.fixture(scope="module")
-def q4(fp32, tmp_path_factory):
+def q4(fp32, tmp_path_factory, log_lines):
     """export_bundle(<fp32 bundle>, target onnx, precision int4) with a 2-pair recording → (bundle, log)."""
     from fusion_edge.targets import export_bundle
     (key, img, _), = builtin_pairs("calib", 1)
@@ -31,10 +31,10 @@ def q4(fp32, tmp_path_factory):
     held = [CalibItem(*pair) for pair in builtin_pairs("eval", 2)]
     rec = record_calibration(pipe, [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Any cars?")],
                              root / "calib", samples=2, held_out=held,
-                             progress=False, log=lambda *_: None)
-    logs: list[str] = []
-    out = export_bundle(str(fp32), root / "q4", "onnx", "int4", steps=STEPS, progress=False, log=logs.append,
-                        calib=str(rec.path), eval_cases=2, block_size=32, accuracy_level=4)
+                             progress=False)
+    with log_lines() as logs:
+        out = export_bundle(str(fp32), root / "q4", "onnx", "int4", steps=STEPS, progress=False,
+                            calib=str(rec.path), eval_cases=2, block_size=32, accuracy_level=4)
     return out, "\n".join(logs)
 
 

@@ -25,14 +25,14 @@ def rec(bundle, tmp_path_factory):
     (key, img, _), = builtin_pairs("calib", 1)
     pipe = Pipeline.open(bundle, device="cpu")
     return record_calibration(pipe, [CalibItem(key, img, "Is the path clear?")], tmp_path_factory.mktemp("t") / "c",
-                              samples=1, progress=False, log=lambda *_: None)
+                              samples=1, progress=False)
 
 
 @pytest.fixture(scope="module")
 def trt_int4(bundle, rec, tmp_path_factory):
     """A whole --for trt --precision int4 bundle (SM 8.7), no gate: the exporter's own TensorRT check runs."""
     return quantize_bundle(bundle, tmp_path_factory.mktemp("t4") / "b", plan("tensorrt", "int4", "8.7"), rec, [],
-                           verify=False, progress=False, log=lambda *_: None)
+                           verify=False, progress=False)
 
 
 def _opset(model) -> int:

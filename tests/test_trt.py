@@ -29,17 +29,13 @@ ORIN = Platform("10.3.0", "Orin", (8, 7))
 QUESTION = "What is on the table?"
 
 
-def _quiet_log(lines: list):
-    return lambda *a: lines.append(" ".join(map(str, a)))
-
-
 @pytest.fixture(scope="module")
-def trt16(tiny_checkpoint, work_dir):
+def trt16(tiny_checkpoint, work_dir, log_lines):
     """fp16 trt bundle exported from the checkpoint and verified against the reference."""
     from fusion_edge.targets import export_bundle
-    lines: list[str] = []
-    out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), work_dir / "trt" / "fp16", "trt", "fp16",
-                        steps=4, progress=False, log=_quiet_log(lines))
+    with log_lines() as lines:
+        out = export_bundle(str(tiny_checkpoint("phi3", "so400m")), work_dir / "trt" / "fp16", "trt", "fp16",
+                            steps=4, progress=False)
     return out, lines
 
 
@@ -48,21 +44,21 @@ def calib(verified_fp32, work_dir):
     from fusion_edge.calibration.calibrate import calibrate_bundle
     out = work_dir / "trt" / "calib"
     if not out.exists():
-        calibrate_bundle(verified_fp32, out, samples=2, holdout=1, progress=False, log=lambda *_: None)
+        calibrate_bundle(verified_fp32, out, samples=2, holdout=1, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def trt_q(verified_fp32, calib, work_dir):
+def trt_q(verified_fp32, calib, work_dir, log_lines):
     """trt_q(precision) → (int8 / int4 trt bundle gated against the fp32 pipeline, export log)."""
     from fusion_edge.targets import export_bundle
     cache: dict = {}
 
     def make(precision: str):
         if precision not in cache:
-            lines: list[str] = []
-            out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=12,
-                                progress=False, log=_quiet_log(lines), calib=str(calib), eval_cases=1)
+            with log_lines() as lines:
+                out = export_bundle(str(verified_fp32), work_dir / "trt" / precision, "trt", precision, steps=12,
+                                    progress=False, calib=str(calib), eval_cases=1)
             cache[precision] = (out, lines)
         return cache[precision]
     return make
@@ -373,7 +369,7 @@ def test_build_engines_records_each_graph_resumes_and_rebuilds(trt_q, tmp_path):
 
     chain = provider_chain("tensorrt", trt_provider="TensorrtExecutionProvider")
     graphs = ordered_graphs(Bundle.open(copy))
-    quiet = {"progress": False, "log": lambda *_: None}
+    quiet = {"progress": False}
     with pytest.raises(KeyboardInterrupt):
         build_engines(copy, ORIN, chain, session=lambda *a: session(*a, fail_at="align_03"), **quiet)
     first = graphs[:graphs.index("align_03")]

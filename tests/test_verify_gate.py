@@ -183,7 +183,7 @@ def test_a_forced_bundle_does_not_become_passed(skipped_q8, verified_fp32, ckpt,
         return {k: v for k, v in Bundle.open(skipped_q8).manifest.items() if k not in dropped}
     cases = [(img, q) for _, img, q in builtin_pairs("eval", 1)]
     forced = write_bundle(tmp_path / "forced", fill, lambda folder: gate_folder(
-        folder, verified_fp32, "int8", cases, STEPS, None, True, None, False, lambda *_: None))
+        folder, verified_fp32, "int8", cases, STEPS, None, True, None, False))
     assert Bundle.open(forced).verification_status == "forced"
     rc, text, _ = verify(forced, ckpt)
     b = Bundle.open(forced)

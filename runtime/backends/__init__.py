@@ -58,12 +58,13 @@ def backend(name: str) -> Backend:
 
 def open_backends(bundle, device: str = "auto", threads: int | None = None, *, vision_device: str | None = None,
                   align_device: str | None = None, llm_device: str | None = None, tf32: bool = False,
-                  no_build: bool = False, capabilities: Capabilities | None = None, log=None,
+                  no_build: bool = False, capabilities: Capabilities | None = None,
                   low_memory: bool = False) -> tuple[VisionEngine, LLMEngine, Placement]:
     """→ (vision engine, llm engine, the placement actually used). capabilities: what is
     installed (default: probed); no_build: refuse to build a trt bundle's pending engines;
-    log: where engine-building progress goes (default stderr); low_memory: weights stay
-    memory-mapped from the bundle, no per-session copies (ort_session.make_session)."""
+    low_memory: weights stay memory-mapped from the bundle, no per-session copies
+    (ort_session.make_session). Engine-building progress: log records of runtime/trt
+    (fusion_edge/logs.py)."""
     from .ort_session import provider_chain
     llm_backend = backend(bundle.manifest.llm_backend)
     vision_backend = backend(bundle.component("vision").backend)
@@ -77,7 +78,7 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
     devices = resolve_devices(req, names, caps, prefer_trt=bundle.target == "trt")
     trt_provider = caps.trt.provider if caps.trt is not None else None
     chains = {c: provider_chain(devices[c], tf32, trt_provider) for c in names if names[c] == "onnxruntime"}
-    notice = _prepare_trt(bundle, devices, caps, chains, no_build, log)
+    notice = _prepare_trt(bundle, devices, caps, chains, no_build)
     vision = vision_backend.vision()(bundle, devices["vision"], threads, providers=chains["vision"],
                                      align_threads=llm_backend.align_threads, align_providers=chains["align"],
                                      low_memory=low_memory)
@@ -89,17 +90,12 @@ def open_backends(bundle, device: str = "auto", threads: int | None = None, *, v
     return vision, llm, Placement(devices, tf32, chains, notice, forced)
 
 
-def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_build: bool, log) -> str | None:
+def _prepare_trt(bundle, devices: dict, caps: Capabilities, chains: dict, no_build: bool) -> str | None:
     """Engines checked or built before a TensorRT session opens → the placement's notice."""
     from ..trt.opening import ready_engines, unavailable_notice
     if "tensorrt" not in devices.values():
         return unavailable_notice(bundle, devices, caps.trt is not None)
-    if log is None:
-        import sys
-
-        def log(msg):
-            print(msg, file=sys.stderr, flush=True)
     chain = next(chains[c] for c in chains if devices[c] == "tensorrt")
     # caps.trt is set wherever resolve_devices placed a part on "tensorrt"
-    notes = ready_engines(bundle, caps.trt, chain, no_build, log)  # type: ignore[arg-type]
+    notes = ready_engines(bundle, caps.trt, chain, no_build)  # type: ignore[arg-type]
     return "; ".join(notes) or None

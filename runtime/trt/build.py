@@ -7,6 +7,7 @@ next graph. `rebuild` deletes and builds again every graph.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 
@@ -15,6 +16,8 @@ from ..errors import TensorRTError
 from . import stamp
 from .ep import TIMING_CACHE, engine_dir, graph_chain
 from .stamp import ENGINES_DIR, Platform
+
+log = logging.getLogger(__name__)
 
 GRAPH_ORDER = ("vision", "embed", "align_", "segment_")
 
@@ -30,7 +33,7 @@ def require_trt_bundle(bundle: Bundle) -> None:
 
 
 def build_engines(path, platform: Platform, chain: list, *, rebuild: bool = False, progress: bool = True,
-                  log=print, session=None) -> dict:
+                  session=None) -> dict:
     """Build every graph not yet recorded on this platform (all with `rebuild`) → engines section.
     chain: the provider chain of the TensorRT device (ort_session.provider_chain);
     session(path, providers, config) → an onnxruntime session (ort_session.make_session)."""
@@ -50,15 +53,15 @@ def build_engines(path, platform: Platform, chain: list, *, rebuild: bool = Fals
     from tqdm import tqdm
     for graph in tqdm(todo, desc=f"TensorRT engines ({platform.provider})", unit="graph", disable=not progress,
                       leave=False):
-        engines = _build_one(bundle, graph, platform, chain, engines, graph == todo[-1], session, log)
+        engines = _build_one(bundle, graph, platform, chain, engines, graph == todo[-1], session)
     if not todo:
-        log(f"engines of {bundle.path.name} are already built for TensorRT {platform.tensorrt_version} on "
-            f"{platform.gpu_name} (--rebuild builds them again)")
+        log.info(f"engines of {bundle.path.name} are already built for TensorRT {platform.tensorrt_version} on "
+                 f"{platform.gpu_name} (--rebuild builds them again)")
     return engines
 
 
 def _build_one(bundle: Bundle, graph: str, platform: Platform, chain: list, engines: dict, last: bool,
-               session, log) -> dict:
+               session) -> dict:
     comp = bundle.component(graph)
     folder = engine_dir(bundle.path, graph)
     shutil.rmtree(folder, ignore_errors=True)
@@ -74,6 +77,6 @@ def _build_one(bundle: Bundle, graph: str, platform: Platform, chain: list, engi
     engines = stamp.record_graph(engines, platform, graph, files, last,
                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     bundle.update_manifest(**{stamp.ENGINES_KEY: engines})
-    log(f"  {graph}: engine built in {time.perf_counter() - t0:.1f} s ({len(files)} files)")
+    log.info(f"  {graph}: engine built in {time.perf_counter() - t0:.1f} s ({len(files)} files)")
     return engines
 

@@ -2,10 +2,14 @@
 TensorRT is absent and the same graphs run on CUDA or the CPU."""
 from __future__ import annotations
 
+import logging
+
 from ..bundle import Bundle, sha256_file
 from ..errors import EnginesPendingError
 from . import stamp
 from .stamp import Platform
+
+log = logging.getLogger(__name__)
 
 
 def unavailable_notice(bundle: Bundle, devices: dict[str, str], trt_usable: bool) -> str | None:
@@ -18,7 +22,7 @@ def unavailable_notice(bundle: Bundle, devices: dict[str, str], trt_usable: bool
             f"(engines {stamp.state(bundle.manifest.get(stamp.ENGINES_KEY))}); see docs/tensorrt.md")
 
 
-def ready_engines(bundle: Bundle, platform: Platform, chain: list, no_build: bool, log) -> list[str]:
+def ready_engines(bundle: Bundle, platform: Platform, chain: list, no_build: bool) -> list[str]:
     """Before TensorRT sessions open: refuse engines of another platform (EngineMismatchError),
     build pending ones with a notice (EnginesPendingError under no_build) → notices."""
     if bundle.target != "trt":
@@ -32,8 +36,8 @@ def ready_engines(bundle: Bundle, platform: Platform, chain: list, no_build: boo
                                   "--no-build refuses to build them now.",
                                   f"fusion-edge build-engines {bundle.path}  (or open it without --no-build)")
     from .build import build_engines
-    log(f"notice: building the TensorRT engines of {bundle.path.name} for {platform.gpu_name} "
-        f"(TensorRT {platform.tensorrt_version}); this happens once")
-    bundle.manifest = bundle.manifest.updated(**{stamp.ENGINES_KEY: build_engines(bundle.path, platform, chain,
-                                                                                  log=log)})
+    log.warning(f"notice: building the TensorRT engines of {bundle.path.name} for {platform.gpu_name} "
+                f"(TensorRT {platform.tensorrt_version}); this happens once")
+    engines = build_engines(bundle.path, platform, chain)
+    bundle.manifest = bundle.manifest.updated(**{stamp.ENGINES_KEY: engines})
     return notes

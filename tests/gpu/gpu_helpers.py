@@ -60,7 +60,7 @@ def gguf_gpu_fixture(tiny_checkpoint, work_dir):
         if precision not in cache:
             cache[precision] = export_gguf_bundle(str(tiny_checkpoint("phi3", "so400m")),
                                                   work_dir / "gpu-gguf" / precision, "gguf", precision,
-                                                  verify=False, progress=False, log=lambda *_: None)
+                                                  verify=False, progress=False)
         return cache[precision]
     return make
 
