@@ -53,12 +53,13 @@ def label(v: dict) -> str:
 
 def probe(bundle: str, cpu_only: bool = False, only: list[dict] | None = None) -> list[dict]:
     """[{variant, ok, max_dlogit | error}] for every variant (or `only` these), each in a child process."""
-    from fusion_edge.export.isolated import run_isolated
+    from fusion_edge.bench import llama_probe    # by name: run as `python -m`, this file is __main__,
+    from fusion_edge.export.isolated import run_isolated   # whose functions the child cannot import
     from fusion_edge.runtime.errors import FusionEdgeError
     rows, base = [], {}
     for v in only or variants(cpu_only):
         try:
-            logits = np.asarray(run_isolated(first_logits, bundle, v, what=label(v)))
+            logits = np.asarray(run_isolated(llama_probe.first_logits, bundle, v, what=label(v)))
         except FusionEdgeError as e:
             rows.append({"variant": v, "ok": False, "error": e.problem})
             continue

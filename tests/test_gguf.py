@@ -498,6 +498,22 @@ def test_the_llama_cpp_probe_runs_each_variant_in_its_own_process(gguf_bundle, t
     assert table[2][0].endswith("cpu, offload off, kv f16, align on") and table[2][2].startswith("max|dlogit|")
 
 
+@pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="the CPU placements only, as on a CPU-only build")
+@pytest.mark.slow
+def test_the_llama_cpp_probe_runs_as_scripts_gpu_check_sh_runs_it(gguf_bundle, tmp_path):
+    """`python -m fusion_edge.bench.llama_probe` (scripts/gpu_check.sh): the module is __main__
+    there, and every variant's child process must still find the function it runs."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "probe.json"
+    r = subprocess.run([sys.executable, "-m", "fusion_edge.bench.llama_probe", str(gguf_bundle("phi3", "so400m")),
+                        "--cpu-only", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "FAILED" not in r.stdout, r.stdout + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(row["ok"] for row in rows)
+
+
 @pytest.mark.skipif(bool(L.llama_supports_gpu_offload()), reason="checks the refusal on a llama.cpp without GPU")
 def test_gguf_llm_on_cuda_without_gpu_offload_names_the_llm_and_the_fix(gguf_bundle):
     from fusion_edge.runtime.errors import DeviceError
