@@ -221,6 +221,8 @@ def summary(result: dict) -> list[dict]:
             r = b.get("ratios") or {}
             row |= med | {"decode_fraction_of_bound": b.get("decode_fraction_of_bound"),
                           "decode_bound_tokens_per_s": b.get("decode_bound_tokens_per_s"),
+                          "decode_fraction_of_read_bound": b.get("decode_fraction_of_read_bound"),
+                          "decode_read_bound_tokens_per_s": b.get("decode_read_bound_tokens_per_s"),
                           "peak_rss_bytes": b.get("peak_rss_bytes"),
                           "ratios": {"ttft_new_image": r.get("ttft_s"), "ttft_followup": r.get("followup_ttft_s"),
                                      "decode_tokens_per_s": r.get("decode_tokens_per_s"),

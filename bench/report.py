@@ -47,13 +47,17 @@ def devices_text(b: dict) -> str:
     return "/".join(d.get(p, "?") for p in ("vision", "align", "llm")) + ("+tf32" if tf32 else "")
 
 
+def _read_text(bw_read: dict | None) -> str:
+    return "" if not bw_read else f", {bw_read['bytes_per_s'] / 1e9:.1f} GB/s read-only"
+
+
 def format_report(result: dict) -> str:
     bw = result["bandwidth"]
     s = result["settings"]
     load = result["machine"]
     out = [f"fusion-edge bench {result['date']}  |  {result['machine']['cpu']}, {result['machine']['cores']} cores  |  "
            f"threads {result['threads']}  |  memory bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s (copy, best of "
-           f"{bw['repeats']})",
+           f"{bw['repeats']})" + _read_text(result.get("bandwidth_read")),
            f"{s['cases']} image(s) x {s['questions_per_image']} question(s), {s['max_new_tokens']} new tokens max, "
            f"{s['repeats']} pass(es) round robin, {s['warmup']} warm-up question(s) each  |  load average before/after "
            f"{_num(load.get('load_avg_1min_before'), '.1f')}/{_num(load.get('load_avg_1min'), '.1f')}"
@@ -62,17 +66,19 @@ def format_report(result: dict) -> str:
     out.append("times in ms: median (min)")
     out.append(_table(["backend", "devices v/a/l"] + [c for _, c in TIME_COLUMNS],
                       [[b["name"], devices_text(b)] + [_ms(b["figures"][k]) for k, _ in TIME_COLUMNS] for b in ok]))
-    out += ["", "decode, memory, fidelity (decode: median (best); bound = bandwidth / LLM weight bytes per token)"]
+    out += ["", "decode, memory, fidelity (decode: median (best); bound = bandwidth / LLM weight bytes per token; "
+                "copy bound, and the read-only bound where measured)"]
     rows = []
     for b in ok:
         d = b["figures"]["decode_tokens_per_s"]
         f = b.get("fidelity") or {}
         rows.append([b["name"], "-" if not d else f"{d['median']:.1f} ({d['max']:.1f})",
                      f"{b['decode_bound_tokens_per_s']:.1f}", pct(b["decode_fraction_of_bound"]),
+                     pct(b.get("decode_fraction_of_read_bound")),
                      f"{b['llm_bytes_per_token'] / MiB:.1f}", f"{b['peak_rss_bytes'] / MiB:.0f}",
                      f"{b['disk_bytes'] / MiB:.1f}", f"{b['load_s']:.2f}", _num(f.get("max_dlogit"), ".2g"),
                      _num(f.get("greedy_agreement"), ".0%")])
-    out.append(_table(["backend", "tok/s", "bound tok/s", "of bound", "LLM MiB/tok", "peak RSS MiB",
+    out.append(_table(["backend", "tok/s", "bound tok/s", "of bound", "of read bound", "LLM MiB/tok", "peak RSS MiB",
                        "disk MiB", "load s", "max|dlogit|", "greedy agree"], rows))
     out += ["", "ratio to the reference in this run, backend / reference: medians (best samples); "
                 "< 1 = less time or memory, > 1 tok/s = faster"]

@@ -84,6 +84,11 @@ def test_ratios_and_bound_come_from_the_same_run(bench_run):
         assert b["decode_bound_tokens_per_s"] == pytest.approx(bound, rel=1e-12)
         assert b["decode_fraction_of_bound"] == pytest.approx(
             b["figures"]["decode_tokens_per_s"]["median"] / bound, rel=1e-12)
+        read_bound = result["bandwidth_read"]["bytes_per_s"] / b["llm_bytes_per_token"]
+        assert result["bandwidth_read"]["mode"] == "read"
+        assert b["decode_read_bound_tokens_per_s"] == pytest.approx(read_bound, rel=1e-12)
+        assert b["decode_fraction_of_read_bound"] == pytest.approx(
+            b["figures"]["decode_tokens_per_s"]["median"] / read_bound, rel=1e-12)
     assert all(v == pytest.approx(1.0) for v in ref["ratios"].values())
     # the fresh-image TTFT contains the look, so it is never below the vision + prefill parts
     f = onnx["figures"]
