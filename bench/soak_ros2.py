@@ -7,15 +7,16 @@ Starts `fusion-edge ros2 BUNDLE` in a private ROS domain (localhost discovery, a
 of its own) and plays a robot (soak_ros2_robot.py): a camera node publishes a fresh frame (sensor-data QoS, as
 drivers do) before each question, and each question waits for its answer. Every --cycle
 questions the run goes through:
-  steady        pairs, one at a time
+  steady        a third of the cycle's pairs, one at a time
   camera-gone   the camera's node is destroyed; --gone questions are asked meanwhile (the
                 node answers about the last frame it has); then a new camera node comes back
   client-cycle  the questioning node (question publisher, answer subscriptions) is destroyed
                 and a new one takes its place
-  steady        the rest of the cycle's pairs
+  steady        another third
   burst         --burst-frames frames at --burst-hz with a question after every --burst-every
                 frames, not waiting: faster than the node answers, so one question runs, one
                 waits and the others are refused on ~/status
+  steady        the rest of the cycle's pairs
 RSS is the node process's VmRSS (/proc/PID/status), read every --sample answers; growth is
 from the --warmup'th answer to the end. The accounting (soak_ros2_ledger.py): every question
 the node accepts ends exactly once and a done one is on ~/answer once; every question it

@@ -88,11 +88,12 @@ def schedule(n: int, cycle: int, gone: int, burst: int) -> list[tuple[str, int]]
     while left > 0:
         c = min(cycle, left)
         steady = c - gone - burst
-        if steady < 2:
+        if steady < 3:
             steps.append(("pairs", c))
-        else:
-            steps += [("pairs", steady // 2), ("camera-gone", gone), ("client-cycle", 0),
-                      ("pairs", steady - steady // 2), ("burst", burst)]
+        else:       # steady pairs last: a reading right after a burst holds its frames in flight
+            third = steady // 3
+            steps += [("pairs", third), ("camera-gone", gone), ("client-cycle", 0), ("pairs", third),
+                      ("burst", burst), ("pairs", steady - 2 * third)]
         left -= c
     return [s for s in steps if s[1] or s[0] == "client-cycle"]
 
