@@ -4,11 +4,11 @@ from __future__ import annotations
 import sys
 
 import rclpy
-from fusion_edge.apps.camera_qa import heap
 from fusion_edge.runtime.errors import PromptError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
+from .malloc import bound_arenas
 from .node import FusionEdgeNode
 
 # the default group (every topic, timer and parameter callback) + the blocking ~/ask service
@@ -29,11 +29,8 @@ def run_node(bundle: str | None, ros_args: list[str]) -> int:
     if ros_args and ros_args[0] != "--ros-args":
         raise PromptError(f"unexpected argument '{ros_args[0]}'.",
                           "put ROS arguments after --ros-args: fusion-edge ros2 BUNDLE --ros-args -p name:=value")
-    # Before the DDS participant, the executor threads and the model exist: without it each
-    # thread's malloc arena keeps the freed ~1 MB frame buffers and tensors as holes, and RSS
-    # climbs in steps with every burst of frames (docs/ros2.md, Soak; heap.py). The worker
-    # trims after each answer, as in the camera app.
-    heap.configure()
+    # before the DDS participant, the executor threads and the model exist (malloc.py)
+    bound_arenas()
     rclpy.init(args=["fusion-edge", *ros_args])
     node = None
     try:
