@@ -70,7 +70,7 @@ def test_the_schedule_spreads_every_disturbance_over_the_run():
 # ---- what the soak found ----------------------------------------------------------------------------
 def test_the_node_bounds_malloc_arenas_before_ros_and_the_model_start(monkeypatch):
     """Without two arenas the node's RSS rose and fell by 10–30 MB and grew 5.8 % over the
-    1000-pair soak (docs/ros2.md, Soak). The setting binds only arenas made after it, so it must
+    1000-pair soak (bench/soak_ros2.py). The setting binds only arenas made after it, so it must
     come before rclpy.init (DDS threads) and the model (onnxruntime's threads)."""
     pytest.importorskip("rclpy", reason="the ros2 extra (rclpy wheels) is not installed")
     from fusion_edge.apps.ros2 import spin

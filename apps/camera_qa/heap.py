@@ -40,13 +40,15 @@ def _glibc():
     return _libc or None
 
 
-def configure(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+def configure(arena_max: int = ARENA_MAX, mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
     """Set the allocator up for a long run; call before the model and the threads start
-    (arenas made earlier stay). → whether glibc took both settings."""
+    (arenas made earlier stay). mmap_threshold None keeps glibc's dynamic threshold (the ROS 2
+    node: a fixed one made its answers twice as slow). → whether glibc took the settings."""
     libc = _glibc()
     if libc is None:
         return False
-    ok = bool(libc.mallopt(M_ARENA_MAX, arena_max)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    ok = bool(libc.mallopt(M_ARENA_MAX, arena_max)) and (
+        mmap_threshold is None or bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)))
     if not ok:
         log.warning("glibc refused the malloc settings; RSS may grow over a long run")
     return ok
