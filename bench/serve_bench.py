@@ -188,22 +188,22 @@ def format_row(r: dict) -> str:
             f"{f(r['ttft_p50_s'])} | {f(r['ttft_p95_s'])} | {r['tokens_per_s']:.1f} |")
 
 
-def provenance(argv) -> dict:
-    """Where and when the figures come from: UTC time, commit, CPU, cores, load, the command."""
+def provenance(argv, tool: str = "fusion_edge.bench.serve_bench") -> dict:
+    """Where and when the figures come from: UTC time, commit, CPU, cores, load, the command
+    (`python3 -m TOOL` with argv, or this process's arguments)."""
+    from .runner import machine_info
+
     def out(*cmd):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip() or None
         except OSError:
             return None
-    cpu = next((line.split(":", 1)[1].strip() for line in (out("lscpu") or "").splitlines()
-                if line.startswith("Model name:")), None)
     here = os.path.dirname(os.path.abspath(__file__))
     return {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": out("git", "-C", here, "rev-parse", "--short", "HEAD"),
             "dirty": bool(out("git", "-C", here, "status", "--porcelain", "--untracked-files=no")),
-            "cpu": cpu, "cores": os.cpu_count(), "loadavg_before": os.getloadavg(),
-            "command": " ".join(["python3 -m fusion_edge.bench.serve_bench",
-                                 *(sys.argv[1:] if argv is None else argv)])}
+            "cpu": machine_info()["cpu"], "cores": os.cpu_count(), "loadavg_before": os.getloadavg(),
+            "command": " ".join([f"python3 -m {tool}", *(sys.argv[1:] if argv is None else argv)])}
 
 
 def main(argv=None) -> int:

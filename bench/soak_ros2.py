@@ -154,8 +154,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    meta = provenance(argv)
-    meta["command"] = " ".join(["python -m fusion_edge.bench.soak_ros2", *(sys.argv[1:] if argv is None else argv)])
+    meta = provenance(argv, "fusion_edge.bench.soak_ros2")
     report = soak(args)
     meta.update(loadavg_after=os.getloadavg(), finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     report = {"meta": meta, **report}
