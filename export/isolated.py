@@ -53,10 +53,12 @@ def run_isolated(fn, *args, what: str = "this step", fix: str = "", **kwargs):
         child = subprocess.Popen([sys.executable, "-c", CHILD.format(fd=write_fd, trace=trace)],
                                  stdin=subprocess.PIPE, pass_fds=(write_fd,))
         os.close(write_fd)                      # the child holds the only writer: EOF when it ends
+        stdin = child.stdin
+        assert stdin is not None                # stdin=PIPE
         with Connection(read_fd, writable=False) as conn:
             try:
-                child.stdin.write(request)
-                child.stdin.close()
+                stdin.write(request)
+                stdin.close()
             except BrokenPipeError:             # it died before reading: its exit code says how
                 pass
             reply = _relay(conn)
@@ -99,6 +101,7 @@ def child_main(fd: int, trace: str) -> None:
     package.addHandler(relay)
     package.setLevel(logging.DEBUG)     # every record goes back: the caller's loggers decide what shows
     package.propagate = False           # ... and nothing of it is printed here
+    result: tuple[object, ...]          # ("ok", value) | ("typed", name, problem, fix) | ("untyped", text)
     with open(trace, "w") as fh:
         faulthandler.enable(file=fh, all_threads=False)
         try:

@@ -24,6 +24,13 @@ def window_context(global_ctx: torch.Tensor, q: int) -> torch.Tensor:
 
 
 class AlignmentLayer(nn.Module):
+    q: nn.Linear                # q, k, v and their norms are set in a loop (setattr) below
+    k: nn.Linear
+    v: nn.Linear
+    q_norm: nn.LayerNorm
+    k_norm: nn.LayerNorm
+    v_norm: nn.LayerNorm
+
     def __init__(self, hidden: int, heads: int = CROSS_ATTN_HEADS):
         super().__init__()
         self.heads = heads

@@ -14,7 +14,7 @@ import torch
 
 from fusion_edge.runtime.prompt import (IMAGE_SLOT, LATENT_SLOT, PromptLayout, build_prompt,
                                         check_max_new_tokens, check_room, stop_token_ids)
-from fusion_edge.runtime.preprocess import static_hd_tiles
+from fusion_edge.runtime.preprocess import Tiles, static_hd_tiles
 from fusion_edge.runtime.sampling import Sampler
 
 from .checkpoint import Checkpoint, open_checkpoint
@@ -27,7 +27,7 @@ FUSION_L_TOKENS = 144
 @dataclass
 class RefScene:
     """Question-independent features of one image: cached per frame."""
-    tiles: object                     # runtime.preprocess.Tiles
+    tiles: Tiles
     grid: torch.Tensor                # (2P, 2P, H) projected global tiles
     pooled: dict = field(default_factory=dict)   # q → (latent init (q,H), global ctx (G,H))
 

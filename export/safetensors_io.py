@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,9 @@ class SafetensorsFile:
 def save_file(tensors: dict[str, np.ndarray], path: str | Path, dtype: str = "F32",
               metadata: dict[str, str] | None = None) -> None:
     """Write float tensors as `dtype` (F32, F16 or BF16); other dtypes as they are."""
-    header, blobs, offset = {}, [], 0
+    header: dict[str, dict[str, Any]] = {}
+    blobs: list[bytes] = []
+    offset = 0
     for k, v in tensors.items():
         v = np.asarray(v)
         if np.issubdtype(v.dtype, np.floating):

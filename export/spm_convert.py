@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_edge.runtime.errors import CheckpointError, ConfigError, MissingExtraError
-from fusion_edge.runtime.protowire import fields
+from fusion_edge.runtime.protowire import WireError, fields
 
 SPIECE = "▁"
 # SentencePiece piece types (sentencepiece_model.proto).
@@ -46,30 +46,44 @@ class SpmModel:
     remove_extra_whitespaces: bool = True
 
 
+def _len(value: object) -> bytes:
+    """A length-delimited (or fixed-size) field's bytes (`fields` of a bytes buffer)."""
+    if not isinstance(value, bytes):
+        raise WireError("expected a length-delimited field, got a varint")
+    return value
+
+
+def _int(value: object) -> int:
+    """A varint field's value."""
+    if not isinstance(value, int):
+        raise WireError("expected a varint field, got a length-delimited one")
+    return value
+
+
 def parse_model_proto(data: bytes) -> SpmModel:
     """Parse the fields of a serialized sentencepiece ModelProto that the converter uses."""
     m = SpmModel()
     for num, _, val in fields(data):
         if num == 1:                                   # repeated SentencePiece pieces
             piece, score, ptype = "", 0.0, NORMAL
-            for n, _, v in fields(val):
+            for n, _, v in fields(_len(val)):
                 if n == 1:
-                    piece = v.decode("utf-8")
+                    piece = _len(v).decode("utf-8")
                 elif n == 2:
-                    score = struct.unpack("<f", v)[0]
+                    score = struct.unpack("<f", _len(v))[0]
                 elif n == 3:
-                    ptype = v
+                    ptype = _int(v)
             m.pieces.append((piece, score, ptype))
         elif num == 2:                                 # TrainerSpec
-            for n, _, v in fields(val):
+            for n, _, v in fields(_len(val)):
                 if n == 3:
-                    m.model_type = v
+                    m.model_type = _int(v)
                 elif n == 35:
                     m.byte_fallback = bool(v)
                 elif n == 45:
-                    m.unk_piece = v.decode("utf-8")
+                    m.unk_piece = _len(v).decode("utf-8")
         elif num == 3:                                 # NormalizerSpec
-            for n, _, v in fields(val):
+            for n, _, v in fields(_len(val)):
                 if n == 3:
                     m.add_dummy_prefix = bool(v)
                 elif n == 4:
@@ -216,8 +230,8 @@ def tokenizer_from_spm(folder: Path, *, legacy: bool | None = None,
     add_eos = cfg.get("add_eos_token", False) and eos is not None
     single = (f"{bos}:0 " if add_bos else "") + "$A:0" + (f" {eos}:0" if add_eos else "")
     pair = single + (f" {bos}:1" if add_bos else "") + " $B:1" + (f" {eos}:1" if add_eos else "")
-    specials = ([(bos, tok.token_to_id(bos))] if add_bos else []) + \
-               ([(eos, tok.token_to_id(eos))] if add_eos else [])
+    specials = ([(bos, tok.token_to_id(bos))] if add_bos and bos is not None else []) + \
+               ([(eos, tok.token_to_id(eos))] if add_eos and eos is not None else [])
     tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
                                                        special_tokens=specials)
     return tok

@@ -112,12 +112,12 @@ def make_tiny_checkpoint(out: str | Path, llm: str = "phi3", tower: str = "so400
         config["mm_vision_early_layers"] = scaled_early_layers(tower, size.tower_layers)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     cfg = parse_fusion_config(config, out)
-    tensors = sum(len(e.sources) for e in all_entries(cfg))
-    if shards > tensors:                 # a shard holds at least one tensor; known once the config is
+    n_tensors = sum(len(e.sources) for e in all_entries(cfg))
+    if shards > n_tensors:               # a shard holds at least one tensor; known once the config is
         if created:                      # written: what this call wrote goes again
             shutil.rmtree(out, ignore_errors=True)
-        raise OptionError(f"--shards {shards} is more than the checkpoint's {tensors} tensors.",
-                          f"pass --shards {tensors} or fewer")
+        raise OptionError(f"--shards {shards} is more than the checkpoint's {n_tensors} tensors.",
+                          f"pass --shards {n_tensors} or fewer")
     rng = np.random.default_rng(seed)
     if stream:
         _stream_weights(out, cfg, rng, tok, shards, dtype)

@@ -267,10 +267,10 @@ def _write_phi3(out_dir: Path) -> dict:
     tok = tokenizer_from_spm(out_dir, legacy=True)
     (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
 
-    special = {e["content"]: int(i) for i, e in decoder.items()}
+    special_ids = {e["content"]: int(i) for i, e in decoder.items()}
     return {"vocab_size": tok.get_vocab_size(with_added_tokens=True),
-            "bos_token_id": special["<s>"], "eos_token_id": special["<|endoftext|>"],
-            "pad_token_id": special["<|endoftext|>"], "special": special}
+            "bos_token_id": special_ids["<s>"], "eos_token_id": special_ids["<|endoftext|>"],
+            "pad_token_id": special_ids["<|endoftext|>"], "special": special_ids}
 
 
 # ------------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ def _llama3_pipeline(tok) -> None:
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
-    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    # tokenizers' stub declares ByteLevel() without arguments; the class takes (and serializes) these
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)  # type: ignore[call-arg]
 
 
 def _bytes_to_unicode_order() -> list[str]:
@@ -312,7 +313,10 @@ def _write_llama3(out_dir: Path) -> dict:
                                   special_tokens=[])
     trainer_tok.train_from_iterator(tiny_corpus(multiline=True), trainer=trainer)
     trained = json.loads(trainer_tok.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    merges: list[tuple[str, str]] = []
+    for m in trained["merges"]:            # "a b" (older tokenizers) or ["a", "b"]
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        merges.append((a, b))
 
     # 2. Re-lay the vocab like LLaMA-3: ids 0..255 the byte alphabet in bytes_to_unicode
     #    order (id 0 == "!"), then one token per merge, in merge order.

@@ -11,6 +11,8 @@ Quantized bundles are gated by their export's quality gate (`quality_gate`: runt
 """
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -22,6 +24,7 @@ from fusion_edge.runtime.fidelity import (Recorder, compare, gate_reference, gre
                                           teacher_forced)
 from fusion_edge.runtime.pipeline import Pipeline
 
+from .ref_align import AlignmentLayer
 from .reference import FusionReference
 
 QUESTIONS = ("What is on the table?", "How many red objects are there?",
@@ -58,7 +61,8 @@ def _reference_graph(ref: FusionReference, name: str, feeds: dict) -> np.ndarray
         return m.mm_projector(m.vision(t["pixels"], states, t["instruct_keep"])).numpy()
     if name.startswith("align_"):
         k = int(name.split("_")[1])
-        return m.align[k].forward_windows(t["h_inst"][0], t["latents"], t["windows"]).numpy()
+        layer = cast(AlignmentLayer, m.align[k])        # nn.ModuleList's items are typed nn.Module
+        return layer.forward_windows(t["h_inst"][0], t["latents"], t["windows"]).numpy()
     raise KeyError(name)
 
 

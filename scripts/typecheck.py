@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["fusion_edge.runtime"]          # checked by the test command (scripts/test.sh)
+PACKAGES = ["fusion_edge.runtime", "fusion_edge.export"]    # checked by the test command (scripts/test.sh)
 LINKS = re.compile(r"\bfusion_edge/(export|runtime|quantize|calibration|apps|bench)/")
 
 
