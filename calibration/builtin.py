@@ -61,7 +61,8 @@ def scene(seed: int) -> Image.Image:
 
 
 def _colour(rng) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, 3))
+    r, g, b = (int(v) for v in rng.integers(0, 256, 3))
+    return r, g, b
 
 
 def builtin_pairs(split: str = "calib", n: int | None = None) -> list[tuple[str, Image.Image, str]]:

@@ -17,11 +17,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fusion_edge.runtime.errors import FusionEdgeError, ImageError
 from fusion_edge.runtime.preprocess import load_image
 
 from .builtin import builtin_pairs
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 QUESTIONS_FILE = "questions.txt"
@@ -36,7 +40,7 @@ class CalibrationDataError(FusionEdgeError):
 @dataclass(frozen=True)
 class CalibItem:
     key: str          # identifies the image (path or built-in id): items with one key share a scene
-    image: object     # Path or PIL image
+    image: str | Path | Image.Image     # an image file or an in-memory PIL image
     question: str
 
 
@@ -134,15 +138,17 @@ def load_jsonl(path: Path) -> CalibrationSet:
             continue
         where = f"{path.name}:{n}"
         record, problem = _parse_record(line)
-        if problem:
+        if problem is not None:
             skipped.append(Skipped(where, problem))
             continue
+        assert record is not None                   # _parse_record gives a record or a problem
         image = Path(record["image"])
         image = image if image.is_absolute() else path.parent / image
         if image not in checked:
             checked[image] = _image_problem(image)
-        if checked[image]:
-            skipped.append(Skipped(where, checked[image]))
+        image_problem = checked[image]
+        if image_problem:
+            skipped.append(Skipped(where, image_problem))
             continue
         items.append(CalibItem(str(image), image, record["question"]))
     _require(items, f"no usable record in {path}", skipped)

@@ -27,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from fusion_edge.runtime.outputs import (LOCKS, disk_full, existing_ancestor, ho
                                          size_text, write_error)
 
 from .dataset import CalibItem, CalibrationDataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +290,7 @@ def _write_sample(folder: Path, sample: _Sample, counts: dict[str, int]) -> int:
 def held_out_cases(entries: list[dict]) -> tuple[list[tuple], int]:
     """A recording's held-out entries → ((image, question) cases, how many are gone)."""
     from .builtin import builtin_image
-    cases = []
+    cases: list[tuple[Image.Image | Path, str]] = []
     for e in entries:
         if "builtin" in e:
             cases.append((builtin_image(e["builtin"]), e["question"]))
