@@ -184,7 +184,7 @@ class CameraApp:
 
     def _maybe_watch(self, now: float) -> None:
         frame = self.current_frame()
-        if not self.watch.due(now, frame, self.worker.idle):
+        if frame is None or not self.watch.due(now, frame, self.worker.idle):
             return
         self.watch.started(now, frame)
         try:

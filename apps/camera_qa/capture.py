@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -56,8 +57,8 @@ class Capture:
         self._lock = threading.Lock()
         self._frame: Frame | None = None
         self._seq = 0
-        self._state = {"state": "starting", "message": f"opening {label}…", "fix": None, "retry_in": 0.0,
-                       "failures": 0}
+        self._state: dict[str, Any] = {"state": "starting", "message": f"opening {label}…", "fix": None,
+                                       "retry_in": 0.0, "failures": 0}
         self._thread = threading.Thread(target=self._run, name="camera-capture", daemon=True)
 
     # ---- public --------------------------------------------------------------------------

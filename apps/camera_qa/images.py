@@ -36,7 +36,7 @@ def jpeg_bytes(image: Image.Image, max_side: int = 960, quality: int = 80) -> by
     img = image
     if max(img.size) > max_side:
         img = img.copy()
-        img.thumbnail((max_side, max_side), Image.BILINEAR)
+        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()

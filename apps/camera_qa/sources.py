@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -24,6 +25,9 @@ from PIL import Image
 
 from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError, SourceError
 from fusion_edge.runtime.option_types import check_int
+
+if TYPE_CHECKING:
+    import cv2
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
@@ -135,7 +139,7 @@ class OpenCVSource:
     def __init__(self, spec: SourceSpec, max_fps: float = 15.0):
         self.spec = spec
         self.max_fps = max_fps
-        self.cap = None
+        self.cap: cv2.VideoCapture | None = None
         self.period = 0.0           # seconds between frames taken (0: every frame)
         self.skip = 0               # file frames dropped per shown frame, to keep real-time speed
         self.next_t = 0.0
@@ -147,27 +151,28 @@ class OpenCVSource:
                 raise SourceError("this OpenCV was built without GStreamer, which CSI cameras need.",
                                   "on the Jetson use JetPack's OpenCV (sudo apt install python3-opencv; "
                                   "pip uninstall opencv-python-headless), or use a USB camera (/dev/video0)")
-            self.cap = cv2.VideoCapture(self.spec.target, cv2.CAP_GSTREAMER)
+            cap = cv2.VideoCapture(self.spec.target, cv2.CAP_GSTREAMER)
         elif self.spec.kind == "v4l2":
             target = int(self.spec.target) if self.spec.target.isdigit() else self.spec.target
             if isinstance(target, str) and not os.path.exists(target):
                 raise SourceError(f"camera {target} is not connected.", "plug the camera in; the app keeps retrying")
             api = cv2.CAP_V4L2 if os.name == "posix" and hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY
-            self.cap = cv2.VideoCapture(target, api)
+            cap = cv2.VideoCapture(target, api)
         elif self.spec.kind == "stream":
             # bounded network waits: a dead stream fails (and is retried) instead of hanging
             params = [getattr(cv2, name) for name in ("CAP_PROP_OPEN_TIMEOUT_MSEC", "CAP_PROP_READ_TIMEOUT_MSEC")
                       if hasattr(cv2, name)]
-            self.cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG,
-                                        [v for prop in params for v in (prop, STREAM_TIMEOUT_MS)])
+            cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG,
+                                   [v for prop in params for v in (prop, STREAM_TIMEOUT_MS)])
         else:
-            self.cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG)
-        if not self.cap.isOpened():
+            cap = cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG)
+        self.cap = cap                              # close() releases it, opened or not
+        if not cap.isOpened():
             raise SourceError(f"cannot open {self.spec.label}.", _open_fix(self.spec.kind))
         if self.spec.kind in ("v4l2", "stream"):
-            self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)     # newest frame, not a stale queue
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)     # newest frame, not a stale queue
         if self.spec.kind == "video":
-            fps = self.cap.get(cv2.CAP_PROP_FPS)
+            fps = cap.get(cv2.CAP_PROP_FPS)
             fps = fps if 0 < fps < 1000 else 25.0
             rate = max(0.5, min(fps, self.max_fps))
             self.period = 1.0 / rate
@@ -186,11 +191,12 @@ class OpenCVSource:
         if wait > 0 and stop.wait(wait):
             raise SourceError("stopped.")
         self.next_t = max(self.next_t + self.period, time.monotonic())
-        ok, bgr = self.cap.read()
+        cap = self._opened()
+        ok, bgr = cap.read()
         if not ok:
             ok, bgr = self._rewind()
         for _ in range(self.skip):
-            self.cap.grab()
+            cap.grab()
         if not ok or bgr is None:
             raise SourceError(f"{self.spec.label} has no frame to show, even after rewinding.",
                               "check the file (is it complete?); the app keeps retrying")
@@ -199,11 +205,12 @@ class OpenCVSource:
     def _read_live(self, stop) -> Image.Image:
         """Drain frames with grab() until one is due, then decode that one: a live camera
         keeps delivering at its own rate, and only max_fps frames a second are converted."""
+        cap = self._opened()
         while self.period and time.monotonic() < self.next_t and not stop.is_set():
-            if not self.cap.grab():
+            if not cap.grab():
                 raise self._stopped()
         self.next_t = max(self.next_t + self.period, time.monotonic())
-        ok, bgr = self.cap.read()
+        ok, bgr = cap.read()
         if not ok or bgr is None:
             raise self._stopped()
         return bgr_to_image(bgr)
@@ -212,10 +219,15 @@ class OpenCVSource:
         return SourceError(f"{self.spec.label} stopped delivering frames.",
                            "check the cable / network; the app keeps retrying")
 
+    def _opened(self) -> cv2.VideoCapture:
+        assert self.cap is not None, "read before open()"
+        return self.cap
+
     def _rewind(self):
         import cv2
-        self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        return self.cap.read()
+        cap = self._opened()
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        return cap.read()
 
     def close(self) -> None:
         if self.cap is not None:

@@ -115,6 +115,7 @@ class Worker:
                 if self._stop:
                     return
                 job = self._current
+            assert job is not None              # the wait above ends on a job (or returns on stop)
             self._run(job)
             with self._cond:
                 self._current, self._waiting = self._waiting, None

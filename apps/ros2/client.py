@@ -19,6 +19,7 @@ import time
 import numpy as np
 import rclpy
 from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.client import Client
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter, parameter_value_to_python
@@ -68,9 +69,12 @@ class NodeClient:
         self.question_pub = n.create_publisher(String, f"{self.target}/question", 10)
         self._subs = [n.create_subscription(String, f"{self.target}/{out}",
                                             lambda m, out=out: self._record(out, m.data), 100) for out in OUTPUTS]
-        self.set_client = n.create_client(SetParameters, f"{self.target}/set_parameters")
-        self.get_client = n.create_client(GetParameters, f"{self.target}/get_parameters")
-        self.ask_client = n.create_client(Trigger, f"{self.target}/ask")
+        # rclpy's create_client cannot infer the request / response types from the service class
+        self.set_client: Client[SetParameters.Request, SetParameters.Response] = \
+            n.create_client(SetParameters, f"{self.target}/set_parameters")
+        self.get_client: Client[GetParameters.Request, GetParameters.Response] = \
+            n.create_client(GetParameters, f"{self.target}/get_parameters")
+        self.ask_client: Client[Trigger.Request, Trigger.Response] = n.create_client(Trigger, f"{self.target}/ask")
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
         self._thread = threading.Thread(target=self._spin, daemon=True)

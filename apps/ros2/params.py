@@ -40,7 +40,11 @@ def check(name: str, value, pipe) -> None:
     if name not in PARAMS:
         raise PromptError(f"the node has no parameter '{name}'.", f"parameters: {', '.join(PARAMS)}")
     if name == "max_new_tokens":
-        check_max_new_tokens(value, *(pipe.context_limit() if pipe is not None else ()), option="max_new_tokens")
+        if pipe is not None:
+            context, what = pipe.context_limit()
+            check_max_new_tokens(value, context, what, option="max_new_tokens")
+        else:
+            check_max_new_tokens(value, option="max_new_tokens")
         if value > MAX_TOKENS:
             raise PromptError(f"max_new_tokens must be 1..{MAX_TOKENS}, not {value}.", "pick a smaller number")
     if name == "temperature":

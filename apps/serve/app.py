@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fusion_edge.runtime.errors import FusionEdgeError, MissingExtraError
 
@@ -23,6 +23,9 @@ from .handler import ChatHandler, Outcome, Prepared, ServeSettings, Text
 from .metrics import Metrics, now
 from .scheduler import Job, Scheduler
 from .security import ApiGate
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 log = logging.getLogger("fusion_edge.serve")
 DISCONNECT_POLL_S = 0.5
@@ -83,7 +86,7 @@ def create_app(service: Service, api_key: str | None = None, loopback_only: bool
         log.exception("request failed")
         return error_response(as_api_error(exc))
 
-    inner = app
+    inner: ASGIApp = app
     if cors:
         from starlette.middleware.cors import CORSMiddleware
         inner = CORSMiddleware(app, allow_origins=list(cors), allow_methods=["GET", "POST"],

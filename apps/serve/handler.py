@@ -135,7 +135,8 @@ class ChatHandler:
         """Text pieces (stop strings cut out), then one Outcome. `cancel` set: stop at the next token."""
         req = prep.request
         scene, cached, look_s = self._scene(prep)
-        self._tokens.pushed = pushed = []
+        pushed: list[int] = []
+        self._tokens.pushed = pushed
         pieces = self.pipe.ask(scene, req.question, stream=True, max_new_tokens=req.max_tokens,
                                temperature=req.temperature, top_p=req.top_p, seed=req.seed)
         stops, finish, sent = StopText(req.stop), None, 0

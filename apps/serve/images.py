@@ -128,7 +128,8 @@ def _from_remote(url: str, s: ImageSettings) -> tuple[bytes, str]:
                           "check the URL, or send the image as a data: URL", PARAM, "image_fetch_failed") from None
     if len(data) > s.max_bytes:
         raise _too_large(len(data), s.max_bytes)
-    return bytes(data), _sniff(data)
+    blob = bytes(data)
+    return blob, _sniff(blob)
 
 
 class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):

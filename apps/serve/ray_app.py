@@ -93,7 +93,8 @@ class FleetStatus:
 
     def __init__(self, app: str, deployment: str):
         self.app, self.deployment = app, deployment
-        self._at, self._value = -1e9, {}
+        self._at = -1e9
+        self._value: dict = {}
 
     def __call__(self) -> dict:
         import time
