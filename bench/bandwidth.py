@@ -35,6 +35,7 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5, threads: int = 
     words = src.view(np.int64)
 
     def copy(s: slice) -> None:
+        assert dst is not None              # copy mode
         np.copyto(dst[s], src[s])
 
     def read(s: slice) -> int:
@@ -48,7 +49,7 @@ def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5, threads: int = 
             dt = time.perf_counter() - t0
             samples.append((2 if mode == "copy" else 1) * n * 8 / dt)
             ors += done
-    if mode == "copy" and not np.array_equal(dst[:: max(n // 1024, 1)], src[:: max(n // 1024, 1)]):
+    if dst is not None and not np.array_equal(dst[:: max(n // 1024, 1)], src[:: max(n // 1024, 1)]):
         raise RuntimeError("bandwidth probe copy is incomplete")
     if mode == "read" and any(v != int(words[0]) for v in ors):
         raise RuntimeError("bandwidth probe read did not see the whole array")

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.pipeline import Pipeline
 
 
@@ -24,6 +25,8 @@ def open_engine(entry: str, threads: int):
     path, _, mode = entry.partition(":")
     llm = Pipeline.open(path, device="cpu", threads=threads).llm
     if mode == "segments":
+        if not isinstance(llm, OnnxLLM):
+            raise SystemExit(f"{path} is not an ONNX bundle: :segments is for ONNX bundles")
         llm.decode_sess = None
     elif mode:
         raise SystemExit(f"unknown mode {mode!r} in {entry!r} (only :segments)")

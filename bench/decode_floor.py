@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_edge.runtime.backends.onnx_llm import OnnxLLM
 from fusion_edge.runtime.backends.ort_session import make_session
 from fusion_edge.runtime.pipeline import Pipeline
 
@@ -29,7 +30,8 @@ def weights_only(bundle: Path) -> Path:
     from onnx import TensorProto, helper
     model = onnx.load(str(bundle / "decode.onnx"), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
-    nodes, inputs, outputs, used = [], [], [], set()
+    nodes, inputs, outputs = [], [], []
+    used: set[str] = set()
     for n, node in enumerate(x for x in model.graph.node if x.op_type in WEIGHT_OPS and x.input[1] in inits):
         k = (next(a.i for a in node.attribute if a.name == "K") if node.op_type == "MatMulNBits"
              else inits[node.input[1]].dims[0])
@@ -58,6 +60,8 @@ def main() -> int:
     args = ap.parse_args()
     bundle = Path(args.bundle)
     llm = Pipeline.open(bundle, device="cpu", threads=args.threads).llm
+    if not isinstance(llm, OnnxLLM):
+        raise SystemExit(f"{bundle} is not an ONNX bundle (its decode graph is what this measures)")
     path = weights_only(bundle)
     try:
         floor = make_session(path, ["CPUExecutionProvider"], args.threads, mem_arena=True)

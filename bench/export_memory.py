@@ -47,7 +47,8 @@ class TreeSampler:
     def __init__(self, pid: int, period: float = 0.25):
         psutil = _psutil()
         self.proc, self.period = psutil.Process(pid), period
-        self.peak, self.peak_anon, self.trace, self._stop = 0, 0, [], threading.Event()
+        self.peak, self.peak_anon, self._stop = 0, 0, threading.Event()
+        self.trace: list[tuple[float, int, int]] = []       # (seconds, RSS, anonymous RSS)
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -36,14 +36,20 @@ def variants(cpu_only: bool) -> list[dict]:
 def first_logits(bundle: str, v: dict) -> list[float]:
     """One greedy step of the built-in question under variant `v` → the first logits (V,)."""
     from fusion_edge.export.verify import builtin_images
+    from fusion_edge.runtime.backends.llamacpp_llm import LlamaCppLLM
     from fusion_edge.runtime.pipeline import Pipeline
     pipe = Pipeline.open(bundle, device="cpu", llm_device=v["place"], threads=2)
-    pipe.llm.op_offload = v["offload"]          # read when reserve() creates the context
-    pipe.llm.parity = v["kv"] == "f32"
+    llm = pipe.llm
+    if not isinstance(llm, LlamaCppLLM):
+        raise TypeError(f"{bundle} is not a gguf bundle (llama.cpp backend)")
+    llm.op_offload = v["offload"]          # read when reserve() creates the context
+    llm.parity = v["kv"] == "f32"
     pipe.interactions_enabled = v["align"]
     pipe.ask(pipe.look(builtin_images()[0]), QUESTION, max_new_tokens=1)    # raises if the alignment did not run
-    log.info(f"{label(v)}: llm on {pipe.devices['llm']}, {pipe.llm.n_gpu_layers} layers offloaded")
-    return pipe.last_result.first_logits.astype(float).tolist()
+    log.info(f"{label(v)}: llm on {pipe.devices['llm']}, {llm.n_gpu_layers} layers offloaded")
+    result = pipe.last_result
+    assert result is not None                   # set by the ask above
+    return result.first_logits.astype(float).tolist()
 
 
 def label(v: dict) -> str:
@@ -56,7 +62,8 @@ def probe(bundle: str, cpu_only: bool = False, only: list[dict] | None = None) -
     from fusion_edge.bench import llama_probe    # by name: run as `python -m`, this file is __main__,
     from fusion_edge.export.isolated import run_isolated   # whose functions the child cannot import
     from fusion_edge.runtime.errors import FusionEdgeError
-    rows, base = [], {}
+    rows: list[dict] = []
+    base: dict[bool, np.ndarray] = {}
     for v in only or variants(cpu_only):
         try:
             logits = np.asarray(run_isolated(llama_probe.first_logits, bundle, v, what=label(v)))

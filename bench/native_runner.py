@@ -23,9 +23,10 @@ class NativeRunner:
     def __init__(self, path: str, threads: int, device: str, query_len: int | None):
         import json
         self.lib = load_library()
-        self.h = ctypes.c_void_p()
+        h = ctypes.c_void_p()
+        self.h: ctypes.c_void_p | None = h               # None once closed
         self._check(self.lib.fe_open(str(path).encode(), ctypes.byref(OpenOptions(threads, device.encode())),
-                                     ctypes.byref(self.h)))
+                                     ctypes.byref(h)))
         self.query_len = query_len or 0
         m = json.loads((Path(path) / "fusion_bundle.json").read_text())
         llm = bundle_llm_bytes_per_token(path, m)

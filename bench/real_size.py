@@ -50,7 +50,7 @@ from .weights import disk_bytes
 LLM, TOWER = "phi3.5-mini", "siglip2"
 
 
-def cli(*args: str) -> list[str]:
+def cli(*args: str | int | Path) -> list[str]:
     return [sys.executable, "-c", "import sys; from fusion_edge.cli import main; sys.exit(main())", *map(str, args)]
 
 

@@ -52,9 +52,11 @@ class Server:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         ready = threading.Event()
+        stdout = self.proc.stdout
+        assert stdout is not None     # stdout=PIPE
 
         def read():                   # the server's output, kept for the error message
-            for line in self.proc.stdout:
+            for line in stdout:
                 self.lines.append(line)
                 m = READY.search(line)
                 if m and not ready.is_set():
@@ -85,7 +87,8 @@ def one_request(host: str, port: int, body: bytes) -> dict:
         resp.read()
         conn.close()
         return {"status": resp.status}
-    ttft, tokens, status = None, 0, 200
+    ttft, tokens = None, 0
+    status: int | str = 200           # "stream_error": the server failed after the 200 went out
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":

@@ -42,6 +42,7 @@ def start_app(args, workdir: Path):
            "--slide-seconds", str(args.slide_seconds)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 180
+    assert proc.stdout is not None          # stdout=PIPE
     for line in proc.stdout:
         if "camera QA ready: open " in line:
             return proc, line.split("open ", 1)[1].strip()
@@ -143,7 +144,8 @@ def run_questions(args, client, server) -> dict:
     warm = client.ask("warm-up: what is there?", args.max_new_tokens, args.timeout)
     rss_start = rss_mb(server)
     samples = [(0, rss_start)]
-    latencies, states = [], {}
+    latencies: list[float] = []
+    states: dict[str, int] = {}
     rss_warm = rss_start
     t0 = time.perf_counter()
     for i in range(1, args.n + 1):
@@ -195,7 +197,7 @@ def two_tabs(args, url: str, client) -> dict:
         seen = other.wait_for(lambda ev: ev["type"] == "end" and ev["job"]["id"] == job.get("id"), args.timeout)
     finally:
         other.close()
-    same = bool(seen) and seen["job"]["text"] == job.get("text")
+    same = seen is not None and seen["job"]["text"] == job.get("text")     # an "end" event is never empty
     return {"asker": job["state"], "other_tab_saw_end": bool(seen), "same_text": same,
             "passed": job["state"] == "done" and same}
 

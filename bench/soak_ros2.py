@@ -89,7 +89,7 @@ def soak(args) -> dict:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
             try:
-                report_exit = proc.wait(STOP_S)
+                report_exit: int | str = proc.wait(STOP_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 report_exit = "killed"

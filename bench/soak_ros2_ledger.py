@@ -38,7 +38,8 @@ def account(asked: list[Asked], events: list[tuple[str, float, str]]) -> dict:
     jobs, refusals, finals = _read_status(events)
     t0 = min((a.t for a in asked), default=math.inf)
     answers = Counter(d for o, t, d in events if o == "answer" and t >= t0)
-    outcomes, done_texts = {}, Counter()
+    outcomes: dict[str, dict] = {}
+    done_texts: Counter[str] = Counter()
     for a in asked:
         out = _outcome(a, jobs.get(a.text, set()), refusals.get(a.text, 0), finals)
         outcomes[a.text] = out
@@ -101,7 +102,9 @@ def latency(asked: list[Asked], events, outcomes: dict) -> dict:
     """Seconds from publishing a question to: its first ~/answer_partial and its ~/answer (only
     questions asked one at a time, whose window up to the next question holds only their
     messages), and its final status (every answered question; a burst's includes the wait)."""
-    first, answer, final = [], [], {"sequential": [], "burst": []}
+    first: list[float] = []
+    answer: list[float] = []
+    final: dict[str, list[float]] = {"sequential": [], "burst": []}
     events = sorted(events, key=lambda e: e[1])
     times = [t for _, t, _ in events]
     bounds = [a.t for a in asked] + [math.inf]

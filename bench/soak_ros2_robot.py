@@ -56,7 +56,8 @@ class Camera:
         rclpy.init(context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, context=self.ctx)
         self.pub = self.node.create_publisher(ImageMsg, f"{node}/image", qos_profile_sensor_data)
-        self.frames, self.sent, self.last_stamp = frames, 0, None
+        self.frames, self.sent = frames, 0
+        self.last_stamp: float | None = None
 
     def wait_matched(self, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -72,8 +73,9 @@ class Camera:
         msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
         self.pub.publish(msg)
         self.sent += 1
-        self.last_stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        return self.last_stamp
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.last_stamp = stamp
+        return stamp
 
     def close(self) -> None:
         import rclpy
@@ -106,7 +108,9 @@ class Soak:
         self.frames = frame_pool(args.size)
         self.asked: list[Asked] = []
         self.old_logs: list = []                # logs of replaced clients
-        self.answered, self.rss_warm, self.samples = 0, None, []
+        self.answered = 0
+        self.rss_warm: float | None = None
+        self.samples: list[tuple[int, int, float]] = []     # (asked, answered, RSS MB)
         self.clients = self.cameras = self.frames_sent = 0
         self.client = self._new_client()
         self.camera = self._new_camera()
@@ -181,7 +185,8 @@ class Soak:
 
     def burst(self, i: int, k: int) -> int:
         """Frames at --burst-hz, a question after every --burst-every, none waited for until the end."""
-        since, texts, start = self.client.mark(), [], time.monotonic()
+        since, start = self.client.mark(), time.monotonic()
+        texts: list[str] = []
         for f in range(self.args.burst_frames):
             self.camera.publish()
             if f % self.args.burst_every == self.args.burst_every - 1 and len(texts) < k:

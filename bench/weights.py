@@ -12,10 +12,12 @@ For the PyTorch reference: the fp32 parameter bytes of the same tensors.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
-def disk_bytes(folder: str | os.PathLike) -> int:
+def disk_bytes(folder: str | os.PathLike[str]) -> int:
     """Total size of the regular files under `folder` (what a user copies to a device)."""
     total = 0
     for root, _, names in os.walk(folder):
@@ -26,7 +28,7 @@ def disk_bytes(folder: str | os.PathLike) -> int:
     return total
 
 
-def bundle_llm_bytes_per_token(path: str | os.PathLike, manifest: dict) -> dict:
+def bundle_llm_bytes_per_token(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> dict:
     """→ {bytes, method}: LLM weight bytes read per decoded token for a bundle."""
     files = manifest["files"]
     vocab = int(manifest["fusion"]["llm"]["vocab_size"])

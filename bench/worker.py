@@ -19,11 +19,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cases import questions_for
 from .weights import bundle_llm_bytes_per_token, disk_bytes, torch_llm_bytes_per_token
+
+if TYPE_CHECKING:
+    from .native_runner import NativeRunner
 
 # Figures sampled per image (fresh frame) and per question.
 IMAGE_FIGURES = ("preprocess_s", "vision_global_s", "ttft_s")
@@ -74,6 +78,7 @@ class BundleRunner:
     def ask(self, scene, question: str, max_new: int) -> dict:
         self.pipe.ask(scene, question, max_new_tokens=max_new, query_len=self.query_len)
         s, r = self.pipe.last_stats, self.pipe.last_result
+        assert r is not None                # set by the ask above
         return {"vision_main_s": s["vision_main_s"], "prefill_s": s["prefill_s"], "ttft_s": s["ttft_s"],
                 "decode_s": s["decode_s"], "new_tokens": s["new_tokens"], "prompt_tokens": s["prompt_tokens"],
                 "token_ids": list(r.token_ids), "text": r.text, "first_logits": r.first_logits}
@@ -131,7 +136,7 @@ def measure(runner, images: list[str], per_image: int, max_new: int, repeats: in
     for _ in range(warmup):                       # excluded: first-call allocations, caches
         scene, _ = runner.look(images[0])
         runner.ask(scene, questions_for(0, per_image)[0], max_new)
-    samples = {k: [] for k in IMAGE_FIGURES + QUESTION_FIGURES}
+    samples: dict[str, list[float]] = {k: [] for k in IMAGE_FIGURES + QUESTION_FIGURES}
     answers, logits, prompt_tokens, new_tokens = [], [], [], []
     for rep in range(repeats):
         for case, image in enumerate(images):
@@ -182,6 +187,7 @@ def main(argv=None) -> int:
     result = {"ok": False, "threads": args.threads}
     try:
         t0 = time.perf_counter()
+        runner: NativeRunner | ReferenceRunner | BundleRunner
         if args.native:
             from .native_runner import NativeRunner
             runner = NativeRunner(args.native, args.threads, args.device, args.query_len)
