@@ -32,14 +32,16 @@ __all__ = ["FP32_PIPELINE", "GATES", "PYTORCH", "compare", "cosine", "embed_figu
            "fp32_answer", "gate", "gate_folder", "measure", "rel_error", "teacher_forced", "_prefill"]
 
 
-def gate_folder(folder: Path, fp32_path: Path, kind: str, cases: list[tuple], steps: int, thresholds: dict | None,
-                force: bool, threads: int | None, progress: bool, reference=None, fix: str = "") -> dict:
+def gate_folder(folder: Path, fp32_path: Path | None, kind: str, cases: list[tuple], steps: int,
+                thresholds: dict | None, force: bool, threads: int | None, progress: bool, reference=None,
+                fix: str = "") -> dict:
     """Measure the quantized folder against the fp32 bundle and (`reference`: (pipe, image,
     question, steps) → (layout, tokens, logits)) the PyTorch reference, both gated by
     GATES[kind] (+ thresholds); raise ExportError below either unless forced. → the figures
     (runtime/fidelity.py `compare`: the fp32 ones at the top, the reference ones under
-    `pytorch_reference`)."""
-    ref = Pipeline.open(fp32_path, device="cpu", threads=threads, check_hashes=False)
+    `pytorch_reference`). fp32_path None (the streamed export keeps no fp32 bundle): the
+    reference's figures alone, at the top."""
+    ref = None if fp32_path is None else Pipeline.open(fp32_path, device="cpu", threads=threads, check_hashes=False)
     q = Pipeline.open(folder, device="cpu", threads=threads)
     try:
         figures = compare(q, cases, steps, kind, fp32=ref, reference=reference, thresholds=thresholds,
@@ -53,8 +55,9 @@ def gate_folder(folder: Path, fp32_path: Path, kind: str, cases: list[tuple], st
         log.info(format_figures(figures["pytorch_reference"]))
     if not passed:
         if not force:
-            raise ExportError(f"the {kind} bundle does not agree with the fp32 pipeline and the PyTorch reference "
-                              "closely enough: " + "; ".join(reasons), fix)
+            against = "the PyTorch reference" if ref is None else "the fp32 pipeline and the PyTorch reference"
+            raise ExportError(f"the {kind} bundle does not agree with {against} closely enough: "
+                              + "; ".join(reasons), fix)
         figures["forced"] = True
         log.warning("warning: --force: keeping a bundle below the quality gate")
     return figures

@@ -61,20 +61,47 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
     components, sizes = {}, {}
     graphs = [n for n in sorted(src.components) if n not in DECODE_GRAPHS]
     for name in tqdm(graphs, desc=f"quantize {the_plan.precision}", unit="graph", disable=not progress, leave=False):
-        comp = src.components[name]
-        report = _quantize_component(src, writer, name, comp, the_plan, rec, opts)
-        components[name] = {**comp, "precision": report.pop("precision"), "files": report.pop("files"),
-                            EXACT_QDQ_KEY: report.pop(EXACT_QDQ_KEY, False), "quantization": report}
-        sizes[name] = _sizes(src.file(comp["files"][0]), writer.path(components[name]["files"][0]))
-    if DECODE in src.components:       # chained again from the quantized segments, weights shared
+        components[name], sizes[name] = quantize_graph(src, writer, name, src.components[name], the_plan, rec, opts)
+    shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))
+    return finish_quantized(writer, src.manifest, components, sizes, the_plan, rec, opts,
+                            decode=DECODE in src.components, force=force, gate_twin=gate_twin)
+
+
+class GraphFolder:
+    """Where fp32 graphs are read from: a Bundle, or this (a folder of freshly exported graphs
+    and the model's config: the streamed export, fusion_edge/streamed.py). Both give
+    file(name) → Path and config.llm.vocab_size, all _quantize_component reads of a source."""
+
+    def __init__(self, folder: Path, config):
+        self.folder, self.config = Path(folder), config
+
+    def file(self, name: str) -> Path:
+        return self.folder / name
+
+
+def quantize_graph(src: Bundle | GraphFolder, writer, name: str, comp: dict, the_plan: Plan, rec: Recordings,
+                   opts: QuantOptions) -> tuple[dict, dict]:
+    """One fp32 component of `src` (its record `comp`) → (its quantized component record, its
+    weight bytes fp32 → quantized), the graph written into the writer's folder."""
+    report = _quantize_component(src, writer, name, comp, the_plan, rec, opts)
+    record = {**comp, "precision": report.pop("precision"), "files": report.pop("files"),
+              EXACT_QDQ_KEY: report.pop(EXACT_QDQ_KEY, False), "quantization": report}
+    return record, _sizes(src.file(comp["files"][0]), writer.path(record["files"][0]))
+
+
+def finish_quantized(writer, base: dict, components: dict, sizes: dict, the_plan: Plan, rec: Recordings,
+                     opts: QuantOptions, decode: bool = True, force: bool = False, gate_twin: bool = True) -> dict:
+    """After every graph is quantized: the decode graph(s) chained from the quantized segments
+    (`decode`: the fp32 source had one), the TensorRT flavour's Q/DQ check, the manifest from
+    the fp32 one (`base`: its fields; files, hashes and verification dropped) → the manifest."""
+    if decode:       # chained again from the quantized segments, weights shared
         # GroupQueryAttention only for the CPU flavour: onnxruntime has no float32 CUDA kernel
         components.update(build_shared(writer.tmp, components, gqa=the_plan.flavour == "cpu"))
     if the_plan.flavour == "trt":
         _check_trt(writer, components)
-    shutil.copytree(src.file("tokenizer"), writer.path("tokenizer"))
-    manifest = {k: v for k, v in src.manifest.items() if k not in DROPPED_FIELDS}
+    manifest = {k: v for k, v in base.items() if k not in DROPPED_FIELDS}
     manifest.update(precision=the_plan.precision, components=components)
-    manifest["build"] = {**src.manifest.get("build", {}), "fusion_edge": __version__,
+    manifest["build"] = {**base.get("build", {}), "fusion_edge": __version__,
                          "onnxruntime_quantization": _ort_version()}
     manifest["quantization"] = {"plan": the_plan.to_dict(), "flavour": the_plan.flavour,
                                 "options": {"block_size": opts.block_size, "accuracy_level": opts.accuracy_level,
@@ -87,8 +114,8 @@ def write_quantized(src: Bundle, writer: BundleWriter, the_plan: Plan, rec: Reco
     return manifest
 
 
-def _quantize_component(src: Bundle, writer, name: str, comp: dict, the_plan: Plan, rec: Recordings,
-                        opts: QuantOptions) -> dict:
+def _quantize_component(src: Bundle | GraphFolder, writer, name: str, comp: dict, the_plan: Plan,
+                        rec: Recordings, opts: QuantOptions) -> dict:
     kind = component_kind(name)
     precision = the_plan.components[kind].precision
     s, d = src.file(comp["files"][0]), writer.path(comp["files"][0])

@@ -49,6 +49,22 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
     Q/DQ for cuda/trt), "int8-dynamic", "int8-static", or "fp32": the vision graph stays fp32
     (copied), the rest as planned (the LLM-only comparison with gguf bundles, whose vision is
     fp32 too). An unknown name is a PrecisionNotSupportedError listing the supported ones."""
+    the_plan = checked_plan(target, precision, flavour, sm, vision_precision, extra)
+    src = check_fp32_bundle(fp32, query_len, image_tokens)
+    with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
+        rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
+                                         eval_cases, threads, progress)
+        opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
+        return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
+                               thresholds=thresholds, overwrite=overwrite, threads=threads,
+                               progress=progress, reference=reference, target=target,
+                               manifest_extend=manifest_extend)
+
+
+def checked_plan(target: str, precision: str, flavour: str, sm, vision_precision: str | None,
+                 extra: dict) -> Plan:
+    """The options of a quantized ONNX export checked (ExportError naming the wrong one) → its
+    precision plan, logged (also the streamed export's: fusion_edge/streamed.py)."""
     if extra:
         raise ExportError(f"unknown option(s) for the quantized ONNX export: {', '.join(sorted(extra))}.",
                           "see fusion-export --help")
@@ -62,15 +78,7 @@ def export_quantized_bundle(fp32: str | Path, out, target: str = "onnx", precisi
         raise ExportError(f"unknown --for {flavour!r}.", f"choose one of: {', '.join(FLAVOURS)}")
     the_plan = plan(FLAVOURS[flavour], precision, sm).with_vision(vision_precision)
     log.info(the_plan.explain())
-    src = check_fp32_bundle(fp32, query_len, image_tokens)
-    with tempfile.TemporaryDirectory(prefix="fusion-edge-calib-") as tmp:
-        rec, cases = prepare_calibration(src, calib, Path(tmp) / "calib", calib_samples, calib_questions,
-                                         eval_cases, threads, progress)
-        opts = QuantOptions(block_size, accuracy_level, tuple(keep_float or ()))
-        return quantize_bundle(src, out, the_plan, rec, cases, opts, verify=verify, force=force, steps=steps,
-                               thresholds=thresholds, overwrite=overwrite, threads=threads,
-                               progress=progress, reference=reference, target=target,
-                               manifest_extend=manifest_extend)
+    return the_plan
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -79,11 +87,16 @@ def prepare_calibration(src: Path, calib, tmp: Path, samples: int, questions, ev
     """(recordings, held-out (image, question) cases) from a recording folder, or recorded now
     (calibration's one entry point) from a data set or (None) the built-in set."""
     if calib is not None and Recordings.is_recording(calib):
-        rec = Recordings.open(calib)
-        log.info(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
-    else:
-        rec = calibrate_bundle(src, tmp, calib, questions, samples=samples, holdout=eval_cases, threads=threads,
-                               progress=progress)
+        return recorded_calibration(calib, eval_cases)
+    rec = calibrate_bundle(src, tmp, calib, questions, samples=samples, holdout=eval_cases, threads=threads,
+                           progress=progress)
+    return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases)
+
+
+def recorded_calibration(calib, eval_cases: int) -> tuple[Recordings, list[tuple]]:
+    """A complete recording folder → (its recordings, up to `eval_cases` of its held-out cases)."""
+    rec = Recordings.open(calib)
+    log.info(f"calibration: recording {calib} ({rec.manifest['samples']} samples)")
     return rec, _held_out_cases(rec.manifest.get("held_out", []), eval_cases)
 
 
