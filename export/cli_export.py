@@ -31,7 +31,8 @@ def add_quant_args(p) -> None:
     """Options of --precision int8|int4 with --target onnx (fusion_edge.quantize, docs/quantization.md)."""
     g = p.add_argument_group("quantization (--target onnx|trt --precision int8|int4)")
     g.add_argument("--calib", default=None, type=ot.existing_path_arg("--calib"),
-                   help="calibration: a recording folder (fusion-edge calibrate), an image folder with "
+                   help="calibration: a recording folder (fusion-edge calibrate; onnx int4 of a checkpoint is "
+                        "then exported one graph at a time, without an fp32 bundle), an image folder with "
                         "questions.txt, or a .jsonl file; default: built-in set")
     g.add_argument("--calib-samples", type=ot.int_arg("--calib-samples", 1), default=32,
                    help="most calibration pairs recorded (at least 1; more than the data has: all of it)")

@@ -112,11 +112,32 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
     with _importing("onnx int8/int4"):
         from fusion_edge.quantize.onnx_quant import export_quantized_bundle as quantized
     verify = kw.get("verify", True)     # --no-verify: no gate, so no verified source needed; marked skipped
+    if streams(model, kw):
+        from fusion_edge.streamed import export_streamed
+        with work_area(out) as work:
+            return export_streamed(model, out, work, query_len=query_len, image_tokens=image_tokens,
+                                   progress=progress, reference=reference_answer(model) if verify else None, **kw)
+    if streams(model, {**kw, "calib": None}, recording=False):
+        log.info("notice: exporting the fp32 bundle first: the align graphs' calibration needs the whole fp32 "
+                 "pipeline (with a recording, --calib DIR, int4 is exported one graph at a time instead)")
     with work_area(out) as work, fp32_source(model, query_len, image_tokens, progress, verified=verify,
                                              steps=kw.get("steps", 16), work=work) as src:
         kw["calib"] = record_in(work, src, kw, progress)
         reference = reference_answer(src) if verify else None
         return quantized(src, out, progress=progress, reference=reference, **kw)
+
+
+def streams(model, kw: dict, recording: bool = True) -> bool:
+    """Whether a quantized ONNX export goes straight from the checkpoint, one graph at a time
+    (fusion_edge/streamed.py): onnx int4 of a checkpoint with a complete calibration recording
+    (--calib DIR; recording=False: whatever the calibration). Otherwise the fp32 bundle is
+    exported first, as recording the align graphs' inputs needs the whole fp32 pipeline
+    (docs/quantization.md, Streamed int4 export)."""
+    from fusion_edge.calibration.record import Recordings
+    from fusion_edge.calibration.source import is_bundle
+    calib = kw.get("calib")
+    return (kw.get("target", "onnx") == "onnx" and kw.get("precision") == "int4" and not is_bundle(model)
+            and (not recording or (calib is not None and Recordings.is_recording(calib))))
 
 
 def reference_answer(model: str | Path) -> Callable:
@@ -218,8 +239,9 @@ def export_bundle(model: str, out: str | Path, target: str = "onnx", precision: 
     check_checkpoint_extra(model, "exporting a checkpoint")
     from fusion_edge.export.cli_export import check_export_options
     check_export_options(steps, extra)         # before any work; the command line's types check the same
+    streamed = streams(model, {**extra, "target": target, "precision": precision})
     need = check_export_output(model, out, target, precision, overwrite, verify, extra.get("quant"),
-                               extra.get("fp32_from"))
+                               extra.get("fp32_from"), streamed)
     with output_faults(Path(out).parent, "bundle", out, need,
                        kept=lambda: kept_note(out) or "Nothing half-written was kept."):
         return exporter(model, out, target=target, precision=precision, query_len=query_len,

@@ -32,13 +32,14 @@ LOWER_BOUND = 0.9       # of params × bytes per weight: graphs, scales and toke
 
 
 def check_export_output(model, out, target: str, precision: str, overwrite: bool = False,
-                        verify: bool = True, quant: str | None = None, fp32_from=None) -> int | None:
+                        verify: bool = True, quant: str | None = None, fp32_from=None,
+                        streamed: bool = False) -> int | None:
     """Before any long work: `out` does not exist (or --overwrite), can be made (not read-only,
     not under a file) and its disk has at least the bytes `needed_bytes` → that figure."""
     if Path(out).exists() and not overwrite:
         raise BundleError(f"{Path(out).resolve()} already exists.", "choose another -o folder, or pass --overwrite")
     check_output(out, "bundle")
-    need = needed_bytes(model, target, precision, verify, quant, fp32_from)
+    need = needed_bytes(model, target, precision, verify, quant, fp32_from, streamed)
     if need:
         check_output(out, "bundle", need)
     return need
@@ -59,11 +60,12 @@ def check_calibration_output(model, out: Path, overwrite: bool = False) -> int |
 
 
 def needed_bytes(model, target: str, precision: str, verify: bool = True, quant: str | None = None,
-                 fp32_from=None) -> int | None:
+                 fp32_from=None, streamed: bool = False) -> int | None:
     """A lower bound of the bytes an export writes beside `out`: its weights at the precision's
     (or gguf `quant` type's) width (× LOWER_BOUND), plus the temporary fp32 bundle in the work
     folder when a checkpoint is quantized without an fp32 bundle given (`fp32_from`; the
-    calibration recording comes on top: up to --max-mb). None: not known here."""
+    calibration recording comes on top: up to --max-mb) — not when the export is `streamed`
+    (fusion_edge/streamed.py: one fp32 graph at a time, on top of the bound). None: not known here."""
     from fusion_edge.calibration.source import is_bundle
     if is_bundle(model):
         from fusion_edge.runtime.bundle import Bundle
@@ -81,7 +83,7 @@ def needed_bytes(model, target: str, precision: str, verify: bool = True, quant:
         params = float(sum(int(np.prod(e.shape)) for e in ckpt.entries))
         quantized = (PRECISIONS[precision].quantized if target != "gguf"
                      else (quant or precision) not in ("fp32", "F32") and verify)     # targets.export_gguf
-        fp32_work = params * BYTES_PER_WEIGHT["fp32"] if quantized and fp32_from is None else 0.0
+        fp32_work = params * BYTES_PER_WEIGHT["fp32"] if quantized and fp32_from is None and not streamed else 0.0
     width = BYTES_PER_WEIGHT.get(quant or precision, BYTES_PER_WEIGHT["int4"])
     return int(LOWER_BOUND * (params * width + fp32_work))
 
