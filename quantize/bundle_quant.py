@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fusion_edge import __version__
 from fusion_edge.calibration.reader import GraphFeeds
@@ -79,8 +81,8 @@ class GraphFolder:
         return self.folder / name
 
 
-def quantize_graph(src: Bundle | GraphFolder, writer, name: str, comp: dict, the_plan: Plan, rec: Recordings,
-                   opts: QuantOptions) -> tuple[dict, dict]:
+def quantize_graph(src: Bundle | GraphFolder, writer, name: str, comp: Mapping[str, Any], the_plan: Plan,
+                   rec: Recordings, opts: QuantOptions) -> tuple[dict, dict]:
     """One fp32 component of `src` (its record `comp`) → (its quantized component record, its
     weight bytes fp32 → quantized), the graph written into the writer's folder."""
     report = _quantize_component(src, writer, name, comp, the_plan, rec, opts)
@@ -89,7 +91,7 @@ def quantize_graph(src: Bundle | GraphFolder, writer, name: str, comp: dict, the
     return record, _sizes(src.file(comp["files"][0]), writer.path(record["files"][0]))
 
 
-def finish_quantized(writer, base: dict, components: dict, sizes: dict, the_plan: Plan, rec: Recordings,
+def finish_quantized(writer, base: Mapping[str, Any], components: dict, sizes: dict, the_plan: Plan, rec: Recordings,
                      opts: QuantOptions, decode: bool = True, force: bool = False, gate_twin: bool = True) -> dict:
     """After every graph is quantized: the decode graph(s) chained from the quantized segments
     (`decode`: the fp32 source had one), the TensorRT flavour's Q/DQ check, the manifest from
@@ -114,7 +116,7 @@ def finish_quantized(writer, base: dict, components: dict, sizes: dict, the_plan
     return manifest
 
 
-def _quantize_component(src: Bundle | GraphFolder, writer, name: str, comp: dict, the_plan: Plan,
+def _quantize_component(src: Bundle | GraphFolder, writer, name: str, comp: Mapping[str, Any], the_plan: Plan,
                         rec: Recordings, opts: QuantOptions) -> dict:
     kind = component_kind(name)
     precision = the_plan.components[kind].precision
@@ -134,8 +136,8 @@ def _quantize_component(src: Bundle | GraphFolder, writer, name: str, comp: dict
             "quantized_weights": 0, "excluded": []}
 
 
-def _quantize_segment(s: Path, d: Path, name: str, comp: dict, precision: str, flavour: str, rec: Recordings,
-                      vocab: int, opts: QuantOptions) -> dict:
+def _quantize_segment(s: Path, d: Path, name: str, comp: Mapping[str, Any], precision: str, flavour: str,
+                      rec: Recordings, vocab: int, opts: QuantOptions) -> dict:
     """int8 W8A8 or int4 weight-only, with the lm_head (final segment) int8 weight-only."""
     head = lm_head_nodes(graph_io.load(s), vocab) if comp.get("final") else []
     keep = {h: LM_HEAD_REASON for h in head}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # checked by the test command (scripts/test.sh); a package is listed once it is clean
-PACKAGES = ["fusion_edge.runtime", "fusion_edge.export", "fusion_edge.calibration", "fusion_edge.apps",
-            "fusion_edge.bench"]
+PACKAGES = ["fusion_edge.runtime", "fusion_edge.export", "fusion_edge.quantize", "fusion_edge.calibration",
+            "fusion_edge.apps", "fusion_edge.bench"]
 LINKS = re.compile(r"\bfusion_edge/(export|runtime|quantize|calibration|apps|bench)/")
 
 
