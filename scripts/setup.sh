@@ -12,7 +12,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 # Extras: export (onnx, hub), gguf (llama-cpp-python: a ~6 min source build the first
 # time), camera and bench for the app and the harness, ros2 for the ROS 2 node (rclpy and
 # message wheels), serve and ray for the OpenAI-compatible server and its Ray Serve scale-out,
-# dev for the tests.
+# dev for the tests (pytest-xdist: scripts/test.sh runs pytest on every core).
 # constraints.txt: the exact versions the suite passed with (see pyproject's dependency policy).
 # llama-cpp-python is built from source with this CPU's features but without Intel AMX
 # (scripts/llama_cmake_args.sh says why).
