@@ -3,6 +3,11 @@
 Factories cache by arguments, so a test asks for what it needs (`tiny_checkpoint("llama3",
 "siglip2")`, `onnx_bundle("phi3", "so400m", precision="fp16")`) and pays for it once.
 Nothing here downloads: checkpoints are made with the project's tiny-checkpoint maker.
+
+Once per run, not once per pytest-xdist worker: what a fixture writes to disk is built by the
+first worker that needs it into the run's shared folder (`shared_build`: under a file lock, in
+a temporary folder renamed into place when complete) and reused by the others. Each worker
+keeps its own `work_dir` for what tests write themselves.
 """
 from __future__ import annotations
 
@@ -10,17 +15,58 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")      # tests never reach a hub
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 CASES = [("phi3", "so400m"), ("llama3", "siglip2")]
+
+
+# ---- sharing between pytest-xdist workers ------------------------------------------------------
+def shared_root(config: pytest.Config, tmp_path_factory) -> Path:
+    """The folder this run's workers share: under xdist each worker's base temp is
+    `<run's base temp>/gwN`, so the parent is common; without xdist, the base temp. A worker is
+    told by its config (`workerinput`), not by PYTEST_XDIST_WORKER, which a pytest that a test
+    starts inherits."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if hasattr(config, "workerinput") else base) / "shared"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def shared_build(root: Path, name: str, build: Callable[[Path], object]) -> Path:
+    """`root/name`, built once per run by whichever worker asks first: `build(tmp)` writes the
+    folder `tmp` (not yet existing; its parent does), which is renamed to `root/name` when
+    `build` returns, so no worker ever sees a half-built folder. Under `root/name.lock`: the
+    other workers wait for the build, then reuse it. A build that raises leaves nothing behind
+    (the next caller tries again, as a failed fixture does without xdist).
+
+    Resolve what `build` depends on (another shared folder) before calling: the locks are then
+    never nested."""
+    final = root / name
+    if final.exists():
+        return final
+    with FileLock(str(root / f"{name}.lock")):
+        if final.exists():
+            return final
+        tmp = root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            build(tmp / "out")
+            os.rename(tmp / "out", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 class _Messages(logging.Handler):
@@ -55,12 +101,19 @@ def log_lines():
 
 @pytest.fixture(scope="session")
 def work_dir(tmp_path_factory) -> Path:
+    """This worker's own folder for the session (tests write here; not shared with other workers)."""
     return tmp_path_factory.mktemp("fusion_edge")
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(work_dir):
-    """tiny_checkpoint(llm="phi3", tower="so400m", **kw) → checkpoint folder (cached)."""
+def shared_dir(request, tmp_path_factory) -> Path:
+    """The run's folder shared by all xdist workers: fill it with `shared_build`."""
+    return shared_root(request.config, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(shared_dir):
+    """tiny_checkpoint(llm="phi3", tower="so400m", **kw) → checkpoint folder (cached, built once per run)."""
     from fusion_edge.export.tiny import make_tiny_checkpoint
     cache: dict = {}
 
@@ -68,7 +121,8 @@ def tiny_checkpoint(work_dir):
         key = (llm, tower, tuple(sorted(kw.items())))
         if key not in cache:
             name = "-".join([llm, tower] + [f"{k}{v}" for k, v in sorted(kw.items())]).replace(",", "_")
-            cache[key] = make_tiny_checkpoint(work_dir / "ckpt" / name, llm=llm, tower=tower, **kw)
+            cache[key] = shared_build(shared_dir, f"ckpt-{name}",
+                                      lambda out: make_tiny_checkpoint(out, llm=llm, tower=tower, **kw))
         return cache[key]
     return make
 
@@ -88,7 +142,7 @@ def reference(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def onnx_bundle(tiny_checkpoint, work_dir):
+def onnx_bundle(tiny_checkpoint, shared_dir):
     """onnx_bundle(llm, tower, precision="fp32", query_len=None, image_tokens=None) → bundle folder."""
     from fusion_edge.export.bundle_export import export_bundle
     cache: dict = {}
@@ -97,45 +151,47 @@ def onnx_bundle(tiny_checkpoint, work_dir):
              query_len: int | None = None, image_tokens: int | None = None) -> Path:
         key = (llm, tower, precision, query_len, image_tokens)
         if key not in cache:
-            out = work_dir / "bundles" / "-".join(map(str, key))
-            cache[key] = export_bundle(str(tiny_checkpoint(llm, tower)), out, "onnx", precision, query_len,
-                                       image_tokens, verify=False, progress=False)
+            ckpt = str(tiny_checkpoint(llm, tower))
+            cache[key] = shared_build(shared_dir, "bundle-" + "-".join(map(str, key)),
+                                      lambda out: export_bundle(ckpt, out, "onnx", precision, query_len, image_tokens,
+                                                                verify=False, progress=False))
         return cache[key]
     return make
 
 
 @pytest.fixture(scope="session")
-def verified_fp32(onnx_bundle, tiny_checkpoint, work_dir) -> Path:
+def verified_fp32(onnx_bundle, tiny_checkpoint, shared_dir) -> Path:
     """The phi3/so400m fp32 bundle, verified (`fusion-edge verify`): what quantization needs."""
-    import contextlib
     import io
-    import shutil
 
     from fusion_edge.cli import main
-    out = work_dir / "bundles" / "phi3-so400m-fp32-verified"
-    if not out.exists():
-        shutil.copytree(onnx_bundle("phi3", "so400m"), out)
+    src, ckpt = onnx_bundle("phi3", "so400m"), str(tiny_checkpoint("phi3", "so400m"))
+
+    def build(out: Path) -> None:
+        shutil.copytree(src, out)
         with contextlib.redirect_stdout(io.StringIO()):
-            assert main(["verify", str(out), "--model", str(tiny_checkpoint("phi3", "so400m")), "--steps", "4"]) == 0
-    return out
+            assert main(["verify", str(out), "--model", ckpt, "--steps", "4"]) == 0
+    return shared_build(shared_dir, "bundle-phi3-so400m-fp32-verified", build)
 
 
 @pytest.fixture(scope="session")
-def recording(verified_fp32, tmp_path_factory):
+def recording(verified_fp32, shared_dir):
     """A small calibration recording of `verified_fp32`, recorded once per run for the quantized
     exports (test_quantize, test_vision_int8): one scene, two questions (both vision modes), and
     one built-in eval pair held out for the gate. test_calibration records its own."""
     from fusion_edge.calibration.builtin import builtin_pairs
     from fusion_edge.calibration.dataset import CalibItem
-    from fusion_edge.calibration.record import record_calibration
+    from fusion_edge.calibration.record import Recordings, record_calibration
     from fusion_edge.runtime.pipeline import Pipeline
-    (key, img, _), = builtin_pairs("calib", 1)
-    items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
-    held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
-    pipe = Pipeline.open(verified_fp32, device="cpu")
-    return record_calibration(pipe, items, tmp_path_factory.mktemp("q8") / "calib", samples=2, held_out=held,
-                              source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]},
-                              progress=False)
+
+    def build(out: Path) -> None:
+        (key, img, _), = builtin_pairs("calib", 1)
+        items = [CalibItem(key, img, "What is on the table?"), CalibItem(key, img, "Is the door open?")]
+        held = [CalibItem(k, i, q) for k, i, q in builtin_pairs("eval", 1)]
+        pipe = Pipeline.open(verified_fp32, device="cpu")
+        record_calibration(pipe, items, out, samples=2, held_out=held,
+                           source={"fingerprint": pipe.bundle.manifest["source"]["fingerprint"]}, progress=False)
+    return Recordings.open(shared_build(shared_dir, "q8-calib", build))
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +209,7 @@ def pipe(bundle):
 
 
 @pytest.fixture(scope="session")
-def gguf_bundle(tiny_checkpoint, work_dir):
+def gguf_bundle(tiny_checkpoint, shared_dir):
     """gguf_bundle(llm, tower, precision="fp32", **extra) → gguf bundle folder with vision.gguf
     (exported once per run, not verified; shared by the gguf, native, graph-gate, corpus and
     export-gate tests). Skips where the gguf extra is missing."""
@@ -169,9 +225,11 @@ def gguf_bundle(tiny_checkpoint, work_dir):
     def make(llm: str = "phi3", tower: str = "so400m", precision: str = "fp32", **extra) -> Path:
         key = (llm, tower, precision, tuple(sorted(extra.items())))
         if key not in cache:
-            out = work_dir / "gguf" / "-".join([llm, tower, precision, *(tag(k, v) for k, v in sorted(extra.items()))])
-            cache[key] = export_gguf_bundle(str(tiny_checkpoint(llm, tower)), out, "gguf", precision,
-                                            verify=False, progress=False, **extra)
+            ckpt = str(tiny_checkpoint(llm, tower))
+            name = "-".join(["gguf", llm, tower, precision, *(tag(k, v) for k, v in sorted(extra.items()))])
+            cache[key] = shared_build(shared_dir, name,
+                                      lambda out: export_gguf_bundle(ckpt, out, "gguf", precision, verify=False,
+                                                                     progress=False, **extra))
         return cache[key]
     return make
 
@@ -198,10 +256,19 @@ def draw_scene(w: int, h: int, seed: int = 0) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def images(work_dir) -> dict[str, Path]:
-    """Generated test images on disk: odd sizes, modes and formats."""
-    folder = work_dir / "images"
-    folder.mkdir(exist_ok=True)
+def images(shared_dir) -> dict[str, Path]:
+    """Generated test images on disk: odd sizes, modes and formats (written once per run; tests
+    only read them)."""
+    folder = shared_build(shared_dir, "images", _write_images)
+    return {name: folder / file for name, file in IMAGE_FILES.items()}
+
+
+IMAGE_FILES = {"wide": "wide.jpg", "tall": "tall.jpg", "strip": "strip.jpg", "rgba": "rgba.png", "gray": "gray.png",
+               "palette": "palette.gif", "empty": "empty.jpg", "corrupt": "corrupt.jpg", "notimage": "notimage.png"}
+
+
+def _write_images(folder: Path) -> None:
+    folder.mkdir()
     out = {}
     for name, (w, h), seed in (("wide", (640, 480), 1), ("tall", (300, 500), 2), ("strip", (1024, 256), 3)):
         p = folder / f"{name}.jpg"
@@ -226,7 +293,7 @@ def images(work_dir) -> dict[str, Path]:
     p = folder / "notimage.png"
     p.write_bytes(b"this is not an image at all" * 10)
     out["notimage"] = p
-    return out
+    assert {k: p.name for k, p in out.items()} == IMAGE_FILES
 
 
 @pytest.fixture(scope="session")

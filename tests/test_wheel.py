@@ -16,12 +16,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import shared_build
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from setup import ROOTS  # noqa: E402  (the repository's setup.py: import name → folder)
 
 sys.path.remove(str(ROOT))
+
 pytestmark = pytest.mark.slow
 QUESTION = "What is on the table?"
 
@@ -39,14 +41,17 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> dict[str, Path]:
-    """sdist, then the wheel built from that sdist (python -m build), from a copy of the checkout."""
-    src, out = tmp_path_factory.mktemp("clone"), tmp_path_factory.mktemp("dist")
-    for f in _sources():
-        (src / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, src / f)
-    r = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)])
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+def dist(shared_dir) -> dict[str, Path]:
+    """sdist, then the wheel built from that sdist (python -m build), from a copy of the checkout.
+    Built once per run (conftest.shared_build): test_serve_wheel.py and every xdist worker reuse it."""
+    def build(out: Path) -> None:
+        src = out.parent / "clone"
+        for f in _sources():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, src / f)
+        r = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)])
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = shared_build(shared_dir, "dist", build)
     wheels, sdists = list(out.glob("fusion_edge-*.whl")), list(out.glob("fusion_edge-*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, list(out.iterdir())
     return {"wheel": wheels[0], "sdist": sdists[0]}
