@@ -33,6 +33,38 @@ CASES = [("phi3", "so400m"), ("llama3", "siglip2")]
 
 
 # ---- sharing between pytest-xdist workers ------------------------------------------------------
+def worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 → 0, gw1 → 1, …); 0 in a run without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+
+
+def worker_count() -> int:
+    """How many pytest-xdist workers this run has (1 without xdist)."""
+    return max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+# ROS 2 domain ids the tests use: 1–100 (bench/soak_ros2.py takes 101–149, bench/ros2_latency.py
+# 150–229). Each user of an id (a test module, a test) has a slot of its own.
+ROS_DOMAIN_SLOTS = {"test_ros2": 0, "test_corpus_options": 1}
+_ROS_DOMAIN_FIRST, _ROS_DOMAINS = 1, 100
+
+
+def ros_domain_id(slot: str) -> int:
+    """A ROS 2 domain id that no other worker of this run and no other slot of this worker uses.
+
+    The run picks a block of `workers × slots` consecutive ids (from xdist's run id, shared by its
+    workers, or this process's id without xdist: another run on the machine most likely picks
+    another block); inside the block, worker w's slot s is id w·slots + s."""
+    slots = len(ROS_DOMAIN_SLOTS)
+    block = worker_count() * slots
+    if block > _ROS_DOMAINS:
+        raise RuntimeError(f"{worker_count()} workers × {slots} ROS 2 slots exceed the {_ROS_DOMAINS} domain ids")
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    seed = int(run, 16) if run else os.getpid()
+    start = (seed % (_ROS_DOMAINS // block)) * block
+    return _ROS_DOMAIN_FIRST + start + worker_index() * slots + ROS_DOMAIN_SLOTS[slot]
+
+
 def shared_root(config: pytest.Config, tmp_path_factory) -> Path:
     """The folder this run's workers share: under xdist each worker's base temp is
     `<run's base temp>/gwN`, so the parent is common; without xdist, the base temp. A worker is

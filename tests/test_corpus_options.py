@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ros_domain_id
 
 from fusion_edge.bench.runner import BenchError, Settings, run_bench
 from fusion_edge.calibration.calibrate import calibrate_bundle
@@ -317,7 +318,8 @@ def test_ros2_node_refuses_a_bad_parameter_before_loading(param, words, tmp_path
     """The node process: a bad -p value is one error before the model loads (no `loading` line;
     the bundle path does not even exist)."""
     pytest.importorskip("rclpy", reason="the ros2 extra (rclpy) is not installed")
-    env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (os.getpid() + 50) % 100), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    env = {**os.environ, "ROS_DOMAIN_ID": str(ros_domain_id("test_corpus_options")),     # never another worker's
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     r = subprocess.run([sys.executable, "-m", "fusion_edge.cli", "ros2", str(tmp_path / "none"), "--ros-args",
                         "-p", param], capture_output=True, text=True, timeout=120, env=env)
     assert_clean_failure(r.returncode, r.stderr)

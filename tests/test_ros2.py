@@ -3,8 +3,9 @@
 One `fusion-edge ros2` process per module runs on the tiny bundle; this test process
 publishes images and questions with rclpy (NodeClient) and reads the streamed and final
 answers and the status. Expected answers come from `Pipeline.ask` on the same pixels.
-Isolation: a domain id of this session's own, localhost-only discovery, and a namespace
-named after this process, so nothing here talks to any other ROS 2 graph.
+Isolation: a domain id of this session's own (conftest.ros_domain_id: never another xdist
+worker's), localhost-only discovery, and a namespace named after this process, so nothing here
+talks to any other ROS 2 graph.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import draw_scene
+from conftest import draw_scene, ros_domain_id
 from fusion_edge.apps.ros2.images import image_from_compressed, image_from_raw
 from fusion_edge.runtime.errors import ImageError, MissingExtraError
 from PIL import Image
@@ -37,7 +38,7 @@ def ros_env():
     default 512 KiB shared-memory segment drops them).
     """
     from fusion_edge.apps.ros2.cli import FASTDDS_PROFILE
-    env = {"ROS_DOMAIN_ID": str(1 + os.getpid() % 100), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    env = {"ROS_DOMAIN_ID": str(ros_domain_id("test_ros2")), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
