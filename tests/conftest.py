@@ -8,6 +8,18 @@ Once per run, not once per pytest-xdist worker: what a fixture writes to disk is
 first worker that needs it into the run's shared folder (`shared_build`: under a file lock, in
 a temporary folder renamed into place when complete) and reused by the others. Each worker
 keeps its own `work_dir` for what tests write themselves.
+
+scripts/test.sh runs pytest-xdist with `--dist loadgroup`; tests marked
+`pytest.mark.xdist_group(NAME)` run on one worker, one after another:
+  * NAME = the module's name: modules whose module-scoped fixtures export a bundle or start a
+    process (server, ROS 2 node, browser, venv): a second worker would build them again, or
+    run a second copy beside the first.
+  * "memory": the tests that start a local Ray cluster (a second cluster at once does not fit
+    2 cores, and the Ray tests check that the Ray processes they saw start are gone) and the
+    tests that measure a process's memory over a soak (the Android bridge's 100 cycles, the
+    ROS 2 node's short soak, the heap trim): never beside each other or a Ray cluster.
+Processes the tests start listen on port 0 (a free ephemeral port, read back); ROS 2 tests take
+their domain id from `ros_domain_id` (one per worker and slot).
 """
 from __future__ import annotations
 

@@ -80,6 +80,7 @@ def test_java_api_answers_with_the_python_runtimes_token_ids(gguf_bundle, scene_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")      # conftest.py: Ray clusters and memory soaks, one at a time
 def test_java_api_survives_100_open_ask_close_cycles_without_growing(gguf_bundle, scene_png):
     """VmRSS of the JVM after 3 warm-up cycles, then after 100 open/look/ask/close cycles.
 

@@ -24,6 +24,9 @@ from fusion_edge.bench.weights import bundle_llm_bytes_per_token, torch_llm_byte
 from fusion_edge.cli import main
 from fusion_edge.runtime.errors import BundleError, MissingExtraError
 
+# one xdist worker: its module fixture runs the benchmark once
+pytestmark = pytest.mark.xdist_group("test_bench")
+
 FAST = ["--cases", "1", "--questions-per-image", "2", "--max-new-tokens", "3", "--repeats", "1",
         "--warmup", "0", "--threads", "2", "--bandwidth-mib", "16"]
 

@@ -13,6 +13,9 @@ from fusion_edge.calibration.dataset import (CalibItem, CalibrationDataError, bu
 from fusion_edge.calibration.reader import GraphFeeds
 from fusion_edge.calibration.record import Recordings, record_calibration
 
+# one xdist worker: its module fixture records calibration once
+pytestmark = pytest.mark.xdist_group("test_calibration")
+
 GOOD = ("wide", "tall", "strip", "rgba", "gray", "palette")
 BAD = ("empty", "corrupt", "notimage")
 

@@ -31,6 +31,9 @@ from fusion_edge.apps.camera_qa.sources import parse_source  # noqa: E402
 from fusion_edge.runtime.errors import PromptError, SourceError  # noqa: E402
 from fusion_edge.runtime.pipeline import Pipeline  # noqa: E402
 
+# one xdist worker: its module fixtures start the camera app and its server once
+pytestmark = pytest.mark.xdist_group("test_camera_app")
+
 CAP_TOKENS = 40           # the app's limit; normal questions ask for SHORT tokens
 SHORT = 3
 MAX_Q = 200

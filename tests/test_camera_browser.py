@@ -26,6 +26,9 @@ pytest.importorskip("fastapi", reason="fastapi (the 'camera' extra) is not insta
 pytest.importorskip("uvicorn", reason="uvicorn (the 'camera' extra) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright for Python is not installed (run scripts/install_browser.sh)")
+
+# one xdist worker: its module fixtures start the camera app and chromium once
+pytestmark = pytest.mark.xdist_group("test_camera_browser")
 CHROMIUM = os.environ.get("FUSION_EDGE_CHROMIUM", "/usr/bin/chromium")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"chromium is not installed at {CHROMIUM} (run scripts/install_browser.sh)", allow_module_level=True)

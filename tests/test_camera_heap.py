@@ -49,6 +49,7 @@ def _run(mode: str) -> dict:
 
 
 @glibc
+@pytest.mark.xdist_group("memory")      # conftest.py: Ray clusters and memory soaks, one at a time
 def test_trim_hands_fragmented_free_arena_memory_back():
     kept, trimmed = _run("keep"), _run("trim")
     assert kept["configured"] == trimmed["configured"] == "True"

@@ -35,6 +35,9 @@ from fusion_edge.runtime.trt import stamp
 
 from fault_mounts import Tmpfs
 
+# one xdist worker: its module fixtures record calibration and export a trt bundle once
+pytestmark = pytest.mark.xdist_group("test_faults")
+
 CLI = [sys.executable, "-m", "fusion_edge.cli"]
 ORIN = stamp.Platform("10.3.0", "Orin", (8, 7))
 

@@ -18,6 +18,9 @@ from fusion_edge.export.decode_graph import DECODE, DECODE_CONCAT, SHARED_DATA
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.graph_gates import GRAPH_GATES, TWIN_KEY, VISION_KEY, gate_decode_twin
 
+# one xdist worker: its module fixture measures the engines' figures once
+pytestmark = pytest.mark.xdist_group("test_graph_gates")
+
 
 # ---- the decode graph's twin --------------------------------------------------------------------
 def _break_twin(src, dst, scale: float = 1.5):

@@ -21,6 +21,9 @@ pytest.importorskip("llama_cpp", reason="the gguf extra (llama-cpp-python) is no
 from fusion_edge.runtime.preprocess import static_hd_tiles
 from fusion_edge.runtime.tokenizer import Tokenizer
 
+# one xdist worker: its session fixture runs the native CLI per flavour once
+pytestmark = pytest.mark.xdist_group("test_native_parity")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAVORS = [("phi3", "so400m"), ("llama3", "siglip2")]

@@ -20,6 +20,9 @@ from fusion_edge.runtime.bundle import Bundle, BundleWriter
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
+# one xdist worker: its module fixtures export the int8 bundle once
+pytestmark = pytest.mark.xdist_group("test_quantize")
+
 STEPS = 6
 # W8A8 weights are int8 in every flavour since d59cb5e (uint8 before it); either is one byte.
 ONE_BYTE_WEIGHTS = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)

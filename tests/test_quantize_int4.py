@@ -13,6 +13,9 @@ from fusion_edge.runtime.bundle import Bundle
 from fusion_edge.runtime.errors import ExportError
 from fusion_edge.runtime.pipeline import Pipeline
 
+# one xdist worker: its module fixtures export the int4 bundle once
+pytestmark = pytest.mark.xdist_group("test_quantize_int4")
+
 STEPS = 6
 
 

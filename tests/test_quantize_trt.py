@@ -19,6 +19,9 @@ from fusion_edge.quantize.weight_int8 import lm_head_nodes, weight_only_int8
 from fusion_edge.runtime.bundle import Bundle
 from fusion_edge.runtime.pipeline import Pipeline
 
+# one xdist worker: its module fixtures record calibration and quantize a trt bundle once
+pytestmark = pytest.mark.xdist_group("test_quantize_trt")
+
 
 @pytest.fixture(scope="module")
 def rec(bundle, tmp_path_factory):

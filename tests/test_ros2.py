@@ -23,6 +23,9 @@ from fusion_edge.apps.ros2.images import image_from_compressed, image_from_raw
 from fusion_edge.runtime.errors import ImageError, MissingExtraError
 from PIL import Image
 
+# one xdist worker: its module fixtures start the ROS 2 node once
+pytestmark = pytest.mark.xdist_group("test_ros2")
+
 NS = f"/fe_test_{os.getpid()}"
 NODE = f"{NS}/fusion_edge"
 WAIT = 60.0

@@ -104,6 +104,7 @@ def test_glibc_takes_the_arena_bound():
 
 # ---- the real thing, short -----------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")      # conftest.py: Ray clusters and memory soaks, one at a time
 def test_a_short_soak_loses_and_repeats_no_answer(bundle):
     pytest.importorskip("rclpy", reason="the ros2 extra (rclpy wheels) is not installed")
     from fusion_edge.bench.soak_ros2 import parse_args, soak

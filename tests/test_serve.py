@@ -21,6 +21,9 @@ from serve_helpers import ServerProcess, data_url, user, wait_until
 
 openai = pytest.importorskip("openai")
 
+# one xdist worker: its module fixtures start the server once
+pytestmark = pytest.mark.xdist_group("test_serve")
+
 KEY = "test-key-0123456789"
 Q = "What is on the table?"
 N = 12

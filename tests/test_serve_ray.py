@@ -35,6 +35,7 @@ def expected(onnx_bundle, images):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")      # conftest.py: Ray clusters and memory soaks, one at a time
 def test_two_replicas_answer_six_concurrent_requests(onnx_bundle, images, expected):
     before = ray_pids()
     srv = ServerProcess(onnx_bundle("phi3", "so400m"), "--ray", "--replicas", 2, "--port", 0,
@@ -104,6 +105,7 @@ def test_deployment_options_pass_autoscaling_through():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("memory")      # conftest.py: Ray clusters and memory soaks, one at a time
 def test_overload_on_ray_is_answered_or_refused_with_429(onnx_bundle, images, expected):
     """More concurrent requests than the fleet holds (2 replicas x (1 running + 1 waiting), 2 more
     waiting at Ray's proxy): each is answered or gets a 429 with Retry-After, all within the time

@@ -16,7 +16,9 @@ from serve_helpers import data_url, user
 from test_wheel import ROOT, _run, dist  # noqa: F401  (dist: the fixture, shared with test_wheel.py)
 
 openai = pytest.importorskip("openai")
-pytestmark = pytest.mark.slow
+
+# slow; one xdist worker: its module fixture makes a venv with the wheel and [serve] once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_serve_wheel")]
 QUESTION = "What is on the table?"
 N = 8
 

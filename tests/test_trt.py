@@ -25,6 +25,9 @@ from fusion_edge.runtime.trt import stamp
 from fusion_edge.runtime.trt.profiles import covers, ort_shape_strings
 from fusion_edge.runtime.trt.stamp import Platform
 
+# one xdist worker: its module fixtures export the fp16, int8 and int4 trt bundles once
+pytestmark = pytest.mark.xdist_group("test_trt")
+
 ORIN = Platform("10.3.0", "Orin", (8, 7))
 QUESTION = "What is on the table?"
 

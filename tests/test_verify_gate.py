@@ -26,6 +26,9 @@ from fusion_edge.runtime.fidelity import GATES, PER_GRAPH_MAX_ABS, figures_key, 
 from fusion_edge.runtime.fidelity import gate_reference as gate
 from fusion_edge.runtime.pipeline import Pipeline
 
+# one xdist worker: its module fixtures export and verify the int8 bundle once
+pytestmark = pytest.mark.xdist_group("test_verify_gate")
+
 GOOD = {"max_dlogit": 1e-5, "greedy_agreement": 1.0, "top1_agreement": 1.0}
 POOR = {"max_dlogit": 3.0, "greedy_agreement": 0.25, "top1_agreement": 0.5}
 

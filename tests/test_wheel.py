@@ -24,7 +24,8 @@ from setup import ROOTS  # noqa: E402  (the repository's setup.py: import name â
 
 sys.path.remove(str(ROOT))
 
-pytestmark = pytest.mark.slow
+# slow; one xdist worker: its module fixture makes a venv with the wheel once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_wheel")]
 QUESTION = "What is on the table?"
 
 
