@@ -278,8 +278,12 @@ def gguf_bundle(tiny_checkpoint, shared_dir):
     return make
 
 
-def wait_for(pred, timeout: float = 10.0, step: float = 0.02) -> bool:
-    """Poll `pred` every `step` seconds until it is true (→ True) or `timeout` seconds pass (→ False)."""
+def wait_for(pred, timeout: float = 30.0, step: float = 0.02) -> bool:
+    """Poll `pred` every `step` seconds until it is true (→ True) or `timeout` seconds pass (→ False).
+
+    30 s by default (was 10): what the tests wait for takes well under a second alone, but the
+    suite runs on every core (pytest-xdist), so a worker may get half a core while the other
+    exports; a wait ends as soon as `pred` holds, so only a failing test waits longer."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
