@@ -134,7 +134,9 @@ def test_page_loads_and_the_live_view_updates(page):
     page.wait_for_selector("#source-pill.ok")
     assert "clip.avi" in page.inner_text("#source-pill")
     assert page.inner_text("#model-pill") == "onnx-fp32 · vision cpu · align cpu · llm cpu"
-    assert page.evaluate("document.getElementById('live').naturalWidth") == 320
+    # naturalWidth is 0 while the view's next frame loads (it replaces its image several times a
+    # second): read it once a frame is shown
+    assert page.wait_for_function("document.getElementById('live').naturalWidth").json_value() == 320
 
 
 def test_freeze_frame_stops_the_view_and_resumes(page):
