@@ -41,22 +41,25 @@ def run_ask(args) -> int:
     return 0
 
 
-def _printer(tokenizer):
+class _Printer:
     """on_token callback that streams decoded text; `.finish()` prints the held-back tail."""
-    from fusion_edge.runtime.tokenizer import StreamDecoder
-    dec = StreamDecoder(tokenizer)
 
-    def on_token(tok: int) -> None:
-        sys.stdout.write(dec.push(tok))
+    def __init__(self, tokenizer) -> None:
+        from fusion_edge.runtime.tokenizer import StreamDecoder
+        self._dec = StreamDecoder(tokenizer)
+
+    def __call__(self, tok: int) -> None:
+        sys.stdout.write(self._dec.push(tok))
         sys.stdout.flush()
-    on_token.finish = lambda: sys.stdout.write(dec.flush())
-    return on_token
+
+    def finish(self) -> None:
+        sys.stdout.write(self._dec.flush())
 
 
 def _ask_reference(args, stream: bool) -> dict:
     from fusion_edge.export.reference import FusionReference
     ref = FusionReference.load(args.model)
-    printer = _printer(ref.tokenizer) if stream else None
+    printer = _Printer(ref.tokenizer) if stream else None
     res = ref.answer(args.image, args.question, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                      query_len=args.query_len, image_tokens=args.image_tokens, on_token=printer)
@@ -88,6 +91,7 @@ def _ask_bundle(args, stream: bool) -> dict:
             sys.stdout.write(piece)
             sys.stdout.flush()
     r = pipe.last_result
+    assert r is not None                    # set once the ask above has streamed its answer
     return {"text": r.text, "token_ids": r.token_ids, "prompt": r.prompt, "backend": pipe.backend_name,
             "timings": pipe.last_stats, "devices": pipe.devices, "device_notice": pipe.device_notice,
             "tf32": pipe.tf32, "tf32_parts": pipe.tf32_parts, "first_logits": r.first_logits,

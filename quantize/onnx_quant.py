@@ -136,10 +136,11 @@ FIX = ("calibrate on images and questions like yours (--calib DATA), try int8 in
        "--block-size; --force keeps the bundle anyway")
 
 
-def gate_folder(folder: Path, fp32_path: Path, precision: str, cases: list[tuple], steps: int,
+def gate_folder(folder: Path, fp32_path: Path | None, precision: str, cases: list[tuple], steps: int,
                 thresholds: dict | None, force: bool, threads: int | None, progress: bool,
                 reference=None) -> dict:
-    """Measure the quantized folder against the fp32 bundle (and the PyTorch reference, when
-    given); raise below the gate unless forced (quantize/agreement.py gate_folder)."""
+    """Measure the quantized folder against the fp32 bundle (fp32_path None: the streamed export
+    keeps none) and the PyTorch reference, when given; raise below the gate unless forced
+    (quantize/agreement.py gate_folder)."""
     return agreement.gate_folder(folder, fp32_path, precision, cases, steps, thresholds, force, threads, progress,
                                  reference, FIX)
