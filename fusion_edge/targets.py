@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fusion_edge.runtime.errors import ExportError, FusionEdgeError, missing_module_error
 from fusion_edge.runtime.outputs import output_faults
@@ -116,7 +117,7 @@ def export_onnx_quantized(model, out, *, query_len=None, image_tokens=None, prog
         from fusion_edge.streamed import export_streamed
         with work_area(out) as work:
             return export_streamed(model, out, work, query_len=query_len, image_tokens=image_tokens,
-                                   progress=progress, reference=reference_answer(model) if verify else None, **kw)
+                                   progress=progress, reference=lazy_reference(model) if verify else None, **kw)
     if streams(model, {**kw, "calib": None}, recording=False):
         log.info("notice: exporting the fp32 bundle first: the align graphs' calibration needs the whole fp32 "
                  "pipeline (with a recording, --calib DIR, int4 is exported one graph at a time instead)")
@@ -138,6 +139,19 @@ def streams(model, kw: dict, recording: bool = True) -> bool:
     calib = kw.get("calib")
     return (kw.get("target", "onnx") == "onnx" and kw.get("precision") == "int4" and not is_bundle(model)
             and (not recording or (calib is not None and Recordings.is_recording(calib))))
+
+
+def lazy_reference(model: str | Path) -> Callable:
+    """reference_answer(model), the fp32 PyTorch model loaded at the first call (the gate), so
+    that the streamed export does not hold it while it exports and quantizes."""
+    answer: Callable | None = None
+
+    def call(pipe, image, question: str, steps: int):
+        nonlocal answer
+        if answer is None:
+            answer = reference_answer(model)
+        return answer(pipe, image, question, steps)
+    return call
 
 
 def reference_answer(model: str | Path) -> Callable:
@@ -179,7 +193,8 @@ def export_trt(model, out, *, precision: str, sm=None, verify: bool = True, prog
 
     def extend(fields: dict) -> dict:
         return trt_fields(fields, the_plan.to_dict())
-    common = dict(target="trt", precision=precision, verify=verify, progress=progress, manifest_extend=extend)
+    common: dict[str, Any] = dict(target="trt", precision=precision, verify=verify, progress=progress,
+                                  manifest_extend=extend)
     if precision == "fp16":
         log.info(the_plan.explain())
         kw = {k: v for k, v in kw.items() if k not in QUANT_ONLY}
