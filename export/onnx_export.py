@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections import Counter
 import warnings
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def _finalize(traced: Path, path: Path, precision: str) -> list[str]:
     if precision == "fp32" and _has_external_data(traced):
         return _stream_external(traced, path)        # large fp32 graph: never all in RAM
     model = onnx.load(str(traced), load_external_data=True)
+    traced.unlink()                 # in memory now: the graph is on disk once while it is written
     if precision == "fp16":
         from .fp16 import to_fp16
         model = to_fp16(model)
@@ -169,14 +171,17 @@ def _stream_external(traced: Path, path: Path) -> list[str]:
     model = onnx.load(str(traced), load_external_data=False)
     data_name = path.name + ".data"
     offset = 0
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    uses = Counter(ExternalDataInfo(t).location for t in external)
     with open(path.parent / data_name, "wb") as out:
-        for t in model.graph.initializer:
-            if not uses_external_data(t):
-                continue
+        for t in external:
             info = ExternalDataInfo(t)
             with open(traced.parent / info.location, "rb") as src:
                 src.seek(info.offset or 0)
                 blob = src.read(info.length) if info.length else src.read()
+            uses[info.location] -= 1
+            if not uses[info.location]:      # copied: the weights are on disk once, not twice, meanwhile
+                (traced.parent / info.location).unlink()
             pad = -offset % 4096                      # page-aligned, as onnx's own writer does
             out.write(b"\0" * pad)
             offset += pad

@@ -176,6 +176,7 @@ def test_streamed_external_data_matches_inline(tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
     assert _finalize(scratch / "g.onnx", out / "g.onnx", "fp32") == ["g.onnx", "g.onnx.data"]
+    assert [p.name for p in scratch.iterdir()] == ["g.onnx"]     # each tensor's file deleted once copied
     x = rng.standard_normal((1, 64)).astype(np.float32)
     y = ort.InferenceSession(str(out / "g.onnx")).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
