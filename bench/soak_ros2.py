@@ -18,7 +18,8 @@ questions the run goes through:
                 waits and the others are refused on ~/status
   steady        the rest of the cycle's pairs
 RSS is the node process's VmRSS (/proc/PID/status), read every --sample answers; growth is
-from the --warmup'th answer to the end. The accounting (soak_ros2_ledger.py): every question
+from the --warmup'th answer (default: one --cycle, so that every disturbance has happened
+once) to the end. The accounting (soak_ros2_ledger.py): every question
 the node accepts ends exactly once and a done one is on ~/answer once; every question it
 refuses is refused once; none goes unmentioned. Exit 1 when a question was lost, duplicated
 or unseen, ~/answer missed or repeated one, or RSS grew by --max-growth-pct or more after
@@ -132,7 +133,9 @@ def parse_args(argv=None):
     p.add_argument("bundle")
     p.add_argument("-n", type=int, default=1000, help="questions in all (default 1000)")
     p.add_argument("--sample", type=int, default=25, help="read the node's RSS every this many answers")
-    p.add_argument("--warmup", type=int, default=25, help="answers after which RSS is the baseline for growth")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="answers after which RSS is the baseline for growth (default: --cycle, i.e. after the "
+                        "node has met every disturbance once)")
     p.add_argument("--max-growth-pct", type=float, default=5.0, help="RSS growth after warm-up that fails the soak")
     p.add_argument("--cycle", type=int, default=250, help="questions per cycle of disturbances")
     p.add_argument("--gone", type=int, default=3, help="questions asked while the camera is gone, per cycle")
@@ -149,6 +152,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.n, args.sample, args.cycle, args.burst_frames, args.burst_every) < 1 or args.gone < 0:
         p.error("-n, --sample, --cycle, --burst-frames and --burst-every must be at least 1, --gone at least 0")
+    if args.warmup is None:     # the first cycle's bursts and camera/client changes size the heap
+        args.warmup = args.cycle
+    if not 0 <= args.warmup < args.n:
+        p.error(f"--warmup {args.warmup} must be at least 0 and below -n {args.n} (growth is measured after it)")
     return args
 
 
