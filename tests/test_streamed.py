@@ -15,6 +15,8 @@ import pytest
 from fusion_edge.quantize import agreement
 from fusion_edge.runtime.bundle import MANIFEST, Bundle
 
+pytestmark = pytest.mark.xdist_group("test_streamed")    # its module fixtures export two bundles: one worker
+
 STEPS = 6
 # manifest fields that differ between any two exports (time) or by how the gate compares
 PER_RUN = ("created", "verification")
