@@ -68,6 +68,15 @@ def test_the_schedule_spreads_every_disturbance_over_the_run():
 
 
 # ---- what the soak found ----------------------------------------------------------------------------
+def test_rss_growth_is_measured_after_the_first_cycle_unless_told():
+    from fusion_edge.bench.soak_ros2 import parse_args
+    assert parse_args(["b"]).warmup == 250                           # --cycle's default
+    assert parse_args(["b", "--cycle", "100", "-n", "400"]).warmup == 100
+    assert parse_args(["b", "--warmup", "5", "-n", "30"]).warmup == 5
+    with pytest.raises(SystemExit):                                   # nothing left to measure after it
+        parse_args(["b", "-n", "100"])
+
+
 def test_the_node_bounds_malloc_arenas_before_ros_and_the_model_start(monkeypatch):
     """Without two arenas the node's RSS rose and fell by 10–30 MB and grew 5.8 % over the
     1000-pair soak (bench/soak_ros2.py). The setting binds only arenas made after it, so it must
