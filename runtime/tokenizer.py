@@ -87,6 +87,13 @@ class Tokenizer:
         if self._slow:
             self._tok.normalizer = tk.normalizers.Replace(" ", SPIECE)
             self._tok.pre_tokenizer = None
+            # Without a pre-tokenizer the BPE model's word cache keys on whole texts: every new
+            # question up to ~250 bytes stayed cached (1.6 KiB at 28 characters, 6 KiB at 128;
+            # up to 10,000 of them, tens of MB of native memory in a long-running app) and a
+            # repeated text encodes no faster from it. Off (a private method; absent: kept).
+            resize = getattr(self._tok.model, "_resize_cache", None)
+            if resize is not None:
+                resize(0)
             self._spiece_id = self._tok.token_to_id(SPIECE)
             # transformers' all_special_tokens: the special-token attributes only.
             names = [_content(self.config.get(k)) for k in _SPECIAL_KEYS]

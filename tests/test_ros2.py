@@ -311,6 +311,30 @@ def test_ask_service_answers_the_standing_question(fresh, pipe):
     assert res.success and res.message == expected(pipe, img, "What colour is the wall?")[0]
 
 
+def test_distinct_questions_leave_no_native_memory_behind(pipe):
+    """Every question the node takes is tokenized by Pipeline.check_ask (the worker's pipe.ask).
+    The BPE word cache of the SentencePiece-style tokenizers keyed on whole questions there:
+    ~1.6 KiB of native memory kept per new question, up to 10,000 of them (the ROS 2 soak's RSS
+    creep, issue 28). glibc's count of bytes in use must stay flat over 2000 new questions."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    mallinfo2.restype = MallInfo2
+    for i in range(50):                     # the repeated parts of the prompt, first allocations
+        pipe.check_ask(f"warm-up {i}: {QUESTION}")
+    before = mallinfo2().uordblks
+    for i in range(2000):
+        pipe.check_ask(f"q{i}: {QUESTION}")
+    grown = mallinfo2().uordblks - before
+    assert grown < 256 * 1024, f"{grown / 2000:.0f} bytes kept per distinct question"
+
+
 def test_sigint_exits_cleanly_with_0(client, node_proc):
     node_proc.send_signal(signal.SIGINT)
     assert node_proc.wait(30) == 0, node_proc.log.read_text()[-3000:]
