@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from fusion_edge.runtime import option_types as ot
@@ -80,6 +81,19 @@ def check_export_options(steps: int, extra: dict) -> None:
         ot.check_existing_path(extra["calib"], "--calib")
     if extra.get("calib_questions") is not None:
         ot.check_existing_file(extra["calib_questions"], "--calib-questions")
+    warn_slow_accuracy_level(extra)
+
+
+def warn_slow_accuracy_level(extra: dict) -> None:
+    """MatMulNBits on onnxruntime's CPU runs int8 compute only at accuracy level 4; at 0 (unset)
+    the 8-bit lm_head of every int8/int4 cpu bundle takes ~100x longer per decoded token
+    (bench/kernels.py, 3072 x 8192 one row: 240 ms against 2.9 ms, 2026-12-08)."""
+    if "accuracy_level" in extra and extra.get("flavour", "cpu") == "cpu" and extra["accuracy_level"] != 4:
+        level = extra["accuracy_level"] or 0
+        logging.getLogger(__name__).warning(
+            f"--accuracy-level {level}: onnxruntime's CPU kernels for MatMulNBits are fast at level 4 only; "
+            f"the bundle's 8-bit lm_head will decode about 100x slower per token at level 0 "
+            f"(python -m fusion_edge.bench.kernels times every level)")
 
 
 def gguf_kwargs(args) -> dict:

@@ -1,6 +1,8 @@
 """INT4 bundles of a tiny checkpoint: weight-only MatMulNBits segments, sizes, figures, options."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,17 @@ def test_int4_decode_graph_is_chained_from_the_int4_segments(q4, decode_parity, 
     # GroupQueryAttention vs the segments' MatMul/Softmax attention: fp32 sums in another
     # order (2.3e-5 here); the fidelity gate of the decode graph (1e-4), the same tokens
     assert diff <= 1e-4 and merged == segments
+
+
+def test_an_accuracy_level_other_than_4_on_the_cpu_is_warned_about(caplog):
+    """Level 0 puts the 8-bit lm_head on onnxruntime's slow MatMulNBits path (~100x per token):
+    checked with the export's options, before any work (fusion_edge/targets.py export_bundle)."""
+    from fusion_edge.export.cli_export import check_export_options
+    with caplog.at_level(logging.WARNING, logger="fusion_edge.export.cli_export"):
+        check_export_options(16, {"accuracy_level": 4, "flavour": "cpu"})
+        check_export_options(16, {"accuracy_level": None, "flavour": "cuda"})     # no CPU kernels
+        check_export_options(16, {})                                              # fp32: no such option
+        assert caplog.messages == []
+        check_export_options(16, {"accuracy_level": None, "flavour": "cpu"})      # --accuracy-level 0
+    assert len(caplog.messages) == 1 and "--accuracy-level 0" in caplog.messages[0]
+    assert "100x slower" in caplog.messages[0]
