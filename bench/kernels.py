@@ -8,8 +8,9 @@ at prefill rows and at one row (decode). Not a test: figures for issue 25's item
 
 Shapes (Phi-3.5-mini, FUSION-X-3B): mlp = the up projection 3072 x 8192, lm_head = 3072 x
 32064. Weights are random (N(0, 0.02)); `rel_err` is max |y - y_fp32| / max |y_fp32| on the
-prefill rows: the quantization error of that form on these weights. Every form runs in its
-own session (spinning off, as the bundles' sessions), and the forms alternate within each
+prefill rows: the quantization error of that form on these weights. Each form is written by
+the bundles' own quantizers (quantize/) and runs in its own session with the options every
+bundle graph gets on the CPU (ort_session.make_session); the forms alternate within each
 repeat so a change of load hits all of them alike; times are medians over the repeats.
 """
 from __future__ import annotations
@@ -18,12 +19,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -33,61 +36,48 @@ SHAPES = {"mlp": (3072, 8192), "lm_head": (3072, 32064)}
 DECODE_CALLS = 10       # one-row runs per timing: a single one is too short to time
 
 
-def _graph(nodes: list, inits: list, k: int, n: int):
-    from onnx import TensorProto, helper
-    g = helper.make_graph(nodes, "kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])], inits)
-    ops = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(g, opset_imports=ops, ir_version=10)
-
-
-def fp32_model(w: np.ndarray):
-    from onnx import helper, numpy_helper
-    return _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [numpy_helper.from_array(w, "W")], *w.shape)
-
-
-def dynamic_u8s8_model(w: np.ndarray):
-    """int8 weights, one scale per output column; activations quantized per run (uint8)."""
-    from onnx import helper, numpy_helper
-    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)                 # (N,)
-    wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    node = helper.make_node("DynamicQuantizeMatMul", ["x", "Wq", "ws", "wz"], ["y"], domain="com.microsoft")
-    inits = [numpy_helper.from_array(wq, "Wq"), numpy_helper.from_array(scale, "ws"),
-             numpy_helper.from_array(np.zeros_like(scale, np.int8), "wz")]
-    return _graph([node], inits, *w.shape)
-
-
-def nbits_model(w: np.ndarray, bits: int, block_size: int, accuracy_level: int):
-    """onnxruntime's own weight-only quantizer, as quantize/weight_int4.py and weight_int8.py use it."""
-    from onnxruntime.quantization import QuantFormat
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def fp32_graph(w: np.ndarray, path: Path) -> Path:
+    """One MatMul x (M, K) · W (K, N) → y, as the bundles' graphs store every projection."""
+    from onnx import TensorProto, helper, numpy_helper
 
     from fusion_edge.quantize import graph_io
-    with graph_io.quiet_ort_logging():
-        q = MatMulNBitsQuantizer(fp32_model(w), bits=bits, block_size=block_size, is_symmetric=True,
-                                 accuracy_level=accuracy_level or None, quant_format=QuantFormat.QOperator)
-        q.process()
-    return q.model.model
+    k, n = w.shape
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul")], "kernel",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+                          [numpy_helper.from_array(w, "W")])
+    graph_io.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
 
 
-def forms(w: np.ndarray, block_sizes: list[int], levels: list[int]) -> dict[str, Callable[[], Any]]:
-    """name → model builder, in the order the table lists them."""
-    out: dict[str, Callable[[], Any]] = {"fp32": lambda: fp32_model(w),
-                                         "int8 dynamic U8S8": lambda: dynamic_u8s8_model(w)}
-    for bits in (4, 8):
-        for bs in block_sizes:
-            for acc in levels:
-                out[f"MatMulNBits {bits}-bit block {bs} acc {acc}"] = partial(nbits_model, w, bits, bs, acc)
+def forms(src: Path, block_sizes: list[int], levels: list[int]) -> dict[str, Callable[[Path], object]]:
+    """name → writer of that form of the fp32 graph `src` to a path, by the bundles' own quantizers
+    (quantize/): dynamic int8 (the int8 vision tower's form), int4 MatMulNBits (weight_int4, the
+    int4 segments) and 8-bit MatMulNBits (weight_int8, the lm_head of int8 and int4 bundles)."""
+    from fusion_edge.quantize import graph_io
+    from fusion_edge.quantize.dynamic_int8 import quantize_dynamic_int8
+    from fusion_edge.quantize.weight_int4 import quantize_int4
+    from fusion_edge.quantize.weight_int8 import weight_only_int8
+
+    def int8_only(dst: Path, bs: int, acc: int) -> None:
+        graph_io.save(weight_only_int8(graph_io.load(src), ["matmul"], "cpu", bs, acc or None), dst)
+    out: dict[str, Callable[[Path], object]] = {"fp32": lambda dst: shutil.copy(src, dst),
+                                                "int8 dynamic U8S8": partial(quantize_dynamic_int8, src,
+                                                                             component="kernel")}
+    for bs in block_sizes:
+        for acc in levels:
+            out[f"MatMulNBits 4-bit block {bs} acc {acc}"] = partial(
+                lambda dst, bs, acc: quantize_int4(src, dst, "cpu", bs, acc or None), bs=bs, acc=acc)
+    for bs in block_sizes:
+        for acc in levels:
+            out[f"MatMulNBits 8-bit block {bs} acc {acc}"] = partial(int8_only, bs=bs, acc=acc)
     return out
 
 
-def session(model, threads: int):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+def session(path: Path, threads: int):
+    """The session options every bundle graph gets on the CPU (runtime/backends/ort_session.py)."""
+    from fusion_edge.runtime.backends.ort_session import make_session
+    return make_session(path, ["CPUExecutionProvider"], threads)
 
 
 def measure(shape: tuple[int, int], rows: int, threads: int, block_sizes: list[int], levels: list[int],
@@ -99,7 +89,12 @@ def measure(shape: tuple[int, int], rows: int, threads: int, block_sizes: list[i
     x = rng.standard_normal((rows, k)).astype(np.float32)
     x1 = x[:1].copy()
     ref = x @ w
-    sessions = {name: session(build(), threads) for name, build in forms(w, block_sizes, levels).items()}
+    sessions = {}
+    with tempfile.TemporaryDirectory(prefix="fusion-kernels-") as tmp:
+        src = fp32_graph(w, Path(tmp) / "fp32.onnx")
+        for i, (name, write) in enumerate(forms(src, block_sizes, levels).items()):
+            write(Path(tmp) / f"form{i}.onnx")
+            sessions[name] = session(Path(tmp) / f"form{i}.onnx", threads)
     times: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "row": []} for name in sessions}
     errors = {name: float(np.abs(s.run(None, {"x": x})[0] - ref).max() / np.abs(ref).max())
               for name, s in sessions.items()}                 # also the warm-up run
